@@ -1,0 +1,3 @@
+//! ActionCLIP on candle.
+pub mod error;
+pub use error::{Error, Result};
