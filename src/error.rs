@@ -1,7 +1,184 @@
-//! Error type.
+//! The crate's one error type. Every variant names what is at fault (a key, a shape, a path, a line)
+//! so that a user can act on the message without reading the source.
+use std::path::PathBuf;
+
+/// Errors returned by every fallible function of the crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    // ---- model inputs -------------------------------------------------------------------------
+    /// A text tokenizes to more tokens than the context holds and truncation was not asked for.
+    #[error("text {text:?} needs {tokens} tokens with start and end markers; the context holds {max} (tokenize with truncation to cut it)")]
+    TextTooLong {
+        /// The text that was too long.
+        text: String,
+        /// Its token count including the start and end markers.
+        tokens: usize,
+        /// The context length.
+        max: usize,
+    },
+
+    /// An input tensor has the wrong rank, size or dtype.
+    #[error("{what}: expected {expected}, found shape {found:?}")]
+    InputShape {
+        /// Which input (for example `frames`).
+        what: &'static str,
+        /// What was expected, in words (for example `[B, T, 3, 224, 224]`).
+        expected: String,
+        /// The shape that was passed.
+        found: Vec<usize>,
+    },
+
+    /// The number of frames cannot be handled by the configured visual prompt.
+    #[error("{part} cannot take {found} frames: {reason}")]
+    FrameCount {
+        /// The model part at fault (for example `TransformerCls head`).
+        part: &'static str,
+        /// The frame count that was passed.
+        found: usize,
+        /// Why, with the accepted range.
+        reason: String,
+    },
+
+    /// A visual prompt combination that does not make sense.
+    #[error("invalid visual prompt: {0}")]
+    InvalidPrompt(String),
+
+    /// An invalid configuration value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A label list that cannot be used (empty, or otherwise unusable).
+    #[error("invalid labels: {0}")]
+    Labels(String),
+
+    // ---- checkpoints --------------------------------------------------------------------------
+    /// A weight the model needs is not in the checkpoint.
+    #[error("checkpoint key {key} is missing{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    MissingKey {
+        /// The missing key, in the checkpoint's naming.
+        key: String,
+        /// A hint, for example similar keys that were found.
+        hint: Option<String>,
+    },
+
+    /// A weight has a different shape than the model needs.
+    #[error("checkpoint key {key} has shape {found:?}, expected {expected:?}")]
+    KeyShape {
+        /// The key at fault.
+        key: String,
+        /// The shape in the checkpoint.
+        found: Vec<usize>,
+        /// The shape the model needs.
+        expected: Vec<usize>,
+    },
+
+    /// A checkpoint file whose layout is not one of the supported ones.
+    #[error("{path}: unknown checkpoint layout: {found}")]
+    UnknownFormat {
+        /// The file at fault.
+        path: PathBuf,
+        /// What was found in it (keys, sub-dictionaries).
+        found: String,
+    },
+
+    /// A checkpoint that could be opened but not understood.
+    #[error("{path}: {reason}")]
+    Checkpoint {
+        /// The file at fault.
+        path: PathBuf,
+        /// Why it could not be used.
+        reason: String,
+    },
+
+    /// A Hugging Face hub download or cache lookup failed.
+    #[error("hub model {model}: {reason}")]
+    Hub {
+        /// The model id.
+        model: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    // ---- data (videos, frame folders, split files) ---------------------------------------------
+    /// A video file could not be opened or decoded.
+    #[error("video {path}: {reason}")]
+    Video {
+        /// The video at fault.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// An image (a frame file, or a frame of a video) could not be read.
+    #[error("image {path}: {reason}")]
+    Image {
+        /// The file at fault.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A frame that a sample needs does not exist.
+    #[error("{path}: frame {index} is missing ({reason})")]
+    MissingFrame {
+        /// The video or frame folder.
+        path: PathBuf,
+        /// The 0-based frame index.
+        index: usize,
+        /// Details (for example the file name that was looked for).
+        reason: String,
+    },
+
+    /// A video or frame folder that holds no frames.
+    #[error("{path}: no frames")]
+    EmptyClip {
+        /// The video or frame folder.
+        path: PathBuf,
+    },
+
+    /// A line of a split, list or label file that cannot be parsed.
+    #[error("{path}:{line}: {reason}")]
+    ListFile {
+        /// The file at fault.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A label that is not in the class list.
+    #[error("{path}:{line}: label {label:?} is not in the class list")]
+    UnknownLabel {
+        /// The file at fault.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// The label that was not found.
+        label: String,
+    },
 }
+
+/// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

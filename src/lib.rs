@@ -1,3 +1,20 @@
-//! ActionCLIP on candle.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod clip;
+pub mod config;
+pub mod data;
 pub mod error;
+pub mod loss;
+pub mod model;
+pub mod nn;
+pub mod prompts;
+pub mod temporal;
+pub mod video;
+pub mod weights;
+
+pub use clip::{tokenizer::Tokenizer, TextEncoder};
+pub use config::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
 pub use error::{Error, Result};
+pub use model::{ActionClip, ZeroShotClassifier};
+pub use video::VideoEncoder;

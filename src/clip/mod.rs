@@ -1,0 +1,7 @@
+//! The CLIP towers in the OpenAI layout and the CLIP tokenizer.
+pub mod text;
+pub mod tokenizer;
+pub mod vision;
+
+pub use text::{TextEncoder, TextTransformer};
+pub use vision::{temporal_shift, VisionTransformer};

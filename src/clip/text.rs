@@ -1,0 +1,166 @@
+//! The CLIP text tower (causal transformer, OpenAI layout) and [`TextEncoder`], the tower together with
+//! the embedded tokenizer.
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use super::{tokenizer::Tokenizer, vision::CLIP_LN_EPS};
+use crate::{
+    config::TextConfig,
+    nn::{
+        params::{join, Params},
+        LayerNorm, ResidualAttentionBlock,
+    },
+    Error, Result,
+};
+
+/// The text tower. Its weights sit at the root of OpenAI checkpoints (`token_embedding`,
+/// `positional_embedding`, `transformer.resblocks.*`, `ln_final`, `text_projection`).
+#[derive(Clone, Debug)]
+pub struct TextTransformer {
+    cfg: TextConfig,
+    token_embedding: Tensor,
+    positional_embedding: Tensor,
+    blocks: Vec<ResidualAttentionBlock>,
+    ln_final: LayerNorm,
+    text_projection: Tensor,
+}
+
+impl TextTransformer {
+    /// Reads the tower at the root of `vb`.
+    pub fn new(vb: VarBuilder, cfg: &TextConfig, embed_dim: usize) -> Result<Self> {
+        let w = cfg.width;
+        let blocks = (0..cfg.layers)
+            .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), w, cfg.heads, CLIP_LN_EPS))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            token_embedding: vb.get_with_hints((cfg.vocab_size, w), "token_embedding.weight", crate::nn::WEIGHT_INIT)?,
+            positional_embedding: vb.get_with_hints((cfg.context_length, w), "positional_embedding", Init::Randn { mean: 0., stdev: 0.01 })?,
+            blocks,
+            ln_final: LayerNorm::new(vb.pp("ln_final"), w, CLIP_LN_EPS)?,
+            text_projection: vb.get_with_hints((w, embed_dim), "text_projection", Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) })?,
+        })
+    }
+
+    /// The tower's configuration.
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    /// Encodes token ids; each row is pooled at its largest id (the end-of-text token).
+    // [N, L] u32 (L <= context length) -> [N, D]
+    pub fn forward_t(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, l) = match tokens.dims() {
+            &[n, l] if l >= 1 && l <= self.cfg.context_length => (n, l),
+            dims => {
+                return Err(Error::InputShape {
+                    what: "tokens",
+                    expected: format!("[N, L] with 1 <= L <= {}", self.cfg.context_length),
+                    found: dims.to_vec(),
+                })
+            }
+        };
+        let tokens = tokens.to_dtype(DType::U32)?;
+        let max_id = tokens.max_keepdim(1)?.max_keepdim(0)?.flatten_all()?.to_vec1::<u32>()?;
+        if let Some(&id) = max_id.first().filter(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::InputShape {
+                what: "tokens",
+                expected: format!("ids below the vocabulary size {}", self.cfg.vocab_size),
+                found: vec![id as usize],
+            });
+        }
+        let w = self.cfg.width;
+        let dtype = self.token_embedding.dtype();
+        // [N, L, W]
+        let x = self.token_embedding.embedding(&tokens.flatten_all()?)?.reshape((n, l, w))?;
+        let mut x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, l)?)?;
+        let mask = causal_mask(l, dtype, tokens.device())?;
+        for block in &self.blocks {
+            x = block.forward_t(&x, Some(&mask), train)?;
+        }
+        let x = self.ln_final.forward_t(&x, train)?;
+        // Row of the end-of-text token (the largest id) of each sequence.
+        let eot = tokens.argmax(1)?.to_dtype(DType::U32)?;
+        let offsets = (Tensor::arange(0u32, n as u32, tokens.device())? * l as f64)?;
+        let rows = (eot + offsets)?;
+        let pooled = x.reshape((n * l, w))?.index_select(&rows, 0)?;
+        Ok(pooled.matmul(&self.text_projection)?)
+    }
+}
+
+/// Additive causal mask: 0 on and below the diagonal, -inf above.
+// -> [L, L]
+fn causal_mask(l: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
+    Ok(Tensor::from_vec(mask, (l, l), device)?.to_dtype(dtype)?)
+}
+
+impl Params for TextTransformer {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        f(join(prefix, "token_embedding.weight"), &self.token_embedding);
+        f(join(prefix, "positional_embedding"), &self.positional_embedding);
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.visit(&join(prefix, &format!("transformer.resblocks.{i}.")), f);
+        }
+        self.ln_final.visit(&join(prefix, "ln_final."), f);
+        f(join(prefix, "text_projection"), &self.text_projection);
+    }
+}
+
+/// The text side of ActionCLIP: the CLIP text tower with the OpenAI tokenizer, so sentences go in and
+/// embeddings come out.
+#[derive(Clone)]
+pub struct TextEncoder {
+    tower: TextTransformer,
+    tokenizer: Tokenizer,
+}
+
+impl TextEncoder {
+    /// Reads the text tower at the root of `vb` and attaches the embedded tokenizer.
+    pub fn new(vb: VarBuilder, cfg: &TextConfig, embed_dim: usize) -> Result<Self> {
+        Ok(Self { tower: TextTransformer::new(vb, cfg, embed_dim)?, tokenizer: Tokenizer::new() })
+    }
+
+    /// The tower.
+    pub fn tower(&self) -> &TextTransformer {
+        &self.tower
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Encodes token ids (inference path).
+    // [N, 77] u32 -> [N, D]
+    pub fn encode_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.tower.forward_t(tokens, false)
+    }
+
+    /// Tokenizes and encodes sentences; an over-long sentence is [`Error::TextTooLong`].
+    // N sentences -> [N, D]
+    pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Tensor> {
+        let device = self.tower.token_embedding.device();
+        let tokens = self.tokenizer.encode_batch(texts, device)?;
+        self.encode_tokens(&tokens)
+    }
+}
+
+impl Params for TextEncoder {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.tower.visit(prefix, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_mask_blocks_the_future() {
+        let m = causal_mask(3, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0][0], 0.);
+        assert!(m[0][1].is_infinite());
+        assert_eq!(m[2][1], 0.);
+    }
+}

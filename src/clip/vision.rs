@@ -1,0 +1,167 @@
+//! The CLIP image tower (ViT, OpenAI layout) with the two visual prompts that live inside it: the joint
+//! space-time tokens (pre-network) and the temporal shift before every block (in-network).
+use candle_core::{Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::{
+    config::VisionConfig,
+    nn::{
+        params::{join, Params},
+        LayerNorm, ResidualAttentionBlock,
+    },
+    Error, Result,
+};
+
+/// LayerNorm epsilon of every CLIP tower.
+pub(crate) const CLIP_LN_EPS: f64 = 1e-5;
+/// Fraction of channels moved by the temporal shift in each direction (1/8 forward, 1/8 backward).
+pub const SHIFT_FOLD_DIV: usize = 8;
+
+/// The ViT image tower. Weights live under `visual.` in OpenAI checkpoints.
+#[derive(Clone, Debug)]
+pub struct VisionTransformer {
+    cfg: VisionConfig,
+    /// `conv1.weight` [W, 3, p, p] flattened to [W, 3*p*p]: patchify is one GEMM.
+    patch_weight: Tensor,
+    conv1_weight: Tensor,
+    class_embedding: Tensor,
+    positional_embedding: Tensor,
+    ln_pre: LayerNorm,
+    blocks: Vec<ResidualAttentionBlock>,
+    ln_post: LayerNorm,
+    proj: Tensor,
+    time_embedding: Option<Tensor>,
+}
+
+impl VisionTransformer {
+    /// Reads the tower under `vb` (`visual`); `joint_frames` adds `time_embedding` [T, W] for the joint
+    /// space-time prompt.
+    pub fn new(vb: VarBuilder, cfg: &VisionConfig, embed_dim: usize, joint_frames: Option<usize>) -> Result<Self> {
+        let (w, p) = (cfg.width, cfg.patch_size);
+        let scale = Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) };
+        let conv1_weight = vb.get_with_hints((w, 3, p, p), "conv1.weight", crate::nn::WEIGHT_INIT)?;
+        let patch_weight = conv1_weight.reshape((w, 3 * p * p))?;
+        let blocks = (0..cfg.layers)
+            .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), w, cfg.heads, CLIP_LN_EPS))
+            .collect::<Result<Vec<_>>>()?;
+        let time_embedding = match joint_frames {
+            Some(t) => Some(vb.get_with_hints((t, w), "time_embedding", scale)?),
+            None => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_weight,
+            conv1_weight,
+            class_embedding: vb.get_with_hints(w, "class_embedding", scale)?,
+            positional_embedding: vb.get_with_hints((cfg.tokens(), w), "positional_embedding", scale)?,
+            ln_pre: LayerNorm::new(vb.pp("ln_pre"), w, CLIP_LN_EPS)?,
+            blocks,
+            ln_post: LayerNorm::new(vb.pp("ln_post"), w, CLIP_LN_EPS)?,
+            proj: vb.get_with_hints((w, embed_dim), "proj", scale)?,
+            time_embedding,
+        })
+    }
+
+    /// The tower's configuration.
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+
+    /// Patch tokens, class token and positional embedding of every image.
+    // [N, 3, H, W] -> [N, 1 + g*g, W]
+    fn embed(&self, images: &Tensor) -> Result<Tensor> {
+        let (n, _, _, _) = images.dims4()?;
+        let (g, p, w) = (self.cfg.grid(), self.cfg.patch_size, self.cfg.width);
+        let dtype = self.patch_weight.dtype();
+        let patches = images
+            .to_dtype(dtype)?
+            .reshape((n, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((n * g * g, 3 * p * p))?;
+        let tokens = patches.matmul(&self.patch_weight.t()?)?.reshape((n, g * g, w))?;
+        let cls = self.class_embedding.reshape((1, 1, w))?.broadcast_as((n, 1, w))?;
+        Ok(Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.positional_embedding)?)
+    }
+
+    /// Final LayerNorm of the class token and projection into the joint space.
+    // [N, L, W] -> [N, D]
+    fn head(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(self.ln_post.forward_t(&cls, train)?.matmul(&self.proj)?)
+    }
+
+    /// Encodes every image on its own; with `shift_frames = Some(T)` the N = B*T images are frames of B
+    /// videos and the temporal shift runs before every block.
+    // [N, 3, H, W] -> [N, D]
+    pub fn forward_t(&self, images: &Tensor, shift_frames: Option<usize>, train: bool) -> Result<Tensor> {
+        let mut x = self.ln_pre.forward_t(&self.embed(images)?, train)?;
+        for block in &self.blocks {
+            if let Some(t) = shift_frames {
+                x = temporal_shift(&x, t)?;
+            }
+            x = block.forward_t(&x, None, train)?;
+        }
+        self.head(&x, train)
+    }
+
+    /// Joint space-time encoding: the patch tokens of all T frames of a video (each plus its frame's
+    /// time embedding) and one class token attend together; one vector per video.
+    // [B*T, 3, H, W] -> [B, D]
+    pub fn forward_joint_t(&self, images: &Tensor, frames: usize, train: bool) -> Result<Tensor> {
+        let time = self.time_embedding.as_ref().ok_or_else(|| {
+            Error::InvalidPrompt("this image tower was built without a time embedding (joint = false)".into())
+        })?;
+        let (n, w) = (images.dim(0)?, self.cfg.width);
+        let (b, l) = (n / frames, self.cfg.tokens());
+        // [B, T, L, W]
+        let x = self.embed(images)?.reshape((b, frames, l, w))?;
+        let cls = x.narrow(1, 0, 1)?.narrow(2, 0, 1)?.reshape((b, 1, w))?;
+        let patches = x.narrow(2, 1, l - 1)?.broadcast_add(&time.reshape((1, frames, 1, w))?.to_dtype(x.dtype())?)?;
+        let seq = Tensor::cat(&[&cls, &patches.reshape((b, frames * (l - 1), w))?], 1)?;
+        let mut x = self.ln_pre.forward_t(&seq, train)?;
+        for block in &self.blocks {
+            x = block.forward_t(&x, None, train)?;
+        }
+        self.head(&x, train)
+    }
+}
+
+/// The in-network temporal shift (TSM) on the residual stream of B*T frames: patch-token channels
+/// `[0, C/8)` take frame t+1, `[C/8, C/4)` take frame t-1 (zeros past the ends), the rest and the class
+/// token stay.
+// [B*T, L, C] -> [B*T, L, C]
+pub fn temporal_shift(x: &Tensor, frames: usize) -> Result<Tensor> {
+    let (n, l, c) = x.dims3()?;
+    let (b, fold) = (n / frames, c / SHIFT_FOLD_DIV);
+    let x4 = x.reshape((b, frames, l, c))?;
+    let cls = x4.narrow(2, 0, 1)?;
+    let patches = x4.narrow(2, 1, l - 1)?;
+    let zeros = Tensor::zeros((b, 1, l - 1, fold), x.dtype(), x.device())?;
+    let (forward, backward) = if frames > 1 {
+        let next = patches.narrow(3, 0, fold)?.narrow(1, 1, frames - 1)?;
+        let prev = patches.narrow(3, fold, fold)?.narrow(1, 0, frames - 1)?;
+        (Tensor::cat(&[&next, &zeros], 1)?, Tensor::cat(&[&zeros, &prev], 1)?)
+    } else {
+        (zeros.clone(), zeros)
+    };
+    let rest = patches.narrow(3, 2 * fold, c - 2 * fold)?;
+    let patches = Tensor::cat(&[&forward, &backward, &rest], D::Minus1)?;
+    Ok(Tensor::cat(&[&cls, &patches], 2)?.reshape((n, l, c))?)
+}
+
+impl Params for VisionTransformer {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        f(join(prefix, "conv1.weight"), &self.conv1_weight);
+        f(join(prefix, "class_embedding"), &self.class_embedding);
+        f(join(prefix, "positional_embedding"), &self.positional_embedding);
+        self.ln_pre.visit(&join(prefix, "ln_pre."), f);
+        for (i, block) in self.blocks.iter().enumerate() {
+            block.visit(&join(prefix, &format!("transformer.resblocks.{i}.")), f);
+        }
+        self.ln_post.visit(&join(prefix, "ln_post."), f);
+        f(join(prefix, "proj"), &self.proj);
+        if let Some(t) = &self.time_embedding {
+            f(join(prefix, "time_embedding"), t);
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! [`ActionClip`] (video encoder + text encoder + logit scale) and [`ZeroShotClassifier`] (class
+//! sentences encoded once, videos scored against them).
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::{
+    clip::TextEncoder,
+    config::ActionClipConfig,
+    loss,
+    nn::params::Params,
+    prompts::{self, Template},
+    video::VideoEncoder,
+    Error, Result, Tokenizer,
+};
+
+/// CLIP's initial logit scale, ln(1 / 0.07).
+const INIT_LOGIT_SCALE: f64 = 2.659_260_036_932_778;
+/// The fixed similarity scale of ActionCLIP's test-time ensemble.
+pub const ENSEMBLE_SCALE: f64 = 100.0;
+/// Sentences per text-encoder call when encoding class prompts.
+const TEXT_CHUNK: usize = 256;
+
+/// The whole ActionCLIP model.
+#[derive(Clone)]
+pub struct ActionClip {
+    video: VideoEncoder,
+    text: TextEncoder,
+    logit_scale: Tensor,
+    cfg: ActionClipConfig,
+}
+
+impl ActionClip {
+    /// Builds the model for `cfg` from `vb` in canonical (OpenAI + `fusion_model.`) names. Over a
+    /// `VarMap`, missing weights are created with ActionCLIP's initialisation, which makes the model
+    /// trainable.
+    pub fn new(vb: VarBuilder, cfg: &ActionClipConfig) -> Result<Self> {
+        cfg.validate()?;
+        let video = VideoEncoder::new(vb.clone(), cfg)?;
+        let text = TextEncoder::new(vb.clone(), &cfg.clip.text, cfg.clip.embed_dim)?;
+        let logit_scale = vb.get_with_hints((), "logit_scale", Init::Const(INIT_LOGIT_SCALE))?;
+        Ok(Self { video, text, logit_scale, cfg: cfg.clone() })
+    }
+
+    /// Loads a model from any supported checkpoint: OpenAI/open_clip safetensors or `.pt` state dicts,
+    /// Hugging Face CLIP safetensors, ActionCLIP training checkpoints, our own files and run directories,
+    /// or (feature `hub`) a hub model id such as `openai/clip-vit-base-patch16`. Dimensions, the visual
+    /// prompt and the frame count are inferred from the weights (or read from our config metadata).
+    pub fn load(source: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<(Self, ActionClipConfig)> {
+        let weights = crate::weights::load(source.as_ref())?;
+        let cfg = weights.action_clip_config()?;
+        crate::weights::check_shapes(&weights.tensors, &crate::weights::expected_shapes(&cfg))?;
+        let vb = weights.var_builder(dtype, device);
+        let model = Self::new(vb, &cfg)?;
+        Ok((model, cfg))
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &ActionClipConfig {
+        &self.cfg
+    }
+
+    /// The video encoder.
+    pub fn video_encoder(&self) -> &VideoEncoder {
+        &self.video
+    }
+
+    /// The text encoder.
+    pub fn text_encoder(&self) -> &TextEncoder {
+        &self.text
+    }
+
+    /// The learned logit scale (natural log of the similarity factor).
+    pub fn logit_scale(&self) -> &Tensor {
+        &self.logit_scale
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> &Device {
+        self.logit_scale.device()
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.logit_scale.dtype()
+    }
+
+    /// Video features (inference path; not normalised).
+    // [B, T, 3, H, W] -> [B, D]
+    pub fn encode_video(&self, frames: &Tensor) -> Result<Tensor> {
+        self.video.forward_t(&frames.to_dtype(self.dtype())?, false)
+    }
+
+    /// Video features; `train = true` uses only differentiable ops.
+    // [B, T, 3, H, W] -> [B, D]
+    pub fn encode_video_t(&self, frames: &Tensor, train: bool) -> Result<Tensor> {
+        self.video.forward_t(&frames.to_dtype(self.dtype())?, train)
+    }
+
+    /// Text features (inference path; not normalised).
+    // [N, 77] u32 -> [N, D]
+    pub fn encode_text(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.text.tower().forward_t(tokens, false)
+    }
+
+    /// Text features; `train = true` uses only differentiable ops.
+    // [N, 77] u32 -> [N, D]
+    pub fn encode_text_t(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
+        self.text.tower().forward_t(tokens, train)
+    }
+
+    /// `exp(logit_scale) * cos(video, text)` and its transpose.
+    // [B, D], [N, D] -> ([B, N], [N, B])
+    pub fn logits(&self, video: &Tensor, text: &Tensor) -> Result<(Tensor, Tensor)> {
+        loss::cosine_logits(video, text, &self.logit_scale.exp()?)
+    }
+
+    /// Every weight under its canonical checkpoint name.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit("", &mut |name, t| out.push((name, t.clone())));
+        out
+    }
+
+    /// Writes the weights as safetensors in OpenAI names with the head under `fusion_model.` and the
+    /// configuration in the file's metadata, so [`ActionClip::load`] restores the same model.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        let tensors: std::collections::HashMap<_, _> = self.named_tensors().into_iter().collect();
+        crate::weights::save_safetensors(&tensors, Some(&self.cfg), path.as_ref())
+    }
+}
+
+impl Params for ActionClip {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.video.visit(prefix, f);
+        self.text.visit(prefix, f);
+        f(format!("{prefix}logit_scale"), &self.logit_scale);
+    }
+}
+
+/// Zero-shot classification: every label is written with every template, encoded once, and a video's
+/// class probabilities are ActionCLIP's test-time ensemble (per template, softmax over classes of
+/// `100 * cos`; then the mean over templates).
+///
+/// Labels are used as given (humanize them with [`prompts::humanize`] first if you want words); repeated
+/// labels are kept once, in first-seen order.
+pub struct ZeroShotClassifier<'a> {
+    model: &'a ActionClip,
+    tokenizer: &'a Tokenizer,
+    templates: Vec<Template>,
+    labels: Vec<String>,
+    /// Normalised class features [templates, classes, D].
+    class_features: Tensor,
+}
+
+impl<'a> ZeroShotClassifier<'a> {
+    /// Encodes `labels` x `templates` with the model's text tower.
+    pub fn new<S: AsRef<str>>(model: &'a ActionClip, tokenizer: &'a Tokenizer, labels: &[S], templates: &[Template]) -> Result<Self> {
+        if templates.is_empty() {
+            return Err(Error::Labels("no templates given".into()));
+        }
+        let labels = dedup_labels(labels, &[])?;
+        let mut zs = Self { model, tokenizer, templates: templates.to_vec(), labels: Vec::new(), class_features: Tensor::zeros(0, DType::F32, model.device())? };
+        zs.class_features = zs.encode_labels(&labels)?;
+        zs.labels = labels;
+        Ok(zs)
+    }
+
+    /// The labels, in class-index order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The templates.
+    pub fn templates(&self) -> &[Template] {
+        &self.templates
+    }
+
+    /// Adds labels (already present ones are skipped); only the new sentences are encoded.
+    pub fn add_labels<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<()> {
+        let new = dedup_labels(labels, &self.labels)?;
+        let features = self.encode_labels(&new)?;
+        self.class_features = Tensor::cat(&[&self.class_features, &features], 1)?;
+        self.labels.extend(new);
+        Ok(())
+    }
+
+    /// Replaces all labels.
+    pub fn set_labels<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<()> {
+        let labels = dedup_labels(labels, &[])?;
+        self.class_features = self.encode_labels(&labels)?;
+        self.labels = labels;
+        Ok(())
+    }
+
+    // C labels -> [templates, C, D], normalised
+    fn encode_labels(&self, labels: &[String]) -> Result<Tensor> {
+        let sentences = prompts::fill_all(&self.templates, labels);
+        let device = self.model.device();
+        let chunks = sentences
+            .chunks(TEXT_CHUNK)
+            .map(|chunk| {
+                let tokens = self.tokenizer.encode_batch(chunk, device)?;
+                loss::normalize(&self.model.encode_text(&tokens)?.to_dtype(DType::F32)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let features = Tensor::cat(&chunks, 0)?;
+        let d = features.dim(1)?;
+        Ok(features.reshape((self.templates.len(), labels.len(), d))?)
+    }
+
+    /// Class probabilities of video features by the template ensemble.
+    // [B, D] -> [B, C]
+    pub fn probabilities(&self, video_features: &Tensor) -> Result<Tensor> {
+        ensemble_probabilities(video_features, &self.class_features)
+    }
+
+    /// The `k` most probable labels of every video, most probable first.
+    // [B, T, 3, H, W] -> B lists of k (label, probability)
+    pub fn classify(&self, frames: &Tensor, k: usize) -> Result<Vec<Vec<(String, f32)>>> {
+        let features = self.model.encode_video(frames)?;
+        self.classify_features(&features, k)
+    }
+
+    /// The `k` most probable labels for precomputed video features.
+    // [B, D] -> B lists of k (label, probability)
+    pub fn classify_features(&self, video_features: &Tensor, k: usize) -> Result<Vec<Vec<(String, f32)>>> {
+        let probs = self.probabilities(video_features)?.to_vec2::<f32>()?;
+        Ok(probs.into_iter().map(|row| top_k(&row, k).into_iter().map(|(i, p)| (self.labels[i].clone(), p)).collect()).collect())
+    }
+}
+
+/// ActionCLIP's test-time ensemble: `softmax_c(100 * cos(v, text[j, c]))` averaged over templates j.
+// [B, D], [J, C, D] (normalised) -> [B, C]
+pub fn ensemble_probabilities(video_features: &Tensor, class_features: &Tensor) -> Result<Tensor> {
+    let (j, c, d) = class_features.dims3()?;
+    let b = video_features.dim(0)?;
+    let v = loss::normalize(&video_features.to_dtype(DType::F32)?)?;
+    let sims = (v.matmul(&class_features.reshape((j * c, d))?.t()?)? * ENSEMBLE_SCALE)?;
+    let probs = candle_nn::ops::softmax_last_dim(&sims.reshape((b, j, c))?.contiguous()?)?;
+    Ok(probs.mean(1)?)
+}
+
+/// Indices and values of the `k` largest entries, largest first.
+pub fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    idx.into_iter().take(k).map(|i| (i, values[i])).collect()
+}
+
+/// Labels without repeats (and without those in `existing`); empty input is an error.
+fn dedup_labels<S: AsRef<str>>(labels: &[S], existing: &[String]) -> Result<Vec<String>> {
+    if labels.is_empty() {
+        return Err(Error::Labels("the label list is empty".into()));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(labels.len());
+    for l in labels {
+        let l = l.as_ref().trim();
+        if l.is_empty() {
+            return Err(Error::Labels("a label is empty".into()));
+        }
+        if !existing.iter().any(|e| e == l) && !out.iter().any(|e| e == l) {
+            out.push(l.to_string());
+        }
+    }
+    Ok(out)
+}
+

@@ -1,0 +1,46 @@
+use candle_core::{DType, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use super::params::{join, Params};
+use crate::Result;
+
+/// LayerNorm over the last dimension, computed in f32 whatever the activation dtype (as CLIP does).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Reads `weight` [dim] and `bias` [dim] under `vb`.
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.))?;
+        Ok(Self { weight, bias, eps })
+    }
+
+    /// Normalises `x` [..., dim]; `train` selects the differentiable path.
+    // [..., dim] -> [..., dim]
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?;
+        let (w, b) = (self.weight.to_dtype(DType::F32)?, self.bias.to_dtype(DType::F32)?);
+        let y = if train {
+            let mean = x32.mean_keepdim(D::Minus1)?;
+            let centred = x32.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+            centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.broadcast_mul(&w)?.broadcast_add(&b)?
+        } else {
+            candle_nn::ops::layer_norm(&x32.contiguous()?, &w, &b, self.eps as f32)?
+        };
+        Ok(y.to_dtype(dtype)?)
+    }
+}
+
+impl Params for LayerNorm {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        f(join(prefix, "weight"), &self.weight);
+        f(join(prefix, "bias"), &self.bias);
+    }
+}

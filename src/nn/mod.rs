@@ -1,0 +1,18 @@
+//! Building blocks shared by every tower: linear layers as one 2-D GEMM, LayerNorm, fused-qkv attention,
+//! the QuickGELU MLP and the pre-LN residual block.
+//!
+//! Every forward takes `train`: `false` uses candle's fused kernels (fast, no backward), `true` uses only
+//! differentiable ops so gradients reach every parameter.
+mod attention;
+mod block;
+mod layer_norm;
+mod linear;
+mod mlp;
+pub(crate) mod params;
+
+pub use attention::MultiHeadAttention;
+pub use block::ResidualAttentionBlock;
+pub use layer_norm::LayerNorm;
+pub use linear::{Linear, WEIGHT_INIT};
+pub use mlp::{quick_gelu, Mlp};
+pub use params::Params;

@@ -1,0 +1,101 @@
+//! [`VideoEncoder`]: the CLIP image tower plus the visual prompt, frames in, one feature per video out.
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::{
+    clip::VisionTransformer,
+    config::ActionClipConfig,
+    nn::params::{join, Params},
+    temporal::TemporalHead,
+    Error, Result,
+};
+
+/// The video side of ActionCLIP. Image-tower weights live under `visual.`, the temporal head under
+/// `fusion_model.`.
+#[derive(Clone, Debug)]
+pub struct VideoEncoder {
+    visual: VisionTransformer,
+    head: TemporalHead,
+    cfg: ActionClipConfig,
+}
+
+impl VideoEncoder {
+    /// Builds the encoder for `cfg` from `vb` at the checkpoint root.
+    pub fn new(vb: VarBuilder, cfg: &ActionClipConfig) -> Result<Self> {
+        cfg.validate()?;
+        let clip = &cfg.clip;
+        let joint_frames = cfg.prompt.joint.then_some(cfg.frames);
+        let visual = VisionTransformer::new(vb.pp("visual"), &clip.vision, clip.embed_dim, joint_frames)?;
+        let heads = (clip.text.width / crate::config::HEAD_DIM).max(1);
+        let head = TemporalHead::new(vb.pp("fusion_model"), &cfg.prompt.post, clip.embed_dim, heads, cfg.frames)?;
+        Ok(Self { visual, head, cfg: cfg.clone() })
+    }
+
+    /// The image tower.
+    pub fn visual(&self) -> &VisionTransformer {
+        &self.visual
+    }
+
+    /// The post-network head.
+    pub fn head(&self) -> &TemporalHead {
+        &self.head
+    }
+
+    /// Checks a frame batch against the model: rank 5, 3 channels, the tower's resolution, a frame count
+    /// the prompt can take. Returns (B, T).
+    pub fn check_frames(&self, frames: &Tensor) -> Result<(usize, usize)> {
+        let size = self.cfg.clip.vision.image_size;
+        let expected = || format!("[B, T, 3, {size}, {size}]");
+        let (b, t) = match frames.dims() {
+            &[b, t, 3, h, w] if h == size && w == size && b > 0 && t > 0 => (b, t),
+            dims => return Err(Error::InputShape { what: "frames", expected: expected(), found: dims.to_vec() }),
+        };
+        if self.cfg.prompt.joint && t != self.cfg.frames {
+            return Err(Error::FrameCount {
+                part: "joint space-time prompt",
+                found: t,
+                reason: format!("its time embedding was built for exactly {} frames", self.cfg.frames),
+            });
+        }
+        self.head.check_frames(t)?;
+        Ok((b, t))
+    }
+
+    /// Per-frame features from the image tower (with the temporal shift when configured); not available
+    /// for the joint prompt, which has no per-frame features.
+    // [B, T, 3, H, W] -> [B, T, D]
+    pub fn frame_features_t(&self, frames: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t) = self.check_frames(frames)?;
+        if self.cfg.prompt.joint {
+            return Err(Error::InvalidPrompt("the joint space-time prompt has no per-frame features".into()));
+        }
+        let images = frames.flatten_to(1)?;
+        let shift = self.cfg.prompt.temporal_shift.then_some(t);
+        let features = self.visual.forward_t(&images, shift, train)?;
+        Ok(features.reshape((b, t, self.cfg.clip.embed_dim))?)
+    }
+
+    /// Video features; `train` selects the differentiable path.
+    // [B, T, 3, H, W] -> [B, D]
+    pub fn forward_t(&self, frames: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, t) = self.check_frames(frames)?;
+        if self.cfg.prompt.joint {
+            return self.visual.forward_joint_t(&frames.flatten_to(1)?, t, train);
+        }
+        let features = self.frame_features_t(frames, train)?;
+        self.head.forward_t(&features, train)
+    }
+
+    /// Video features (inference path). Features are not normalised.
+    // [B, T, 3, H, W] -> [B, D]
+    pub fn forward(&self, frames: &Tensor) -> Result<Tensor> {
+        self.forward_t(frames, false)
+    }
+}
+
+impl Params for VideoEncoder {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.visual.visit(&join(prefix, "visual."), f);
+        self.head.visit(&join(prefix, "fusion_model."), f);
+    }
+}

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: the tiny golden model made by tools/make_fixtures.py.
+#![allow(dead_code)]
+use std::{collections::HashMap, path::PathBuf};
+
+use actionclip::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
+use candle_core::{DType, Device, Tensor};
+
+/// Largest absolute difference allowed between our f32 outputs and PyTorch's.
+pub const TOL: f32 = 1e-5;
+
+/// A file under tests/fixtures/tiny.
+pub fn tiny(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
+}
+
+/// The tiny model's CLIP dimensions (tests/fixtures/tiny/config.json).
+pub fn tiny_clip() -> ClipConfig {
+    ClipConfig {
+        vision: VisionConfig { width: 128, layers: 2, heads: 2, patch_size: 8, image_size: 32 },
+        text: TextConfig { width: 128, layers: 2, heads: 2, vocab_size: 1000, context_length: 77 },
+        embed_dim: 64,
+    }
+}
+
+/// The tiny model with a given visual prompt (4 frames; heads with 2 layers as in the fixture).
+pub fn tiny_config(joint: bool, temporal_shift: bool, post: PostNetwork) -> ActionClipConfig {
+    ActionClipConfig { clip: tiny_clip(), frames: 4, prompt: VisualPrompt { joint, temporal_shift, post } }
+}
+
+/// The golden inputs and outputs.
+pub fn io() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(tiny("io.safetensors"), &Device::Cpu).expect("tests/fixtures/tiny/io.safetensors")
+}
+
+/// The golden weights (f16 on disk, exact in f32).
+pub fn weights() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(tiny("weights.safetensors"), &Device::Cpu).expect("tests/fixtures/tiny/weights.safetensors")
+}
+
+/// Max |a - b| over all elements, after checking the shapes agree.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Asserts `ours` matches `golden` within [`TOL`], printing the difference.
+pub fn assert_close(what: &str, ours: &Tensor, golden: &Tensor) {
+    let d = max_abs_diff(ours, golden);
+    eprintln!("{what}: max abs diff {d:.3e}");
+    assert!(d <= TOL, "{what}: max abs diff {d} > {TOL}");
+}
