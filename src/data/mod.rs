@@ -1,0 +1,79 @@
+//! Video data: UCF101 (official videos or TSN frame folders) and ActionCLIP list files, the reference's
+//! segment sampling and preprocessing, a threaded loader, and a synthetic UCF101-layout dataset.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`sampling`] | TSN segment sampling (train: random per segment, test: centres, multi-view) |
+//! | [`resize`] | Pillow's resampling, bit-exact (bicubic/bilinear with antialiasing) |
+//! | [`transforms`] | test transform (resize 256 + centre crop 224, 3-crop), training augmentation, CLIP normalisation |
+//! | [`frames`] | frame folders (`img_{:05d}.jpg` from 1, template configurable) |
+//! | [`video`] | FFmpeg decoding / encoding (feature `video`) |
+//! | [`source`] | a clip on disk, video or frame folder |
+//! | [`pipeline`] | path -> sampled, transformed clip `[T, 3, H, W]` |
+//! | [`ucf101`] | split files, list files, class names |
+//! | [`loader`] | worker threads, bounded prefetch, deterministic batches, failure reports |
+//! | [`synthetic`] | a small generated dataset in the UCF101 layout |
+//!
+//! Video files need the `video` feature (FFmpeg's libraries); frame folders always work.
+//!
+//! ```no_run
+//! # fn main() -> actionclip::Result<()> {
+//! let n = actionclip::data::frame_count("v_Archery_g01_c01.avi")?;
+//! let imgs = actionclip::data::decode_frames("v_Archery_g01_c01.avi", &[0, 10, 20])?;
+//! let clip = actionclip::data::test_clip("v_Archery_g01_c01.avi", 8, 224)?; // [8, 3, 224, 224] f32
+//! # Ok(()) }
+//! ```
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+pub mod frames;
+pub mod loader;
+pub mod pipeline;
+pub mod resize;
+pub mod sampling;
+pub mod source;
+pub mod synthetic;
+pub mod transforms;
+pub mod ucf101;
+pub mod video;
+
+pub use frames::{FrameFolder, FrameTemplate};
+pub use loader::{Batch, Epoch, Loader, LoaderConfig, LoaderReport, OnFailure, SampleFailure};
+pub use pipeline::{ClipData, ClipPipeline, ClipTransform};
+pub use resize::Filter;
+pub use sampling::{sample_rng, SampleMode, Sampling};
+pub use source::{ClipSource, FrameNaming};
+pub use transforms::{ColorJitter, TestCrops, TestTransform, TrainTransform, CLIP_MEAN, CLIP_STD};
+pub use ucf101::{humanize, Storage, Subset, VideoDataset, VideoSample};
+pub use video::{EncodeOptions, VideoCodec, VideoInfo};
+
+use crate::error::Result;
+
+/// Number of frames in a video file (feature `video`; the container's count, or a counting pass when
+/// it has none) or in a frame folder (`img_{:05d}.jpg` files from 1; a gap is an error).
+pub fn frame_count(path: impl AsRef<Path>) -> Result<usize> {
+    let source = ClipSource::open(path.as_ref(), &FrameNaming::default(), None)?;
+    Ok(source.len())
+}
+
+/// Reads the 0-based frames `indices` (any order, repeats allowed) of a video file or frame folder
+/// as RGB images. Videos are decoded only up to the largest index.
+pub fn decode_frames(path: impl AsRef<Path>, indices: &[usize]) -> Result<Vec<RgbImage>> {
+    let path = path.as_ref();
+    if path.is_dir() {
+        FrameFolder::open(path)?.read(indices)
+    } else {
+        video::decode(path, indices)
+    }
+}
+
+/// The reference's single-view test input for a video file or frame folder: `frames` segment
+/// centres, short side resized to `size * 256 / 224` (bicubic, as Pillow), centre crop `size`, CLIP
+/// normalisation. Returns `[frames, 3, size, size]` f32 on the CPU.
+pub fn test_clip(path: impl AsRef<Path>, frames: usize, size: u32) -> Result<Tensor> {
+    let pipeline = ClipPipeline::test(frames, size)?;
+    let clip = pipeline.load(path.as_ref(), None, &mut sample_rng(0, 0, 0))?;
+    clip.to_tensor(DType::F32, &Device::Cpu)
+}

@@ -1,0 +1,300 @@
+//! Datasets: the official UCF101 layout (class folders + `classInd.txt`, `trainlist0N.txt`,
+//! `testlist0N.txt`), the same tree as frame folders, and ActionCLIP/TSN list files
+//! (`frame_dir num_frames label` + a label CSV `id,name`).
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// One labelled clip.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VideoSample {
+    /// Video file or frame folder.
+    pub path: PathBuf,
+    /// 0-based class index into [`VideoDataset::classes`].
+    pub label: usize,
+    /// Frame count when the list file gives it (TSN lists); `None`: counted when loaded.
+    pub num_frames: Option<usize>,
+}
+
+/// Which half of a split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Subset {
+    /// `trainlist0N.txt`.
+    Train,
+    /// `testlist0N.txt`.
+    Test,
+}
+
+/// How the clips of a UCF101 tree are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Storage {
+    /// `Class/v_Class_gXX_cYY.avi` video files (the official download).
+    Videos,
+    /// `Class/v_Class_gXX_cYY/` frame folders (the split files' paths without the extension).
+    FrameFolders,
+}
+
+/// A labelled list of clips with its class names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VideoDataset {
+    /// The clips, in list-file order.
+    pub samples: Vec<VideoSample>,
+    /// Class names as written in the class list (`ApplyEyeMakeup`), indexed by label.
+    pub classes: Vec<String>,
+}
+
+impl VideoDataset {
+    /// A dataset from samples and class names (checks every label is in range).
+    pub fn new(samples: Vec<VideoSample>, classes: Vec<String>) -> Result<Self> {
+        if let Some(s) = samples.iter().find(|s| s.label >= classes.len()) {
+            return Err(Error::Labels(format!(
+                "{}: label {} but only {} classes",
+                s.path.display(),
+                s.label,
+                classes.len()
+            )));
+        }
+        Ok(Self { samples, classes })
+    }
+
+    /// The official UCF101 layout under `root` (class folders), with the split files found in `root`,
+    /// `root/ucfTrainTestlist` or `root/../ucfTrainTestlist`. `split` is 1, 2 or 3.
+    pub fn ucf101(root: impl AsRef<Path>, split: u8, subset: Subset, storage: Storage) -> Result<Self> {
+        let root = root.as_ref();
+        let candidates = [root.to_path_buf(), root.join("ucfTrainTestlist"), root.join("..").join("ucfTrainTestlist")];
+        let splits = candidates.iter().find(|d| d.join("classInd.txt").is_file()).ok_or_else(|| {
+            Error::io(
+                root.join("classInd.txt"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "classInd.txt not found in the root, root/ucfTrainTestlist or root/../ucfTrainTestlist",
+                ),
+            )
+        })?;
+        Self::ucf101_with_splits(root, splits, split, subset, storage)
+    }
+
+    /// The official UCF101 layout with the split files in `splits_dir`.
+    pub fn ucf101_with_splits(
+        root: impl AsRef<Path>,
+        splits_dir: impl AsRef<Path>,
+        split: u8,
+        subset: Subset,
+        storage: Storage,
+    ) -> Result<Self> {
+        if !(1..=3).contains(&split) {
+            return Err(Error::Config(format!("UCF101 has splits 1, 2 and 3, not {split}")));
+        }
+        let (root, dir) = (root.as_ref(), splits_dir.as_ref());
+        let classes = read_class_index(dir.join("classInd.txt"))?;
+        let list = match subset {
+            Subset::Train => dir.join(format!("trainlist0{split}.txt")),
+            Subset::Test => dir.join(format!("testlist0{split}.txt")),
+        };
+        let samples = read_split_list(&list, &classes, root, storage)?;
+        Ok(Self { samples, classes })
+    }
+
+    /// An ActionCLIP/TSN list file (`frame_dir num_frames label`, label 0-based) with its label CSV
+    /// (`id,name` with a header line). Relative frame folders are taken relative to `root` (or used as
+    /// written when `root` is `None`).
+    pub fn from_list(list_file: impl AsRef<Path>, labels_csv: impl AsRef<Path>, root: Option<&Path>) -> Result<Self> {
+        let classes = read_label_csv(labels_csv)?;
+        let path = list_file.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut samples = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |reason: String| Error::ListFile { path: path.to_path_buf(), line: i + 1, reason };
+            let mut parts = line.rsplitn(3, char::is_whitespace);
+            let (label, frames, dir) = match (parts.next(), parts.next(), parts.next()) {
+                (Some(l), Some(n), Some(d)) => (l, n, d.trim_end()),
+                _ => return Err(bad(format!("expected `frame_dir num_frames label`, found {line:?}"))),
+            };
+            let num_frames: usize = frames.parse().map_err(|_| bad(format!("frame count {frames:?} is not a number")))?;
+            let label_id: usize = label.parse().map_err(|_| bad(format!("label {label:?} is not a number")))?;
+            if label_id >= classes.len() {
+                return Err(Error::UnknownLabel { path: path.to_path_buf(), line: i + 1, label: label.to_string() });
+            }
+            let p = PathBuf::from(dir);
+            let p = match root {
+                Some(r) if p.is_relative() => r.join(p),
+                _ => p,
+            };
+            samples.push(VideoSample { path: p, label: label_id, num_frames: Some(num_frames) });
+        }
+        Ok(Self { samples, classes })
+    }
+
+    /// Number of clips.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether the dataset has no clips.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Class names in words (`ApplyEyeMakeup` -> `apply eye makeup`), for text prompts.
+    pub fn humanized_classes(&self) -> Vec<String> {
+        self.classes.iter().map(|c| humanize(c)).collect()
+    }
+}
+
+/// Reads UCF101's `classInd.txt` (`1 ApplyEyeMakeup` per line, ids 1..=C): class names by 0-based label.
+pub fn read_class_index(path: impl AsRef<Path>) -> Result<Vec<String>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut classes: Vec<String> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |reason: String| Error::ListFile { path: path.to_path_buf(), line: i + 1, reason };
+        let (id, name) = line.split_once(char::is_whitespace).ok_or_else(|| bad(format!("expected `id ClassName`, found {line:?}")))?;
+        let id: usize = id.parse().map_err(|_| bad(format!("class id {id:?} is not a number")))?;
+        if id != classes.len() + 1 {
+            return Err(bad(format!("class id {id} out of order (expected {})", classes.len() + 1)));
+        }
+        classes.push(name.trim().to_string());
+    }
+    if classes.is_empty() {
+        return Err(Error::ListFile { path: path.to_path_buf(), line: 0, reason: "no classes".into() });
+    }
+    Ok(classes)
+}
+
+/// Reads a label CSV (`id,name` header, then `0,abseiling` ...; ids 0..C in any order).
+pub fn read_label_csv(path: impl AsRef<Path>) -> Result<Vec<String>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut rows: Vec<(usize, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |reason: String| Error::ListFile { path: path.to_path_buf(), line: i + 1, reason };
+        let (id, name) = line.split_once(',').ok_or_else(|| bad(format!("expected `id,name`, found {line:?}")))?;
+        let Ok(id) = id.trim().parse::<usize>() else {
+            if i == 0 {
+                continue; // header
+            }
+            return Err(bad(format!("class id {id:?} is not a number")));
+        };
+        let name = name.trim();
+        let name = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')).unwrap_or(name);
+        rows.push((id, name.to_string()));
+    }
+    rows.sort_by_key(|r| r.0);
+    for (k, (id, _)) in rows.iter().enumerate() {
+        if *id != k {
+            return Err(Error::ListFile {
+                path: path.to_path_buf(),
+                line: 0,
+                reason: format!("class ids must be 0..{} without gaps; id {k} is missing or repeated", rows.len()),
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Err(Error::ListFile { path: path.to_path_buf(), line: 0, reason: "no classes".into() });
+    }
+    Ok(rows.into_iter().map(|r| r.1).collect())
+}
+
+/// Reads a UCF101 split list (`Class/v_..avi [label]`); the class comes from the label when present
+/// (checked against the folder name) or else from the folder.
+fn read_split_list(path: &Path, classes: &[String], root: &Path, storage: Storage) -> Result<Vec<VideoSample>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let by_name: HashMap<String, usize> = classes.iter().enumerate().map(|(i, c)| (c.to_lowercase(), i)).collect();
+    let mut samples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |reason: String| Error::ListFile { path: path.to_path_buf(), line: i + 1, reason };
+        let mut parts = line.split_whitespace();
+        let rel = parts.next().unwrap_or_default();
+        let folder = rel.split(['/', '\\']).next().unwrap_or_default();
+        let label = match parts.next() {
+            Some(l) => {
+                let id: usize = l.parse().map_err(|_| bad(format!("label {l:?} is not a number")))?;
+                if id == 0 || id > classes.len() {
+                    return Err(Error::UnknownLabel { path: path.to_path_buf(), line: i + 1, label: l.to_string() });
+                }
+                let label = id - 1;
+                if let Some(&f) = by_name.get(&folder.to_lowercase()) {
+                    if f != label {
+                        return Err(bad(format!("label {id} ({}) disagrees with the folder {folder}", classes[label])));
+                    }
+                }
+                label
+            }
+            None => *by_name.get(&folder.to_lowercase()).ok_or_else(|| Error::UnknownLabel {
+                path: path.to_path_buf(),
+                line: i + 1,
+                label: folder.to_string(),
+            })?,
+        };
+        let rel = PathBuf::from(rel.replace('\\', "/"));
+        let clip = match storage {
+            Storage::Videos => root.join(&rel),
+            Storage::FrameFolders => root.join(rel.with_extension("")),
+        };
+        samples.push(VideoSample { path: clip, label, num_frames: None });
+    }
+    Ok(samples)
+}
+
+/// A class name in words: CamelCase split (`ApplyEyeMakeup` -> `apply eye makeup`, `YoYo` -> `yo yo`),
+/// underscores to spaces, lower case.
+pub fn humanize(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::with_capacity(name.len() + 8);
+    for (i, &c) in chars.iter().enumerate() {
+        if c == '_' || c == '-' {
+            if !out.ends_with(' ') {
+                out.push(' ');
+            }
+            continue;
+        }
+        if i > 0 && c.is_uppercase() {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            if prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower) {
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+        }
+        out.extend(c.to_lowercase());
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::humanize;
+
+    #[test]
+    fn humanized_names() {
+        assert_eq!(humanize("ApplyEyeMakeup"), "apply eye makeup");
+        assert_eq!(humanize("YoYo"), "yo yo");
+        assert_eq!(humanize("HandstandPushups"), "handstand pushups");
+        assert_eq!(humanize("playing_guitar"), "playing guitar");
+        assert_eq!(humanize("UCFTest"), "ucf test");
+        assert_eq!(humanize("abseiling"), "abseiling");
+    }
+}
