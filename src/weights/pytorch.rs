@@ -1,0 +1,390 @@
+//! Zip-format PyTorch files: `torch.save` state dicts, ActionCLIP training checkpoints and TorchScript
+//! archives. The pickle is parsed with candle's [`candle_core::pickle::Stack`]; tensor data is read from the
+//! archive directly (no printing, every error names the key).
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use candle_core::pickle::{Object, Stack, TensorInfo};
+use candle_core::{Device, Tensor};
+use zip::ZipArchive;
+
+use super::names::{self, Canonical};
+use super::{describe_keys, Format, LoadedWeights};
+use crate::{Error, Result};
+
+/// Sub-dictionaries that may hold the state dict, in order of preference.
+const STATE_DICT_KEYS: &[&str] = &["state_dict", "model", "model_state", "module", "net", "params"];
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// How a group of tensors is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Naming {
+    /// OpenAI CLIP names (possibly `module.` / `.net.`).
+    OpenAi,
+    /// An ActionCLIP `fusion_model_state_dict`: gets `fusion_model.` in front.
+    Fusion,
+    /// Hugging Face `transformers` names.
+    HuggingFace,
+}
+
+/// What a file holds, before any tensor data is read.
+struct Plan {
+    format: Format,
+    groups: Vec<(Naming, Vec<TensorInfo>)>,
+    dropped: Vec<String>,
+}
+
+struct Archive {
+    zip: ZipArchive<BufReader<File>>,
+    /// `<root>/data`: the folder the tensor storages live in.
+    data_dir: PathBuf,
+    torchscript: bool,
+    root: Object,
+}
+
+fn open(path: &Path) -> Result<Archive> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // PyTorch always writes zip64 end records; zip 9.8's archive-offset detection misreads them as 76 bytes
+    // of prepended data ("Invalid Central Directory header"). PyTorch files never have prepended data.
+    let config = zip::read::Config { archive_offset: zip::read::ArchiveOffset::Known(0) };
+    let mut zip = ZipArchive::with_config(config, BufReader::new(file))
+        .map_err(|e| bad(path, format!("not a readable zip-format PyTorch file: {e}")))?;
+    let names: Vec<String> = zip.file_names().filter_map(|n| n.ok()).map(|n| n.into_owned()).collect();
+    let data_pkl = names
+        .iter()
+        .filter(|n| *n == "data.pkl" || (n.ends_with("/data.pkl") && n.matches('/').count() == 1))
+        .min_by_key(|n| n.len())
+        .cloned()
+        .ok_or_else(|| {
+            let mut shown: Vec<&str> = names.iter().map(String::as_str).take(10).collect();
+            if names.len() > 10 {
+                shown.push("...");
+            }
+            Error::UnknownFormat {
+                path: path.to_path_buf(),
+                found: format!("a zip archive without a data.pkl (not a PyTorch file); entries: {}", shown.join(", ")),
+            }
+        })?;
+    let root_dir = data_pkl.strip_suffix("data.pkl").unwrap_or("").to_string();
+    let torchscript =
+        names.iter().any(|n| *n == format!("{root_dir}constants.pkl") || n.starts_with(&format!("{root_dir}code/")));
+    let root = {
+        let reader = zip.by_name(&data_pkl).map_err(|e| bad(path, format!("cannot open {data_pkl}: {e}")))?;
+        let mut reader = BufReader::new(reader);
+        let mut stack = Stack::empty();
+        stack.read_loop(&mut reader).map_err(|e| bad(path, format!("cannot parse the pickle {data_pkl}: {e}")))?;
+        stack.finalize().map_err(|e| bad(path, format!("cannot parse the pickle {data_pkl}: {e}")))?
+    };
+    Ok(Archive { zip, data_dir: PathBuf::from(format!("{root_dir}data")), torchscript, root })
+}
+
+/// A short description of a pickled value, for error messages.
+fn describe(obj: &Object) -> String {
+    match obj {
+        Object::Dict(entries) => {
+            let tensors = entries.iter().filter(|(_, v)| is_tensor(v)).count();
+            format!("dict with {} entries, {tensors} tensors", entries.len())
+        }
+        Object::Int(_) | Object::Long(_) => "int".into(),
+        Object::Float(_) => "float".into(),
+        Object::Unicode(_) => "str".into(),
+        Object::Bool(_) => "bool".into(),
+        Object::None => "None".into(),
+        Object::List(v) => format!("list of {}", v.len()),
+        Object::Tuple(v) => format!("tuple of {}", v.len()),
+        _ if is_tensor(obj) => "tensor".into(),
+        Object::Reduce { callable, .. } | Object::Build { callable, .. } => match class_of(callable) {
+            Some(c) => format!("object of class {c}"),
+            None => "object".into(),
+        },
+        _ => "object".into(),
+    }
+}
+
+fn class_of(obj: &Object) -> Option<String> {
+    match obj {
+        Object::Class { module_name, class_name } => Some(format!("{module_name}.{class_name}")),
+        Object::Reduce { callable, .. } | Object::Build { callable, .. } => class_of(callable),
+        _ => None,
+    }
+}
+
+/// Whether a pickled value is a tensor (as `torch.save` and TorchScript write them).
+fn is_tensor(obj: &Object) -> bool {
+    match obj {
+        Object::Reduce { callable, .. } => matches!(
+            callable.as_ref(),
+            Object::Class { module_name, class_name }
+                if (module_name == "torch._utils"
+                    && matches!(class_name.as_str(), "_rebuild_tensor_v2" | "_rebuild_parameter"))
+                    || (module_name == "torch._tensor" && class_name == "_rebuild_from_type_v2")
+        ),
+        _ => false,
+    }
+}
+
+/// Whether a pickled value is a TorchScript module object.
+fn is_script_module(obj: &Object) -> bool {
+    match obj {
+        Object::Build { callable, args } => {
+            matches!(args.as_ref(), Object::Dict(_)) && class_of(callable).is_some_and(|c| c.starts_with("__torch__"))
+        }
+        _ => false,
+    }
+}
+
+fn key_string(k: &Object) -> String {
+    match k {
+        Object::Unicode(s) => s.clone(),
+        Object::Int(i) => i.to_string(),
+        Object::Long(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Tensor infos of a state dict; non-tensor entries are skipped, unsupported tensors are recorded.
+fn state_dict_infos(
+    entries: Vec<(Object, Object)>,
+    data_dir: &Path,
+    prefix: &str,
+    dropped: &mut Vec<String>,
+) -> Vec<TensorInfo> {
+    let mut infos = Vec::new();
+    for (k, v) in entries {
+        let name = format!("{prefix}{}", key_string(&k));
+        if !is_tensor(&v) {
+            continue;
+        }
+        match v.into_tensor_info(Object::Unicode(name.clone()), data_dir) {
+            Ok(Some(info)) => infos.push(info),
+            Ok(None) => {}
+            Err(e) => dropped.push(format!("{name} ({e})")),
+        }
+    }
+    infos
+}
+
+/// Walks a TorchScript module tree, naming tensors by their attribute path (`visual.conv1.weight`).
+fn walk_module(obj: Object, prefix: &str, data_dir: &Path, infos: &mut Vec<TensorInfo>, dropped: &mut Vec<String>) {
+    let Object::Build { args, .. } = obj else { return };
+    let Object::Dict(attrs) = *args else { return };
+    for (k, v) in attrs {
+        let name = format!("{prefix}{}", key_string(&k));
+        if is_script_module(&v) {
+            walk_module(v, &format!("{name}."), data_dir, infos, dropped);
+        } else if is_tensor(&v) {
+            match v.into_tensor_info(Object::Unicode(name.clone()), data_dir) {
+                Ok(Some(info)) => infos.push(info),
+                Ok(None) => {}
+                Err(e) => dropped.push(format!("{name} ({e})")),
+            }
+        }
+    }
+}
+
+fn naming_of(infos: &[TensorInfo]) -> Option<Naming> {
+    if infos.iter().any(|i| names::is_hf_key(&i.name)) {
+        Some(Naming::HuggingFace)
+    } else if infos.iter().any(|i| names::is_openai_key(&i.name)) {
+        Some(Naming::OpenAi)
+    } else {
+        None
+    }
+}
+
+fn plan(path: &Path, archive: &mut Archive) -> Result<Plan> {
+    let mut dropped = Vec::new();
+    let root = std::mem::replace(&mut archive.root, Object::None);
+    let data_dir = archive.data_dir.clone();
+    if archive.torchscript || is_script_module(&root) {
+        if !is_script_module(&root) {
+            return Err(Error::UnknownFormat {
+                path: path.to_path_buf(),
+                found: format!(
+                    "a TorchScript archive whose data.pkl holds {} rather than a module; load it in PyTorch and \
+                     save model.state_dict() with safetensors or torch.save",
+                    describe(&root)
+                ),
+            });
+        }
+        let mut infos = Vec::new();
+        walk_module(root, "", &data_dir, &mut infos, &mut dropped);
+        if naming_of(&infos) != Some(Naming::OpenAi) {
+            return Err(Error::UnknownFormat {
+                path: path.to_path_buf(),
+                found: format!(
+                    "a TorchScript archive without OpenAI CLIP parameters ({}); load it in PyTorch with \
+                     clip.load(..., jit=False) and save model.state_dict()",
+                    describe_keys(infos.iter().map(|i| i.name.as_str()))
+                ),
+            });
+        }
+        return Ok(Plan { format: Format::TorchScript, groups: vec![(Naming::OpenAi, infos)], dropped });
+    }
+    let entries = match root {
+        Object::Dict(entries) => entries,
+        other => {
+            return Err(Error::UnknownFormat {
+                path: path.to_path_buf(),
+                found: format!(
+                    "a PyTorch file holding {} instead of a state dict; save model.state_dict() instead of the model",
+                    describe(&other)
+                ),
+            })
+        }
+    };
+    let listing = entries
+        .iter()
+        .take(12)
+        .map(|(k, v)| format!("{} ({})", key_string(k), describe(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+        + if entries.len() > 12 { ", ..." } else { "" };
+    let unknown = |what: &str| Error::UnknownFormat {
+        path: path.to_path_buf(),
+        found: format!(
+            "{what}; top-level entries: {listing}. Expected a state dict with OpenAI or Hugging Face CLIP names, \
+             an ActionCLIP checkpoint (model_state_dict + fusion_model_state_dict), or a dict with one of {}",
+            STATE_DICT_KEYS.join(", ")
+        ),
+    };
+
+    let mut by_key: HashMap<String, Object> = HashMap::new();
+    let mut top_tensors = Vec::new();
+    for (k, v) in entries {
+        if is_tensor(&v) {
+            top_tensors.push((k, v));
+        } else {
+            by_key.insert(key_string(&k), v);
+        }
+    }
+
+    // An ActionCLIP training checkpoint.
+    if let Some(model) = by_key.remove("model_state_dict") {
+        let Object::Dict(model) = model else { return Err(unknown("model_state_dict is not a dict")) };
+        let clip = state_dict_infos(model, &data_dir, "", &mut dropped);
+        let mut groups = vec![(naming_of(&clip).unwrap_or(Naming::OpenAi), clip)];
+        if let Some(fusion) = by_key.remove("fusion_model_state_dict") {
+            let Object::Dict(fusion) = fusion else { return Err(unknown("fusion_model_state_dict is not a dict")) };
+            groups.push((Naming::Fusion, state_dict_infos(fusion, &data_dir, "", &mut dropped)));
+        }
+        return Ok(Plan { format: Format::ActionClipCheckpoint, groups, dropped });
+    }
+
+    // A plain state dict.
+    if !top_tensors.is_empty() {
+        let infos = state_dict_infos(top_tensors, &data_dir, "", &mut dropped);
+        return match naming_of(&infos) {
+            Some(Naming::HuggingFace) => {
+                Ok(Plan { format: Format::HuggingFacePt, groups: vec![(Naming::HuggingFace, infos)], dropped })
+            }
+            Some(_) => Ok(Plan { format: Format::OpenAiPt, groups: vec![(Naming::OpenAi, infos)], dropped }),
+            None => Err(unknown("a state dict with neither OpenAI CLIP nor Hugging Face CLIP names")),
+        };
+    }
+
+    // A state dict under a known sub-dict name.
+    for key in STATE_DICT_KEYS {
+        if let Some(Object::Dict(sub)) = by_key.get(*key) {
+            if !sub.iter().any(|(_, v)| is_tensor(v)) {
+                continue;
+            }
+            let Some(Object::Dict(sub)) = by_key.remove(*key) else { continue };
+            let infos = state_dict_infos(sub, &data_dir, "", &mut dropped);
+            return match naming_of(&infos) {
+                Some(Naming::HuggingFace) => {
+                    Ok(Plan { format: Format::HuggingFacePt, groups: vec![(Naming::HuggingFace, infos)], dropped })
+                }
+                Some(_) => Ok(Plan { format: Format::OpenAiPt, groups: vec![(Naming::OpenAi, infos)], dropped }),
+                None => {
+                    Err(unknown(&format!("the {key} sub-dict has neither OpenAI CLIP nor Hugging Face CLIP names")))
+                }
+            };
+        }
+    }
+    Err(unknown("no state dict found"))
+}
+
+/// Tells the format of a zip-format PyTorch file from its pickle (no tensor data is read).
+pub(crate) fn detect(path: &Path) -> Result<Format> {
+    let mut archive = open(path)?;
+    Ok(plan(path, &mut archive)?.format)
+}
+
+fn read_tensor(path: &Path, zip: &mut ZipArchive<BufReader<File>>, info: &TensorInfo) -> Result<Tensor> {
+    let name = &info.name;
+    let layout = &info.layout;
+    let dims = layout.shape().dims().to_vec();
+    let fortran = layout.is_fortran_contiguous() && dims.len() > 1 && !layout.is_contiguous();
+    if !layout.is_contiguous() && !fortran {
+        return Err(bad(
+            path,
+            format!(
+                "tensor {name} is stored non-contiguously (strides {:?}); save .contiguous() tensors",
+                layout.stride()
+            ),
+        ));
+    }
+    let dtype = info.dtype;
+    let n_bytes = layout.shape().elem_count() * dtype.size_in_bytes();
+    let mut reader = zip
+        .by_name(&info.path)
+        .map_err(|e| bad(path, format!("tensor {name}: storage {} not found: {e}", info.path)))?;
+    let start = layout.start_offset() as u64;
+    if start > 0 {
+        std::io::copy(&mut reader.by_ref().take(start), &mut std::io::sink())
+            .map_err(|e| bad(path, format!("tensor {name}: cannot read its storage: {e}")))?;
+    }
+    let mut buf = Vec::with_capacity(n_bytes);
+    reader
+        .take(n_bytes as u64)
+        .read_to_end(&mut buf)
+        .map_err(|e| bad(path, format!("tensor {name}: cannot read its storage: {e}")))?;
+    if buf.len() != n_bytes {
+        return Err(bad(
+            path,
+            format!("tensor {name}: storage {} holds {} bytes, shape {dims:?} needs {n_bytes}", info.path, buf.len()),
+        ));
+    }
+    if fortran {
+        let reversed: Vec<usize> = dims.iter().rev().copied().collect();
+        let t = Tensor::from_raw_buffer(&buf, dtype, &reversed, &Device::Cpu)?;
+        let perm: Vec<usize> = (0..dims.len()).rev().collect();
+        Ok(t.permute(perm)?.contiguous()?)
+    } else {
+        Ok(Tensor::from_raw_buffer(&buf, dtype, &dims, &Device::Cpu)?)
+    }
+}
+
+/// Reads a zip-format PyTorch file into canonical names.
+pub(crate) fn load(path: &Path) -> Result<LoadedWeights> {
+    let mut archive = open(path)?;
+    let plan = plan(path, &mut archive)?;
+    let mut out = Canonical { dropped: plan.dropped, ..Default::default() };
+    let mut origin = HashMap::new();
+    for (naming, infos) in plan.groups {
+        let mut entries = Vec::with_capacity(infos.len());
+        for info in &infos {
+            entries.push((info.name.clone(), read_tensor(path, &mut archive.zip, info)?));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        match naming {
+            Naming::OpenAi => names::canonicalize_openai(entries, false, &mut out, &mut origin, path)?,
+            Naming::Fusion => names::canonicalize_openai(entries, true, &mut out, &mut origin, path)?,
+            Naming::HuggingFace => names::canonicalize_hf(entries, &mut out, &mut origin, path)?,
+        }
+    }
+    Ok(LoadedWeights {
+        tensors: out.tensors,
+        format: plan.format,
+        temporal_shift: out.temporal_shift,
+        config: None,
+        path: path.to_path_buf(),
+        dropped: out.dropped,
+    })
+}

@@ -1,0 +1,178 @@
+//! Unit tests of inference, validation and the VarBuilder / VarMap helpers on in-memory maps.
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+
+use super::*;
+use crate::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
+
+fn tiny() -> ClipConfig {
+    ClipConfig {
+        vision: VisionConfig { width: 64, layers: 2, heads: 1, patch_size: 8, image_size: 32 },
+        text: TextConfig { width: 64, layers: 1, heads: 1, vocab_size: 50, context_length: 8 },
+        embed_dim: 32,
+    }
+}
+
+fn config(post: PostNetwork, joint: bool, frames: usize) -> ActionClipConfig {
+    ActionClipConfig { clip: tiny(), frames, prompt: VisualPrompt { joint, temporal_shift: false, post } }
+}
+
+fn zeros_for(cfg: &ActionClipConfig, dtype: DType) -> HashMap<String, Tensor> {
+    expected_shapes(cfg)
+        .into_iter()
+        .map(|(k, s)| {
+            let t = Tensor::zeros(s.as_slice(), dtype, &Device::Cpu).unwrap();
+            (k, t)
+        })
+        .collect()
+}
+
+fn loaded(tensors: HashMap<String, Tensor>) -> LoadedWeights {
+    LoadedWeights {
+        tensors,
+        format: Format::OpenAiSafetensors,
+        temporal_shift: false,
+        config: None,
+        path: PathBuf::from("test.safetensors"),
+        dropped: vec![],
+    }
+}
+
+#[test]
+fn every_head_is_inferred_back_from_its_keys() {
+    let cases = [
+        (PostNetwork::MeanPool, false, 8, None),
+        (PostNetwork::Conv1d { reference_reshape: true }, false, 8, None),
+        (PostNetwork::Lstm, false, 8, None),
+        (PostNetwork::Transformer { layers: 3 }, false, 8, None),
+        (PostNetwork::TransformerCls { layers: 2 }, false, 5, Some(5)),
+        (PostNetwork::MeanPool, true, 6, Some(6)),
+    ];
+    for (post, joint, frames, inferred_frames) in cases {
+        let cfg = config(post, joint, frames);
+        let w = loaded(zeros_for(&cfg, DType::F32));
+        assert_eq!(w.inferred_post_network().unwrap(), post, "{post:?}");
+        assert_eq!(w.joint(), joint);
+        assert_eq!(w.inferred_frames(), inferred_frames, "{post:?}");
+        let inferred = w.infer_config(frames).unwrap();
+        assert_eq!(inferred, cfg, "{post:?}");
+        check_shapes(&w.tensors, &expected_shapes(&inferred)).unwrap();
+    }
+}
+
+#[test]
+fn expected_shapes_agree_with_from_shapes() {
+    let cfg = config(PostNetwork::MeanPool, false, 8);
+    let shapes: HashMap<String, Vec<usize>> = expected_shapes(&cfg).into_iter().collect();
+    assert_eq!(ClipConfig::from_shapes(&shapes).unwrap(), tiny());
+    assert_eq!(shapes["logit_scale"], Vec::<usize>::new());
+    assert_eq!(shapes["visual.proj"], vec![64, 32]);
+}
+
+#[test]
+fn our_conv1d_keeps_the_configs_choice() {
+    let cfg = config(PostNetwork::Conv1d { reference_reshape: false }, false, 8);
+    let mut w = loaded(zeros_for(&cfg, DType::F32));
+    w.format = Format::ActionClipSafetensors;
+    assert_eq!(w.inferred_post_network().unwrap(), PostNetwork::Conv1d { reference_reshape: false });
+    w.format = Format::ActionClipCheckpoint;
+    assert_eq!(w.inferred_post_network().unwrap(), PostNetwork::Conv1d { reference_reshape: true });
+    w.config = Some(cfg.clone());
+    assert_eq!(w.post_network().unwrap(), PostNetwork::Conv1d { reference_reshape: false });
+    assert_eq!(w.action_clip_config().unwrap(), cfg);
+}
+
+#[test]
+fn ambiguous_or_broken_heads_are_errors() {
+    let mut tensors = zeros_for(&config(PostNetwork::Lstm, false, 8), DType::F32);
+    tensors.extend(zeros_for(&config(PostNetwork::Conv1d { reference_reshape: true }, false, 8), DType::F32));
+    let err = loaded(tensors).inferred_post_network().unwrap_err().to_string();
+    assert!(err.contains("Conv_1D") && err.contains("LSTM"), "{err}");
+
+    let mut tensors = zeros_for(&config(PostNetwork::Transformer { layers: 3 }, false, 8), DType::F32);
+    tensors.retain(|k, _| !k.starts_with("fusion_model.transformer.resblocks.1."));
+    let err = loaded(tensors).inferred_post_network().unwrap_err().to_string();
+    assert!(err.contains("fusion_model.transformer.resblocks.") && err.contains("0..2"), "{err}");
+
+    let mut tensors = zeros_for(&config(PostNetwork::MeanPool, false, 8), DType::F32);
+    tensors.insert("fusion_model.mystery.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    let err = loaded(tensors).inferred_post_network().unwrap_err().to_string();
+    assert!(err.contains("fusion_model.mystery.weight"), "{err}");
+}
+
+#[test]
+fn missing_key_hints() {
+    let keys: Vec<String> =
+        ["visual.ln_pre.weight", "visual.ln_pre.bias", "visual.ln_post.weight"].iter().map(|s| s.to_string()).collect();
+    let hint = check::similar_keys_hint("visual.ln_post.bias", keys.iter()).unwrap();
+    assert_eq!(hint, "keys under visual.ln_post.: visual.ln_post.weight");
+    let hint = check::similar_keys_hint("fusion_model.ln_pre.bias", keys.iter().chain(&["fusion_model.x".to_string()]));
+    assert_eq!(hint.as_deref(), Some("keys with the same ending: visual.ln_pre.bias"));
+    let hint = check::similar_keys_hint("visual.conv1.weight", keys.iter()).unwrap();
+    assert!(hint.contains("keys under visual."), "{hint}");
+    let hint = check::similar_keys_hint("fusion_model.shift.weight", keys.iter()).unwrap();
+    assert!(hint.contains("no fusion_model"), "{hint}");
+    assert_eq!(check::similar_keys_hint("x", std::iter::empty()).as_deref(), Some("the checkpoint holds no tensors"));
+}
+
+#[test]
+fn var_builder_casts_on_access() -> Result<()> {
+    let mut tensors = HashMap::new();
+    let v = Tensor::new(&[1.5f32, -2.25, 3.0], &Device::Cpu)?.to_dtype(DType::F16)?;
+    tensors.insert("a.weight".to_string(), v);
+    let w = loaded(tensors);
+    let vb = w.var_builder(DType::F32, &Device::Cpu);
+    let got = vb.pp("a").get(3, "weight")?;
+    assert_eq!(got.dtype(), DType::F32);
+    assert_eq!(got.to_vec1::<f32>()?, vec![1.5, -2.25, 3.0]);
+    assert!(vb.get(4, "a.weight").is_err());
+    Ok(())
+}
+
+#[test]
+fn var_maps_from_and_into_checkpoints() -> Result<()> {
+    let mut tensors = HashMap::new();
+    tensors.insert("a".to_string(), Tensor::new(&[1f32, 2.], &Device::Cpu)?.to_dtype(DType::F16)?);
+    tensors.insert("ids".to_string(), Tensor::new(&[1i64, 2], &Device::Cpu)?);
+    let w = loaded(tensors);
+
+    let vm = w.to_var_map(DType::F32, &Device::Cpu)?;
+    let vars = vm.data().lock().unwrap();
+    assert_eq!(vars.len(), 1, "integer buffers are not variables");
+    assert_eq!(vars["a"].dtype(), DType::F32);
+    drop(vars);
+
+    let target = VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&target, DType::F32, &Device::Cpu);
+    vb.get_with_hints(2, "a", candle_nn::Init::Const(0.))?;
+    vb.get_with_hints(3, "new_head", candle_nn::Init::Const(7.))?;
+    let missing = w.copy_into_var_map(&target)?;
+    assert_eq!(missing, vec!["new_head".to_string()]);
+    let a = target.data().lock().unwrap()["a"].as_tensor().to_vec1::<f32>()?;
+    assert_eq!(a, vec![1., 2.]);
+
+    let wrong = VarMap::new();
+    candle_nn::VarBuilder::from_varmap(&wrong, DType::F32, &Device::Cpu).get_with_hints(
+        5,
+        "a",
+        candle_nn::Init::Const(0.),
+    )?;
+    match w.copy_into_var_map(&wrong) {
+        Err(Error::KeyShape { key, found, expected }) => {
+            assert_eq!((key.as_str(), found, expected), ("a", vec![2], vec![5]));
+        }
+        other => panic!("expected KeyShape, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn describe_keys_is_short() {
+    let keys: Vec<String> = (0..15).map(|i| format!("k{i:02}")).collect();
+    let d = describe_keys(keys.iter().map(String::as_str));
+    assert!(d.starts_with("15 tensors; first keys: k00, k01"), "{d}");
+    assert!(d.ends_with(", ..."), "{d}");
+}
