@@ -132,3 +132,29 @@ fn encoder_roundtrip_through_ffmpeg_tool() {
         assert!(err < 6.0, "{codec:?}: mean abs error {err}");
     }
 }
+
+/// A header that overstates the frame count by a frame or two (the last frame cut off) is tolerated:
+/// indices past the real end read the last decodable frame; further out is still an error.
+#[test]
+fn header_overstating_by_a_frame_is_tolerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut_end.avi");
+    let frames: Vec<image::RgbImage> = (0..20u32)
+        .map(|t| image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 3 + t * 9) as u8, (y * 5 ^ t) as u8, (x ^ y) as u8])))
+        .collect();
+    let opts = data::EncodeOptions { gop: 5, ..Default::default() };
+    video::write_video(&path, &frames, &opts).unwrap();
+    let full = ffmpeg_rgb_frames(&path);
+    // Drop the index (16 bytes per frame + 8) and most of the last frame's data.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = 8 + 16 * 20 + 200;
+    std::fs::write(&path, &bytes[..bytes.len() - cut]).unwrap();
+    let left = ffmpeg_rgb_frames(&path).len();
+    assert!((18..20).contains(&left), "the cut left {left} frames");
+    assert_eq!(data::frame_count(&path).unwrap(), 20, "the header still says 20");
+    let got = data::decode_frames(&path, &[0, 17, 19]).unwrap();
+    assert_eq!(got[1], data::decode_frames(&path, &[17]).unwrap()[0]);
+    let max = got[0].as_raw().iter().zip(full[0].as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(max <= 1);
+    assert!(matches!(data::decode_frames(&path, &[20]).unwrap_err(), actionclip::Error::MissingFrame { index: 20, .. }));
+}

@@ -78,9 +78,23 @@ pub struct FrameFolder {
 }
 
 impl FrameFolder {
-    /// Opens `dir` with the default template (`img_{:05d}.jpg`, numbered from 1) and counts its frames.
+    /// Opens `dir` with the default template (`img_{:05d}.jpg`, numbered from 1) and counts its frames;
+    /// a folder with no such files but `img_{:05d}.png` or `.jpeg` ones is read with that extension.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with(dir, FrameTemplate::default(), 1)
+        let dir = dir.as_ref();
+        match Self::open_with(dir, FrameTemplate::default(), 1) {
+            Err(Error::EmptyClip { path }) => {
+                for ext in [".png", ".jpeg"] {
+                    let template = FrameTemplate { suffix: ext.into(), ..FrameTemplate::default() };
+                    match Self::open_with(dir, template, 1) {
+                        Err(Error::EmptyClip { .. }) => continue,
+                        other => return other,
+                    }
+                }
+                Err(Error::EmptyClip { path })
+            }
+            other => other,
+        }
     }
 
     /// Opens `dir`, counting the files that match `template`. The frames must be contiguous from

@@ -1,6 +1,6 @@
 //! A threaded clip loader: worker threads build whole batches, a bounded window keeps at most
-//! `prefetch` batches ahead of the consumer (memory stays bounded), and batches come out in order, so an
-//! epoch is the same for a given seed whatever the thread timing.
+//! `workers + prefetch` batches ahead of the consumer (memory stays bounded), and batches come out in
+//! order, so an epoch is the same for a given seed whatever the thread timing.
 //!
 //! A clip that cannot be loaded (missing file, corrupt or truncated video, missing frame, empty folder)
 //! never ends the epoch: it is reported with its path and reason, then skipped or replaced by another
@@ -43,7 +43,8 @@ pub struct LoaderConfig {
     pub batch_size: usize,
     /// Worker threads (0: load on the consumer's thread).
     pub workers: usize,
-    /// Batches that may be ready or in progress ahead of the consumer (at least 1).
+    /// Finished batches that may wait for the consumer. At most `workers + prefetch` batches exist at
+    /// any time (being built or waiting), which bounds memory.
     pub prefetch: usize,
     /// Shuffle the clip order each epoch.
     pub shuffle: bool,
@@ -233,7 +234,8 @@ struct Built {
 }
 
 fn worker(shared: &Shared, epoch: u64, order: &[usize], num_batches: usize, window: &(Mutex<Window>, Condvar), tx: &mpsc::Sender<Built>) {
-    let ahead = shared.cfg.prefetch.max(1);
+    // Batches taken but not yet delivered: one per worker being built plus `prefetch` waiting.
+    let ahead = shared.cfg.workers.max(1) + shared.cfg.prefetch;
     loop {
         let index = {
             let (lock, cv) = window;
@@ -263,8 +265,8 @@ fn worker(shared: &Shared, epoch: u64, order: &[usize], num_batches: usize, wind
     }
 }
 
-/// Loads one clip, replacing it on failure per the policy. Returns the data and the id that was used.
-fn load_slot(shared: &Shared, epoch: u64, position: usize, id: usize, failures: &mut Vec<SampleFailure>) -> Option<(Vec<f32>, usize)> {
+/// Loads one clip into `out`, replacing it on failure per the policy. Returns the id that was used.
+fn load_slot(shared: &Shared, epoch: u64, position: usize, id: usize, out: &mut [f32], failures: &mut Vec<SampleFailure>) -> Option<usize> {
     let cfg = &shared.cfg;
     let attempts = match cfg.on_failure {
         OnFailure::Skip => 0,
@@ -275,8 +277,8 @@ fn load_slot(shared: &Shared, epoch: u64, position: usize, id: usize, failures: 
     for attempt in 0..=attempts {
         let sample = &shared.dataset.samples[current];
         let mut rng = sample_rng(cfg.seed, epoch, current as u64);
-        match shared.pipeline.load(&sample.path, sample.num_frames, &mut rng) {
-            Ok(clip) => return Some((clip.data, current)),
+        match shared.pipeline.load_into(&sample.path, sample.num_frames, &mut rng, out) {
+            Ok(_) => return Some(current),
             Err(e) => {
                 let next = (attempt < attempts && shared.dataset.len() > 1).then(|| replace_rng.gen_range(0..shared.dataset.len()));
                 failures.push(SampleFailure { sample: current, path: sample.path.clone(), reason: e.to_string(), replaced_by: next });
@@ -294,15 +296,14 @@ fn build_batch(shared: &Shared, epoch: u64, order: &[usize], index: usize) -> Bu
     let b = shared.cfg.batch_size;
     let ids = &order[index * b..((index + 1) * b).min(order.len())];
     let mut failures = Vec::new();
-    let mut data = Vec::new();
+    // Clips are written straight into the batch buffer; a failed slot is overwritten by the next clip.
+    let clip_len = shared.pipeline.clip_len();
+    let mut data = vec![0f32; clip_len * ids.len()];
     let mut labels = Vec::with_capacity(ids.len());
     let mut used = Vec::with_capacity(ids.len());
     for (k, &id) in ids.iter().enumerate() {
-        if let Some((clip, got)) = load_slot(shared, epoch, index * b + k, id, &mut failures) {
-            if data.is_empty() {
-                data.reserve(clip.len() * ids.len());
-            }
-            data.extend_from_slice(&clip);
+        let at = used.len() * clip_len;
+        if let Some(got) = load_slot(shared, epoch, index * b + k, id, &mut data[at..at + clip_len], &mut failures) {
             labels.push(shared.dataset.samples[got].label as u32);
             used.push(got);
         }
@@ -310,6 +311,7 @@ fn build_batch(shared: &Shared, epoch: u64, order: &[usize], index: usize) -> Bu
     if used.is_empty() {
         return Built { index, batch: Ok(None), failures };
     }
+    data.truncate(used.len() * clip_len);
     let mut shape = vec![used.len()];
     shape.extend(shared.pipeline.clip_shape());
     let tensor = Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).and_then(|t| t.to_dtype(shared.cfg.dtype));

@@ -123,9 +123,25 @@ impl ClipPipeline {
         }
     }
 
+    /// Values in one loaded clip (the product of [`ClipPipeline::clip_shape`]).
+    pub fn clip_len(&self) -> usize {
+        self.clip_shape().iter().product()
+    }
+
     /// Loads the clip at `path` (video file or frame folder). `num_frames` skips counting when known;
     /// `rng` drives training sampling and augmentation (unused in test mode).
     pub fn load<R: Rng + ?Sized>(&self, path: &Path, num_frames: Option<usize>, rng: &mut R) -> Result<ClipData> {
+        let mut data = vec![0f32; self.clip_len()];
+        let indices = self.load_into(path, num_frames, rng, &mut data)?;
+        Ok(ClipData { data, shape: self.clip_shape(), indices })
+    }
+
+    /// Like [`ClipPipeline::load`], writing the values into `out` (length [`ClipPipeline::clip_len`]);
+    /// returns the frame indices that were read. On error `out` may be partly written.
+    pub fn load_into<R: Rng + ?Sized>(&self, path: &Path, num_frames: Option<usize>, rng: &mut R, out: &mut [f32]) -> Result<Vec<usize>> {
+        if out.len() != self.clip_len() {
+            return Err(Error::Config(format!("clip buffer holds {} values, the pipeline makes {}", out.len(), self.clip_len())));
+        }
         let source = ClipSource::open(path, &self.naming, num_frames)?;
         let n = source.len();
         let views: Vec<Vec<usize>> = match self.mode {
@@ -135,20 +151,16 @@ impl ClipPipeline {
         let all: Vec<usize> = views.concat();
         let frames = source.read(&all)?;
         let t = self.sampling.total_length();
-        let mut data = Vec::with_capacity(self.clip_shape().iter().product());
-        for (v, chunk) in frames.chunks(t).enumerate() {
+        let per_view = out.len() / views.len().max(1);
+        for (v, (chunk, dst)) in frames.chunks(t).zip(out.chunks_mut(per_view)).enumerate() {
             if chunk.len() != t {
                 return Err(Error::Video { path: path.to_path_buf(), reason: format!("view {v}: {} frames read, {t} expected", chunk.len()) });
             }
             match &self.transform {
-                ClipTransform::Train(tr) => data.extend(tr.apply(chunk, rng)?),
-                ClipTransform::Test(tr) => {
-                    for crop in tr.apply(chunk)? {
-                        data.extend(crop);
-                    }
-                }
+                ClipTransform::Train(tr) => tr.apply_into(chunk, rng, dst)?,
+                ClipTransform::Test(tr) => tr.apply_into(chunk, dst)?,
             }
         }
-        Ok(ClipData { data, shape: self.clip_shape(), indices: all })
+        Ok(all)
     }
 }

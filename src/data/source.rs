@@ -39,6 +39,8 @@ impl ClipSource {
         if meta.is_dir() {
             let folder = match known_len {
                 Some(n) => FrameFolder::with_len(path, naming.template.clone(), naming.first_index, n),
+                // The default naming also finds `.png`/`.jpeg` frames.
+                None if naming == &FrameNaming::default() => FrameFolder::open(path)?,
                 None => FrameFolder::open_with(path, naming.template.clone(), naming.first_index)?,
             };
             if folder.is_empty() {

@@ -164,15 +164,33 @@ impl TestTransform {
 
     /// Transforms a clip of T frames: returns `num_crops` buffers, each `[T, 3, crop, crop]` normalised.
     pub fn apply(&self, frames: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let len = frames.len() * 3 * (self.crop_size as usize).pow(2);
+        let mut out = vec![0f32; len * self.num_crops()];
+        self.apply_into(frames, &mut out)?;
+        Ok(out.chunks(len.max(1)).map(|c| c.to_vec()).collect())
+    }
+
+    /// Like [`TestTransform::apply`], written into `out` laid out `[num_crops, T, 3, crop, crop]`.
+    pub fn apply_into(&self, frames: &[RgbImage], out: &mut [f32]) -> Result<()> {
         let c = self.crop_size as usize;
         let plane = 3 * c * c;
-        let mut out = vec![vec![0f32; frames.len() * plane]; self.num_crops()];
+        let per_crop = frames.len() * plane;
+        if out.len() != per_crop * self.num_crops() {
+            return Err(Error::Config(format!(
+                "test transform output holds {} values, {} crops of {} frames need {}",
+                out.len(),
+                self.num_crops(),
+                frames.len(),
+                per_crop * self.num_crops()
+            )));
+        }
         for (t, frame) in frames.iter().enumerate() {
             for (k, crop) in self.apply_frame(frame)?.iter().enumerate() {
-                normalize_into(crop, false, &mut out[k][t * plane..(t + 1) * plane])?;
+                let at = k * per_crop + t * plane;
+                normalize_into(crop, false, &mut out[at..at + plane])?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -353,12 +371,26 @@ impl TrainTransform {
 
     /// Transforms a clip of T frames (all of one size) into `[T, 3, S, S]` normalised values.
     pub fn apply<R: Rng + ?Sized>(&self, frames: &[RgbImage], rng: &mut R) -> Result<Vec<f32>> {
-        let Some(first) = frames.first() else { return Ok(Vec::new()) };
-        let (w, h) = first.dimensions();
-        let params = self.draw(w, h, rng)?;
+        let mut out = vec![0f32; frames.len() * 3 * (self.input_size as usize).pow(2)];
+        self.apply_into(frames, rng, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`TrainTransform::apply`], written into `out` (`T * 3 * S * S` values).
+    pub fn apply_into<R: Rng + ?Sized>(&self, frames: &[RgbImage], rng: &mut R, out: &mut [f32]) -> Result<()> {
         let s = self.input_size as usize;
         let plane = 3 * s * s;
-        let mut out = vec![0f32; frames.len() * plane];
+        if out.len() != frames.len() * plane {
+            return Err(Error::Config(format!(
+                "training transform output holds {} values, {} frames need {}",
+                out.len(),
+                frames.len(),
+                frames.len() * plane
+            )));
+        }
+        let Some(first) = frames.first() else { return Ok(()) };
+        let (w, h) = first.dimensions();
+        let params = self.draw(w, h, rng)?;
         for (t, frame) in frames.iter().enumerate() {
             if frame.dimensions() != (w, h) {
                 return Err(Error::Config(format!(
@@ -369,7 +401,7 @@ impl TrainTransform {
             let img = self.apply_frame(frame, &params)?;
             normalize_into(&img, params.flip, &mut out[t * plane..(t + 1) * plane])?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 

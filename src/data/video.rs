@@ -117,7 +117,9 @@ pub fn count_frames(path: impl AsRef<Path>) -> Result<usize> {
 
 /// Decodes the 0-based frames `indices` (any order, repeats allowed) of a video to RGB. Decoding
 /// stops after the largest index; a video that ends before it gives [`Error::MissingFrame`] with the
-/// number of frames it really has (a truncated file, or a header that overstates the count).
+/// number of frames it really has (a truncated file, or a header that overstates the count). A header
+/// that overstates by at most 2 frames is tolerated: indices below the header's count but past the real
+/// end read the last decodable frame.
 pub fn decode(path: impl AsRef<Path>, indices: &[usize]) -> Result<Vec<RgbImage>> {
     let path = path.as_ref();
     check_file(path)?;
@@ -231,6 +233,10 @@ mod imp {
     use super::{video_err, EncodeOptions, VideoCodec, VideoInfo};
     use crate::error::{Error, Result};
 
+    /// How many frames a container header may overstate the decodable count by before reading past
+    /// the real end is an error (within it, indices past the end read the last frame).
+    const HEADER_SLACK: usize = 2;
+
     /// Initialises FFmpeg once and silences its logging (library code never prints; errors are returned).
     fn init() {
         static ONCE: Once = Once::new();
@@ -311,7 +317,19 @@ mod imp {
             let ctx = ff::codec::context::Context::from_parameters(stream.parameters())
                 .map_err(|e| video_err(path, format!("unsupported codec parameters: {e}")))?;
             let mut decoder = ctx.decoder().video().map_err(|e| video_err(path, format!("cannot open the decoder: {e}")))?;
-            let mut state = DecodeState { wanted: &wanted, next: 0, count: 0, last, got: BTreeMap::new(), scaler: None };
+            // Near the header's end, keep the latest frame: a header that overstates the count by a
+            // few frames is tolerated by repeating the real last frame.
+            let keep_tail_from = (self.header_frames.max(0) as usize).saturating_sub(HEADER_SLACK + 1);
+            let mut state = DecodeState {
+                wanted: &wanted,
+                next: 0,
+                count: 0,
+                last,
+                got: BTreeMap::new(),
+                scaler: None,
+                keep_tail_from,
+                tail: None,
+            };
             let mut frame = ff::frame::Video::empty();
             let mut last_error: Option<String> = None;
             let stream_index = self.stream;
@@ -329,6 +347,16 @@ mod imp {
             if state.count <= last {
                 let _ = decoder.send_eof();
                 state.drain(&mut decoder, &mut frame, path)?;
+            }
+            let header = self.header_frames.max(0) as usize;
+            if state.count <= last && state.count > 0 && state.count + HEADER_SLACK >= header && last < header {
+                if let Some(tail) = state.tail.take() {
+                    let img = state.to_rgb(&tail, path)?;
+                    for &i in wanted.iter().filter(|&&i| i >= state.count) {
+                        state.got.insert(i, img.clone());
+                    }
+                    state.count = last + 1;
+                }
             }
             if state.count <= last {
                 let missing = wanted.iter().copied().find(|i| !state.got.contains_key(i)).unwrap_or(last);
@@ -355,6 +383,9 @@ mod imp {
         last: usize,
         got: BTreeMap<usize, RgbImage>,
         scaler: Option<(scaling::Context, Pixel, u32, u32)>,
+        /// Frames from this index on are remembered in `tail` (see [`HEADER_SLACK`]).
+        keep_tail_from: usize,
+        tail: Option<ff::frame::Video>,
     }
 
     impl DecodeState<'_> {
@@ -363,6 +394,9 @@ mod imp {
             while decoder.receive_frame(frame).is_ok() {
                 let k = self.count;
                 self.count += 1;
+                if k >= self.keep_tail_from {
+                    self.tail = Some(frame.clone());
+                }
                 if self.next < self.wanted.len() && self.wanted[self.next] == k {
                     self.next += 1;
                     let img = self.to_rgb(frame, path)?;
