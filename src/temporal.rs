@@ -350,8 +350,11 @@ mod tests {
     #[test]
     fn conv1d_fixed_shift_init_moves_channels_in_time() {
         let dev = Device::Cpu;
-        let vb = VarBuilder::zeros(DType::F32, &dev);
-        let head = Conv1dHead::new(vb, 4, false).unwrap();
+        let varmap = candle_nn::VarMap::new();
+        let head = Conv1dHead::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), 4, false).unwrap();
+        // The initial value lives in the VarMap's variable, so training starts from it.
+        let stored = varmap.data().lock().unwrap()["shift.weight"].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(stored, head.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         // x[b, t, d] = t for every channel
         let x = Tensor::arange(0f32, 3., &dev).unwrap().reshape((1, 3, 1)).unwrap().broadcast_as((1, 3, 4)).unwrap().contiguous().unwrap();
         let y = depthwise_conv3(&x.transpose(1, 2).unwrap(), &head.weight).unwrap().transpose(1, 2).unwrap();
