@@ -10,6 +10,7 @@ pub mod model;
 pub mod nn;
 pub mod prompts;
 pub mod temporal;
+pub mod train;
 pub mod video;
 pub mod weights;
 

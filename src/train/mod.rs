@@ -1,0 +1,1 @@
+//! Fine-tuning: optimizer, schedules, the training loop, checkpoints and metrics (work in progress).
