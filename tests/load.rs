@@ -81,3 +81,42 @@ fn half_precision_load_is_close() {
     let d = max_abs_diff(&ours, &io["video.tsm_transf"]);
     assert!(d < 0.1, "f16 video features differ by {d}");
 }
+
+#[test]
+fn mis_shaped_or_missing_keys_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // The golden CLIP weights, converted from Hugging Face names to canonical ones.
+    let openai = actionclip::weights::load(tiny("hf_clip.safetensors")).unwrap().tensors;
+
+    let mut bad = openai.clone();
+    bad.insert("visual.ln_post.weight".into(), candle_core::Tensor::zeros(127, DType::F16, &Device::Cpu).unwrap());
+    let path = dir.path().join("bad_shape.safetensors");
+    actionclip::weights::save_safetensors(&bad, None, &path).unwrap();
+    match ActionClip::load(&path, &Device::Cpu, DType::F32) {
+        Err(actionclip::Error::KeyShape { key, found, expected }) => {
+            assert_eq!((key.as_str(), found, expected), ("visual.ln_post.weight", vec![127], vec![128]));
+        }
+        other => panic!("expected KeyShape, got {:?}", other.err()),
+    }
+
+    let mut missing = openai;
+    missing.remove("visual.ln_post.bias");
+    let path = dir.path().join("missing.safetensors");
+    actionclip::weights::save_safetensors(&missing, None, &path).unwrap();
+    let err = ActionClip::load(&path, &Device::Cpu, DType::F32).err().expect("missing key must fail");
+    assert!(matches!(&err, actionclip::Error::MissingKey { key, .. } if key == "visual.ln_post.bias"), "{err}");
+    assert!(err.to_string().contains("visual.ln_post.bias"));
+}
+
+#[test]
+fn unknown_layout_lists_what_was_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.safetensors");
+    let t = candle_core::Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("encoder.layer.0.weight".to_string(), t)]), &path).unwrap();
+    let err = ActionClip::load(&path, &Device::Cpu, DType::F32).err().expect("unknown layout must fail");
+    assert!(matches!(err, actionclip::Error::UnknownFormat { .. }), "{err}");
+    assert!(err.to_string().contains("encoder.layer.0.weight"), "{err}");
+    let err = ActionClip::load(dir.path().join("nope.pt"), &Device::Cpu, DType::F32).err().unwrap();
+    assert!(err.to_string().contains("nope.pt"), "{err}");
+}
