@@ -116,6 +116,7 @@ fn loader_finishes_the_epoch_and_reports_failures() {
     std::fs::create_dir_all(&empty).unwrap();
     let zero = root.join("zero.avi");
     std::fs::write(&zero, b"").unwrap();
+    #[cfg_attr(not(feature = "video"), allow(unused_mut))]
     let mut broken = vec![gap, empty, zero, root.join("does_not_exist.avi")];
     #[cfg(feature = "video")]
     broken.push(truncated_avi(root));

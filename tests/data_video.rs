@@ -140,7 +140,7 @@ fn header_overstating_by_a_frame_is_tolerated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cut_end.avi");
     let frames: Vec<image::RgbImage> = (0..20u32)
-        .map(|t| image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 3 + t * 9) as u8, (y * 5 ^ t) as u8, (x ^ y) as u8])))
+        .map(|t| image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 3 + t * 9) as u8, ((y * 5) ^ t) as u8, (x ^ y) as u8])))
         .collect();
     let opts = data::EncodeOptions { gop: 5, ..Default::default() };
     video::write_video(&path, &frames, &opts).unwrap();

@@ -170,7 +170,7 @@ impl FrameFolder {
             }
             cache.insert(i, self.read_one(i)?);
         }
-        Ok(indices.iter().filter_map(|i| cache.get(i).cloned()).collect())
+        Ok(super::source::gather(cache, indices))
     }
 
     fn read_one(&self, index: usize) -> Result<RgbImage> {

@@ -226,11 +226,18 @@ struct Window {
     stop: bool,
 }
 
-/// A built batch before it reaches the consumer.
+/// A built batch before it reaches the consumer (`None`: every clip of it failed).
 struct Built {
     index: usize,
-    batch: Result<Option<(Tensor, Vec<u32>, Vec<usize>)>>,
+    batch: Result<Option<Ready>>,
     failures: Vec<SampleFailure>,
+}
+
+/// The loaded part of a batch: frames on the CPU, labels, dataset ids.
+struct Ready {
+    frames: Tensor,
+    labels: Vec<u32>,
+    ids: Vec<usize>,
 }
 
 fn worker(shared: &Shared, epoch: u64, order: &[usize], num_batches: usize, window: &(Mutex<Window>, Condvar), tx: &mpsc::Sender<Built>) {
@@ -315,7 +322,8 @@ fn build_batch(shared: &Shared, epoch: u64, order: &[usize], index: usize) -> Bu
     let mut shape = vec![used.len()];
     shape.extend(shared.pipeline.clip_shape());
     let tensor = Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).and_then(|t| t.to_dtype(shared.cfg.dtype));
-    Built { index, batch: tensor.map(|t| Some((t, labels, used))).map_err(Error::from), failures }
+    let batch = tensor.map(|frames| Some(Ready { frames, labels, ids: used })).map_err(Error::from);
+    Built { index, batch, failures }
 }
 
 /// One epoch in progress: iterate it for batches, then read [`Epoch::report`].
@@ -399,7 +407,7 @@ impl Iterator for Epoch {
             match built.batch {
                 Ok(None) => continue,
                 Err(e) => return Some(Err(e)),
-                Ok(Some((frames, labels, ids))) => {
+                Ok(Some(Ready { frames, labels, ids })) => {
                     let n = ids.len();
                     let frames = match frames.to_device(&self.shared.cfg.device) {
                         Ok(f) => f,

@@ -97,9 +97,9 @@ fn precompute(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize - xmin;
         let xmax = xmax.min(ksize);
         let mut ww = 0.0;
-        for x in 0..xmax {
+        for (x, wx) in w.iter_mut().take(xmax).enumerate() {
             let v = filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
-            w[x] = v;
+            *wx = v;
             ww += v;
         }
         for x in 0..xmax {

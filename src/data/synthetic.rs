@@ -160,7 +160,7 @@ fn check(cfg: &SyntheticConfig) -> Result<()> {
     if cfg.frames == 0 || cfg.width < 16 || cfg.height < 16 || cfg.fps == 0 {
         return bad("frames, fps must be positive and the size at least 16x16".into());
     }
-    if cfg.format == SyntheticFormat::Avi && (cfg.width % 2 != 0 || cfg.height % 2 != 0) {
+    if cfg.format == SyntheticFormat::Avi && (!cfg.width.is_multiple_of(2) || !cfg.height.is_multiple_of(2)) {
         return bad(format!("AVI clips need an even size, not {}x{}", cfg.width, cfg.height));
     }
     if cfg.clips_per_class > 99 {
@@ -244,7 +244,7 @@ impl Scene {
         let bg_a = hsv(rng.gen_range(0.0..1.0), 0.3, rng.gen_range(0.15..0.35));
         let bg_b = hsv(rng.gen_range(0.0..1.0), 0.3, rng.gen_range(0.15..0.35));
         let (wi, hi) = (cfg.width as usize, cfg.height as usize);
-        let (fx, fy, ph) = (rng.gen_range(0.05..0.2), rng.gen_range(0.05..0.2), rng.gen_range(0.0..6.28));
+        let (fx, fy, ph) = (rng.gen_range(0.05..0.2), rng.gen_range(0.05..0.2), rng.gen_range(0.0..2.0 * PI));
         let mut background = Vec::with_capacity(wi * hi);
         for y in 0..hi {
             for x in 0..wi {

@@ -12,9 +12,11 @@ use rand::Rng;
 use super::resize::{resize_region, Filter, Rect};
 use crate::error::{Error, Result};
 
-/// CLIP's per-channel mean (RGB, on the 0..1 scale).
+/// CLIP's per-channel mean (RGB, on the 0..1 scale), digits as the reference writes them.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
-/// CLIP's per-channel standard deviation (RGB, on the 0..1 scale).
+/// CLIP's per-channel standard deviation (RGB, on the 0..1 scale), digits as the reference writes them.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// Lookup tables `(v / 255 - mean[c]) / std[c]` for the three channels, computed in f32 in torch's order.

@@ -206,7 +206,7 @@ pub fn write_video(path: impl AsRef<Path>, frames: &[RgbImage], opts: &EncodeOpt
     if opts.fps == 0 {
         return Err(video_err(path, "fps must be at least 1"));
     }
-    if opts.codec != VideoCodec::Mjpeg && (w % 2 != 0 || h % 2 != 0) {
+    if opts.codec != VideoCodec::Mjpeg && (!w.is_multiple_of(2) || !h.is_multiple_of(2)) {
         return Err(video_err(path, format!("{w}x{h}: {:?} needs an even width and height", opts.codec)));
     }
     #[cfg(feature = "video")]
@@ -351,7 +351,7 @@ mod imp {
             let header = self.header_frames.max(0) as usize;
             if state.count <= last && state.count > 0 && state.count + HEADER_SLACK >= header && last < header {
                 if let Some(tail) = state.tail.take() {
-                    let img = state.to_rgb(&tail, path)?;
+                    let img = state.convert(&tail, path)?;
                     for &i in wanted.iter().filter(|&&i| i >= state.count) {
                         state.got.insert(i, img.clone());
                     }
@@ -369,10 +369,11 @@ mod imp {
                 }
                 return Err(Error::MissingFrame { path: path.to_path_buf(), index: missing, reason });
             }
-            indices
-                .iter()
-                .map(|i| state.got.get(i).cloned().ok_or_else(|| video_err(path, format!("internal: frame {i} not kept"))))
-                .collect()
+            let frames = crate::data::source::gather(std::mem::take(&mut state.got), indices);
+            if frames.len() != indices.len() {
+                return Err(video_err(path, "internal: a decoded frame was not kept"));
+            }
+            Ok(frames)
         }
     }
 
@@ -399,7 +400,7 @@ mod imp {
                 }
                 if self.next < self.wanted.len() && self.wanted[self.next] == k {
                     self.next += 1;
-                    let img = self.to_rgb(frame, path)?;
+                    let img = self.convert(frame, path)?;
                     self.got.insert(k, img);
                 }
                 if k >= self.last {
@@ -409,7 +410,7 @@ mod imp {
             Ok(false)
         }
 
-        fn to_rgb(&mut self, frame: &ff::frame::Video, path: &Path) -> Result<RgbImage> {
+        fn convert(&mut self, frame: &ff::frame::Video, path: &Path) -> Result<RgbImage> {
             let (fmt, w, h) = (frame.format(), frame.width(), frame.height());
             let stale = !matches!(&self.scaler, Some((_, f, sw, sh)) if *f == fmt && *sw == w && *sh == h);
             if stale {
