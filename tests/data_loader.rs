@@ -155,3 +155,20 @@ fn synthetic_avi_dataset_decodes() {
     assert_eq!(n, 12);
     assert_eq!(epoch.report().failed(), 0);
 }
+
+#[test]
+fn dropping_an_epoch_early_stops_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic::write_dataset(dir.path(), &small_cfg(SyntheticFormat::FrameFolders)).unwrap();
+    let dataset = VideoDataset::ucf101(dir.path(), 1, Subset::Train, Storage::FrameFolders).unwrap();
+    let cfg = LoaderConfig { batch_size: 2, workers: 3, prefetch: 1, ..Default::default() };
+    let loader = Loader::new(dataset, ClipPipeline::test(4, 16).unwrap(), cfg).unwrap();
+    assert_eq!(loader.num_batches(), 6);
+    for _ in 0..3 {
+        let mut epoch = loader.epoch(0);
+        assert!(epoch.next().unwrap().is_ok());
+        drop(epoch); // must not hang
+    }
+    let report = loader.epoch(1).finish();
+    assert_eq!((report.batches, report.samples, report.failed()), (6, 12, 0));
+}
