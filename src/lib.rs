@@ -5,6 +5,7 @@ pub mod clip;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod inference;
 pub mod loss;
 pub mod model;
 pub mod nn;
@@ -12,6 +13,7 @@ pub mod prompts;
 pub mod temporal;
 pub mod train;
 pub mod video;
+pub mod viz;
 pub mod weights;
 
 pub use clip::{tokenizer::Tokenizer, TextEncoder};

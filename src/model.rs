@@ -177,6 +177,11 @@ impl<'a> ZeroShotClassifier<'a> {
         &self.templates
     }
 
+    /// The model the classifier scores videos with (its frame count and input size set the sampling).
+    pub fn model(&self) -> &'a ActionClip {
+        self.model
+    }
+
     /// Adds labels (already present ones are skipped); only the new sentences are encoded.
     pub fn add_labels<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<()> {
         let new = dedup_labels(labels, &self.labels)?;
