@@ -1,0 +1,191 @@
+//! Checkpoint directories written atomically: the new checkpoint is written into a temporary directory beside
+//! the target, flushed, and swapped in by renames, so a kill at any moment leaves either the previous or the
+//! new checkpoint whole (between the two renames the previous one sits at `.{name}.old`, which
+//! [`resolve_checkpoint`] and [`recover`] use).
+//!
+//! A checkpoint directory holds
+//! - `model.safetensors`: the f32 master weights in canonical names with the model config in the metadata
+//!   (so `ActionClip::load("run/best")` works),
+//! - `optimizer.safetensors`: AdamW's moment buffers,
+//! - `trainer_state.json`: [`TrainerState`].
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::schedule::LrSchedule;
+use super::trainer::TrainConfig;
+use crate::{ActionClipConfig, Error, Result};
+
+/// File names inside a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The optimizer's moment buffers.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The trainer state.
+pub const STATE_FILE: &str = "trainer_state.json";
+
+/// How the trainer's randomness is derived. Every random choice of the loop (the template of each sample)
+/// comes from a ChaCha8 stream keyed by `(seed, epoch, batch)`, and the loader's shuffling and augmentation
+/// are keyed by `(seed, epoch, clip)`, so the seed and the position are the whole RNG state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// The run's seed.
+    pub seed: u64,
+    /// The scheme (for readers of the JSON).
+    pub scheme: String,
+}
+
+/// Everything besides weights and moments that a resumed run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Format version of this file.
+    pub version: u32,
+    /// Completed epochs.
+    pub epoch: usize,
+    /// Training batches of the current (incomplete) epoch already used; 0 at an epoch boundary.
+    pub batch_in_epoch: usize,
+    /// Optimizer iterations done (the schedule's position).
+    pub step: usize,
+    /// AdamW updates applied (iterations minus those skipped by the f16 loss scaler).
+    pub optimizer_steps: u64,
+    /// Best test top-1 so far (fraction) and the epoch it was reached at.
+    pub best_top1: Option<f64>,
+    /// The epoch of `best_top1`.
+    pub best_epoch: Option<usize>,
+    /// The f16 loss scale (1 otherwise) and successful steps since its last change.
+    pub loss_scale: f64,
+    /// Successful f16 steps since the loss scale last changed.
+    pub scale_good_steps: usize,
+    /// The resolved learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// The RNG state.
+    pub rng: RngState,
+    /// The training configuration.
+    pub train_config: TrainConfig,
+    /// The model configuration.
+    pub model_config: ActionClipConfig,
+    /// Mean training loss of each completed epoch.
+    pub epoch_losses: Vec<f64>,
+    /// Sum of the step losses of the current epoch so far (for its mean after a resume).
+    pub epoch_loss_sum: f64,
+    /// Steps in that sum.
+    pub epoch_loss_count: usize,
+}
+
+/// Writes a checkpoint directory atomically: `write(tmp)` fills a temporary directory, which then replaces
+/// `dir`.
+pub fn write_atomic(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dir.file_name().ok_or_else(|| Error::Config(format!("checkpoint path {} has no name", dir.display())))?.to_string_lossy().into_owned();
+    fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let tmp = parent.join(format!(".{name}.tmp"));
+    let old = old_path(dir);
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if let Err(e) = write(&tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // Flush every file, then the directory, before the swap.
+    for entry in fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))? {
+        let path = entry.map_err(|e| Error::io(&tmp, e))?.path();
+        let f = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        f.sync_all().map_err(|e| Error::io(&path, e))?;
+    }
+    sync_dir(&tmp);
+    if old.exists() {
+        if dir.exists() {
+            // A previous swap was interrupted after its first rename: `dir` is the newer whole checkpoint.
+            fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        } else {
+            fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
+            fs::remove_dir_all(&old).ok();
+        }
+    }
+    if dir.exists() {
+        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    sync_dir(&parent);
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    // Directory fsync is not available everywhere (Windows); it is best effort.
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// `.{name}.old` beside `dir`: where the previous checkpoint waits during a swap.
+pub fn old_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!(".{name}.old"))
+}
+
+/// The directory that holds the checkpoint `dir` names: `dir` itself when it holds a trainer state, or the
+/// previous checkpoint a swap left at `.{name}.old` when a kill came between the two renames.
+pub fn resolve_checkpoint(dir: &Path) -> Result<PathBuf> {
+    if dir.join(STATE_FILE).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let old = old_path(dir);
+    if old.join(STATE_FILE).is_file() {
+        return Ok(old);
+    }
+    Err(Error::Checkpoint { path: dir.to_path_buf(), reason: format!("no checkpoint here (no {STATE_FILE}, and no {} either)", old.display()) })
+}
+
+/// Puts back a checkpoint a kill left at `.{name}.old` (when `dir` is missing). Returns whether it did.
+pub fn recover(dir: &Path) -> Result<bool> {
+    let old = old_path(dir);
+    if !dir.exists() && old.join(STATE_FILE).is_file() {
+        fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Reads `trainer_state.json` of a checkpoint directory.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let path = dir.join(STATE_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Checkpoint { path, reason: format!("not a trainer state: {e}") })
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Config(format!("cannot serialise {}: {e}", path.display())))?;
+    fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_replaces_and_recovers() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("last");
+        write_atomic(&dir, |tmp| fs::write(tmp.join(STATE_FILE), "1").map_err(|e| Error::io(tmp, e))).unwrap();
+        write_atomic(&dir, |tmp| fs::write(tmp.join(STATE_FILE), "2").map_err(|e| Error::io(tmp, e))).unwrap();
+        assert_eq!(fs::read_to_string(dir.join(STATE_FILE)).unwrap(), "2");
+        // A failing writer leaves the previous checkpoint as it was.
+        let err = write_atomic(&dir, |_| Err(Error::Config("boom".into())));
+        assert!(err.is_err());
+        assert_eq!(fs::read_to_string(dir.join(STATE_FILE)).unwrap(), "2");
+        // A kill between the renames: only `.last.old` exists.
+        fs::rename(&dir, old_path(&dir)).unwrap();
+        assert_eq!(resolve_checkpoint(&dir).unwrap(), old_path(&dir));
+        assert!(recover(&dir).unwrap());
+        assert_eq!(fs::read_to_string(dir.join(STATE_FILE)).unwrap(), "2");
+    }
+}

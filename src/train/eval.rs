@@ -1,0 +1,156 @@
+//! Evaluation as the reference's test: every class sentence with the 16 templates, `softmax(100 * cos)` per
+//! template averaged over templates, top-1/top-5 over every sample (no dropped last batch), single or
+//! multi-view (views averaged), per-class accuracy and a confusion matrix.
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::data::Loader;
+use crate::model::ensemble_probabilities;
+use crate::{loss, prompts, ActionClip, Error, Result, Tokenizer};
+
+/// The result of one evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Completed training epochs when it ran (0: the starting weights, i.e. zero-shot).
+    pub epoch: usize,
+    /// Optimizer iterations done when it ran.
+    pub step: usize,
+    /// Views per video (temporal clips x crops); 1 is the reference's single view.
+    pub views: usize,
+    /// Videos scored.
+    pub samples: usize,
+    /// Top-1 accuracy, a fraction in 0..1.
+    pub top1: f64,
+    /// Top-5 accuracy, a fraction in 0..1.
+    pub top5: f64,
+    /// Mean of the per-class top-1 accuracies.
+    pub mean_class_accuracy: f64,
+    /// Top-1 accuracy of every class (NaN-free: a class without test samples has 0 and count 0).
+    pub per_class: Vec<f64>,
+    /// Test samples per class.
+    pub class_counts: Vec<usize>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+    /// Clips the loader could not read (left out or replaced, see the loader's policy).
+    pub failed_clips: usize,
+    /// Seconds the evaluation took.
+    pub seconds: f64,
+}
+
+impl EvalReport {
+    fn new(classes: usize, epoch: usize, step: usize, views: usize) -> Self {
+        Self {
+            epoch,
+            step,
+            views,
+            samples: 0,
+            top1: 0.0,
+            top5: 0.0,
+            mean_class_accuracy: 0.0,
+            per_class: vec![0.0; classes],
+            class_counts: vec![0; classes],
+            confusion: vec![vec![0; classes]; classes],
+            failed_clips: 0,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// Encodes every class sentence (templates x classes) with the model's text tower: `[J, C, D]`, normalised.
+pub fn class_features(model: &ActionClip, tokenizer: &Tokenizer, classes: &[String], templates: &[prompts::Template]) -> Result<Tensor> {
+    let sentences = prompts::fill_all(templates, classes);
+    let device = model.device();
+    let chunks = sentences
+        .chunks(256)
+        .map(|chunk| {
+            let tokens = tokenizer.encode_batch(chunk, device)?;
+            loss::normalize(&model.encode_text(&tokens)?.to_dtype(DType::F32)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let features = Tensor::cat(&chunks, 0)?;
+    let d = features.dim(1)?;
+    Ok(features.reshape((templates.len(), classes.len(), d))?)
+}
+
+/// Class probabilities of a batch of clips `[B, T, 3, H, W]` or `[B, V, T, 3, H, W]` (views averaged):
+/// `[B, C]`.
+pub fn batch_probabilities(model: &ActionClip, frames: &Tensor, class_features: &Tensor) -> Result<Tensor> {
+    match frames.rank() {
+        5 => ensemble_probabilities(&model.encode_video(frames)?, class_features),
+        6 => {
+            let (b, v) = (frames.dim(0)?, frames.dim(1)?);
+            let flat = frames.flatten(0, 1)?;
+            let probs = ensemble_probabilities(&model.encode_video(&flat)?, class_features)?;
+            let c = probs.dim(1)?;
+            Ok(probs.reshape((b, v, c))?.mean(1)?)
+        }
+        _ => Err(Error::InputShape { what: "frames", expected: "[B, T, 3, H, W] or [B, V, T, 3, H, W]".into(), found: frames.dims().to_vec() }),
+    }
+}
+
+/// Evaluates `model` on every clip of `loader`'s epoch 0 (the loader should be a test loader: no shuffle,
+/// no dropped batch). `classes` are the words put into the templates (humanized class names), in label order.
+/// `progress(done, total)` is called after each batch.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &ActionClip,
+    tokenizer: &Tokenizer,
+    classes: &[String],
+    loader: &Loader,
+    epoch: usize,
+    step: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let start = std::time::Instant::now();
+    let c = classes.len();
+    let features = class_features(model, tokenizer, classes, &prompts::ACTIONCLIP_TEMPLATES)?;
+    let views = match loader.dataset().samples.first() {
+        Some(_) => 1,
+        None => 0,
+    };
+    let mut report = EvalReport::new(c, epoch, step, views);
+    let total = loader.num_batches();
+    let mut ep = loader.epoch(0);
+    let mut top1 = 0usize;
+    let mut top5 = 0usize;
+    let mut done = 0;
+    for batch in ep.by_ref() {
+        let batch = batch?;
+        if batch.frames.rank() == 6 {
+            report.views = batch.frames.dim(1)?;
+        }
+        let probs = batch_probabilities(model, &batch.frames, &features)?.to_vec2::<f32>()?;
+        let labels = batch.labels.to_vec1::<u32>()?;
+        for (row, &label) in probs.iter().zip(&labels) {
+            let label = label as usize;
+            if label >= c {
+                return Err(Error::Labels(format!("a test clip has label {label}, but there are {c} classes")));
+            }
+            let ranked = crate::model::top_k(row, 5.min(c));
+            let pred = ranked[0].0;
+            top1 += (pred == label) as usize;
+            top5 += ranked.iter().any(|(i, _)| *i == label) as usize;
+            report.confusion[label][pred] += 1;
+            report.class_counts[label] += 1;
+        }
+        report.samples += labels.len();
+        done += 1;
+        progress(done, total);
+    }
+    report.failed_clips = ep.report().failed();
+    let n = report.samples.max(1) as f64;
+    report.top1 = top1 as f64 / n;
+    report.top5 = top5 as f64 / n;
+    let mut seen = 0;
+    let mut sum = 0.0;
+    for k in 0..c {
+        if report.class_counts[k] > 0 {
+            report.per_class[k] = report.confusion[k][k] as f64 / report.class_counts[k] as f64;
+            sum += report.per_class[k];
+            seen += 1;
+        }
+    }
+    report.mean_class_accuracy = if seen > 0 { sum / seen as f64 } else { 0.0 };
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
