@@ -75,6 +75,42 @@ fn run_epoch(loader: &Loader, epoch: u64) {
     assert_eq!(e.report().failed(), 0, "{:?}", e.report().failures);
 }
 
+/// Process CPU time (user + system) in seconds, from /proc/self/stat (Linux); `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// Wall-clock and CPU cost per clip over a few epochs. The CPU cost does not depend on what else the
+/// machine runs, so `cores / cpu_per_clip` estimates the throughput on idle cores when the
+/// wall-clock number is disturbed by other processes.
+fn summary(name: &str, loader: &Loader) {
+    let epochs = 4;
+    let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
+    let clips: usize = (100..100 + epochs)
+        .map(|e| {
+            let mut ep = loader.epoch(e);
+            let n: usize = ep.by_ref().map(|b| b.expect("batch").ids.len()).sum();
+            assert_eq!(ep.report().failed(), 0);
+            n
+        })
+        .sum();
+    let wall = t0.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    match (c0, cpu_seconds()) {
+        (Some(a), Some(b)) if b > a => eprintln!(
+            "{name:<36} wall {:6.1} clips/s | cpu {:6.2} ms/clip -> {:6.1} clips/s on {} idle core(s)",
+            clips as f64 / wall,
+            (b - a) * 1000.0 / clips as f64,
+            (clips as f64 / (b - a)) * (loader.config().workers.max(1).min(cores)) as f64,
+            loader.config().workers.max(1).min(cores),
+        ),
+        _ => eprintln!("{name:<36} wall {:6.1} clips/s", clips as f64 / wall),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sources: Vec<(&str, Vec<PathBuf>)> = vec![("frames", frame_folders(dir.path()))];
@@ -100,7 +136,25 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+
+    // Per-clip CPU cost, robust to other load on the machine.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("\nsummary (load average {}):", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    for (name, paths) in &sources {
+        for (mode, pipeline) in [("test", ClipPipeline::test(8, 224)), ("train", ClipPipeline::train(8, 224))] {
+            let pipeline = pipeline.expect("pipeline");
+            for workers in [0usize, 2] {
+                let l = loader(paths, pipeline.clone(), workers);
+                summary(&format!("{name}/{mode}_8x224/workers{workers}"), &l);
+            }
+        }
+    }
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    // No plots: the plotting backend needs system fonts that CI images may lack.
+    config = Criterion::default().without_plots();
+    targets = bench
+}
 criterion_main!(benches);
