@@ -109,11 +109,13 @@ fn class_folders(dir: &Path) -> Result<Vec<String>> {
 fn main() -> Result<()> {
     let mut args = Args::parse();
     let device = Device::Cpu;
+    let mut demo_classes = None;
     if args.demo {
         let root = args.output.join("synthetic_data");
         let cfg = data::synthetic::SyntheticConfig { clips_per_class: 4, test_clips_per_class: 1, ..Default::default() };
         let synthetic = data::synthetic::write_dataset(&root, &cfg)?;
         eprintln!("demo: synthetic dataset ({} classes) in {}", synthetic.classes.len(), root.display());
+        demo_classes = Some(synthetic.classes.join(","));
         if args.video.is_none() && args.videos_dir.is_none() {
             args.videos_dir = Some(root);
         }
@@ -128,10 +130,11 @@ fn main() -> Result<()> {
     };
     eprintln!("model: {} frames, {} px input", cfg.frames, cfg.clip.vision.image_size);
 
-    let spec = match (&args.labels, &args.videos_dir) {
-        (Some(s), _) => s.clone(),
-        (None, Some(dir)) => class_folders(dir)?.join(","),
-        (None, None) => "ucf101".to_string(),
+    let spec = match (&args.labels, &args.videos_dir, demo_classes) {
+        (Some(s), _, _) => s.clone(),
+        (None, Some(dir), _) => class_folders(dir)?.join(","),
+        (None, None, Some(demo)) => demo,
+        (None, None, None) => "ucf101".to_string(),
     };
     let labels = inference::parse_labels(&spec, !args.raw_labels)?;
     if !labels.repeated.is_empty() {

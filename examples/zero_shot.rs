@@ -4,14 +4,19 @@
 //! cargo run --release --example zero_shot -- --weights model_best.pt --labels ucf101 clips/
 //! cargo run --release --example zero_shot -- --weights openai/clip-vit-base-patch16 --labels "archery,surfing" v.avi
 //! cargo run --release --example zero_shot -- --demo      # synthetic clips + a random tiny model (smoke run)
+//! cargo run --release --features video --example zero_shot -- --random-weights vit-b16 --repeat 3   # latency
 //! ```
+//! `--random-weights vit-b32|vit-b16` builds a real-size model (8 frames, 6-layer temporal transformer)
+//! with random weights and prints timings to stderr: model build, class sentences, and per video the
+//! time from the file to the printed label (decode + preprocess, then encode + classify). Without
+//! inputs it times a generated 320x240, 175-frame clip (UCF101's size and mean length).
 //! Inputs are video files (feature `video`), frame folders (`img_00001.jpg`, ...) or directories of
 //! them. Labels are `ucf101`, `hmdb51` (built in), a file with one label per line, or a comma list;
 //! they are humanized (`ApplyEyeMakeup` -> `apply eye makeup`) unless `--raw-labels`.
 use std::path::{Path, PathBuf};
 
 use actionclip::{
-    data, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, VisualPrompt, ZeroShotClassifier,
+    data, inference, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, VisualPrompt, ZeroShotClassifier,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -44,24 +49,20 @@ struct Args {
     /// Run on generated clips with a random tiny model (shows the pipeline; predictions are meaningless).
     #[arg(long)]
     demo: bool,
+    /// Latency mode: a real-size model with random weights (`vit-b32` or `vit-b16`, 8 frames); timings on stderr.
+    #[arg(long, value_parser = ["vit-b32", "vit-b16"])]
+    random_weights: Option<String>,
+    /// Classify every input this many times (latency mode: the first run is cold, the rest warm).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 fn labels(spec: &str, raw: bool) -> Result<Vec<String>> {
-    let list: Vec<String> = match spec {
-        "ucf101" => include_str!("../weights/ucf101_classes.txt").lines().map(str::to_string).collect(),
-        "hmdb51" => include_str!("../weights/hmdb51_classes.txt").lines().map(str::to_string).collect(),
-        s if Path::new(s).is_file() => std::fs::read_to_string(s).with_context(|| format!("reading labels {s}"))?.lines().map(str::to_string).collect(),
-        s => s.split(',').map(str::to_string).collect(),
-    };
-    let list: Vec<String> = list.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).map(|l| if raw { l.to_string() } else { prompts::humanize(l) }).collect();
-    let unique: std::collections::HashSet<&String> = list.iter().collect();
-    if unique.len() != list.len() {
-        eprintln!("warning: repeated labels are used once");
+    let list = inference::parse_labels(spec, !raw)?;
+    if !list.repeated.is_empty() {
+        eprintln!("warning: repeated labels are used once: {}", list.repeated.join(", "));
     }
-    if list.is_empty() {
-        bail!("the label list {spec:?} is empty");
-    }
-    Ok(list)
+    Ok(list.labels)
 }
 
 /// Expands directories into the clips they hold (video files and frame folders), sorted.
@@ -97,11 +98,36 @@ fn demo(dir: &Path, device: &Device) -> Result<(ActionClip, ActionClipConfig, Ve
     Ok((model, cfg, vec![synthetic.root.clone()], synthetic.classes.join(",")))
 }
 
+/// A real-size model with random weights for `--random-weights`, and (without inputs) a generated clip
+/// of UCF101's size and mean length.
+fn random_model(name: &str, dir: &Path, inputs: &[PathBuf], device: &Device) -> Result<(ActionClip, ActionClipConfig, Vec<PathBuf>)> {
+    let clip = if name == "vit-b16" { ClipConfig::vit_b16() } else { ClipConfig::vit_b32() };
+    let cfg = ActionClipConfig { clip, frames: 8, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } } };
+    let model = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, device), &cfg)?;
+    if !inputs.is_empty() {
+        return Ok((model, cfg, inputs.to_vec()));
+    }
+    let synthetic = data::synthetic::SyntheticConfig { num_classes: 1, clips_per_class: 2, test_clips_per_class: 1, frames: 175, width: 320, height: 240, ..Default::default() };
+    let ds = data::synthetic::write_dataset(dir, &synthetic)?;
+    let first = viz_first_clip(&ds.root)?;
+    Ok((model, cfg, vec![first]))
+}
+
+fn viz_first_clip(root: &Path) -> Result<PathBuf> {
+    Ok(actionclip::viz::sample_per_class(root, 1, 0)?.remove(0).path)
+}
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
     let device = Device::Cpu;
     let tmp = tempfile::tempdir()?;
-    let (model, cfg, inputs) = if args.demo {
+    let timing = args.random_weights.is_some();
+    let t_build = std::time::Instant::now();
+    let (model, cfg, inputs) = if let Some(name) = &args.random_weights {
+        let (model, cfg, inputs) = random_model(name, tmp.path(), &args.inputs, &device)?;
+        eprintln!("latency mode: {name} with random weights, {} frames; built in {:.2} s", cfg.frames, t_build.elapsed().as_secs_f64());
+        (model, cfg, inputs)
+    } else if args.demo {
         let (model, cfg, inputs, labels) = demo(tmp.path(), &device)?;
         eprintln!("demo: random tiny model, synthetic clips in {} (predictions are meaningless)", tmp.path().display());
         args.labels = labels;
@@ -113,18 +139,30 @@ fn main() -> Result<()> {
     };
     let labels = labels(&args.labels, args.raw_labels)?;
     let tokenizer = Tokenizer::new();
+    let t_labels = std::time::Instant::now();
     let zs = ZeroShotClassifier::new(&model, &tokenizer, &labels, &prompts::ACTIONCLIP_TEMPLATES)?;
+    if timing {
+        let n = labels.len() * prompts::ACTIONCLIP_TEMPLATES.len();
+        let dt = t_labels.elapsed().as_secs_f64();
+        eprintln!("class sentences: {} labels x {} templates = {n} encoded in {dt:.2} s ({:.1} ms each; done once)", labels.len(), prompts::ACTIONCLIP_TEMPLATES.len(), 1e3 * dt / n as f64);
+    }
     let frames = args.frames.unwrap_or(cfg.frames);
     let size = cfg.clip.vision.image_size as u32;
     let clips = clips(&inputs)?;
     if clips.is_empty() {
         bail!("no video files or frame folders among the inputs");
     }
-    for path in clips {
-        let result = data::test_clip(&path, frames, size).and_then(|clip| {
+    for path in clips.iter().flat_map(|c| std::iter::repeat_n(c, args.repeat.max(1))) {
+        // What `zs.classify_path(path, k)` does (with `--frames` able to override the model's count),
+        // in two timed steps.
+        let t0 = std::time::Instant::now();
+        let clip = data::test_clip(path, frames, size);
+        let t1 = std::time::Instant::now();
+        let result = clip.and_then(|clip| {
             let batch: Tensor = clip.unsqueeze(0)?;
             zs.classify(&batch, args.top_k)
         });
+        let t2 = std::time::Instant::now();
         match result {
             Ok(top) if args.json => {
                 let top: Vec<_> = top[0].iter().map(|(l, p)| serde_json::json!({"label": l, "probability": p})).collect();
@@ -138,6 +176,11 @@ fn main() -> Result<()> {
             }
             Err(e) if args.json => println!("{}", serde_json::json!({"video": path.display().to_string(), "error": e.to_string()})),
             Err(e) => println!("{}\n  error: {e}", path.display()),
+        }
+        if timing {
+            let ms = |a: std::time::Instant, b: std::time::Instant| 1e3 * (b - a).as_secs_f64();
+            let t3 = std::time::Instant::now();
+            eprintln!("latency: file to printed label {:.0} ms (decode + preprocess {:.0} ms, encode + classify {:.0} ms)", ms(t0, t3), ms(t0, t1), ms(t1, t2));
         }
     }
     Ok(())

@@ -207,9 +207,9 @@ img.thumb {{ max-width: 200px; display: block; }}
                 let (label, prob) = p.top.first().map(|(l, p)| (l.as_str(), *p)).unwrap_or(("", 0.0));
                 let others: Vec<String> = p.top.iter().skip(1).map(|(l, p)| format!("{} {:.1}%", l, 100.0 * p)).collect();
                 let sheet = p.sheet.as_ref().map(|s| format!("<a href=\"{}\">contact sheet</a>", attr(s))).unwrap_or_default();
-                let _ = write!(
+                let _ = writeln!(
                     h,
-                    "<td>{thumb}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td class=\"num\" data-value=\"{prob}\">{:.1}%</td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{sheet}</td></tr>\n",
+                    "<td>{thumb}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td class=\"num\" data-value=\"{prob}\">{:.1}%</td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{sheet}</td></tr>",
                     esc(&e.video),
                     esc(truth),
                     attr(&others.join(", ")),
@@ -218,9 +218,9 @@ img.thumb {{ max-width: 200px; display: block; }}
                 );
             }
             Err(reason) => {
-                let _ = write!(
+                let _ = writeln!(
                     h,
-                    "<td></td><td>{}</td><td>{}</td><td></td><td class=\"num\" data-value=\"-1\"></td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{}</td></tr>\n",
+                    "<td></td><td>{}</td><td>{}</td><td></td><td class=\"num\" data-value=\"-1\"></td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{}</td></tr>",
                     esc(&e.video),
                     esc(truth),
                     esc(reason)
