@@ -419,9 +419,9 @@ impl Trainer {
         &self.vars.master
     }
 
-    /// The master weights by canonical name.
+    /// A copy of the master weights by canonical name (f32).
     pub fn weights(&self) -> std::collections::HashMap<String, Tensor> {
-        self.vars.master_tensors()
+        self.vars.master_tensors().unwrap_or_default()
     }
 
     /// The optimizer.
@@ -569,7 +569,7 @@ impl Trainer {
     /// Writes a checkpoint directory (atomically): model, optimizer state, trainer state.
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> TrainResult<()> {
         checkpoint::write_atomic(dir.as_ref(), |tmp| {
-            crate::weights::save_safetensors(&self.vars.master_tensors(), Some(&self.model_cfg), tmp.join(MODEL_FILE))?;
+            crate::weights::save_safetensors(&self.vars.master_tensors()?, Some(&self.model_cfg), tmp.join(MODEL_FILE))?;
             self.optimizer.save(tmp.join(OPTIMIZER_FILE))?;
             checkpoint::write_json(&tmp.join(checkpoint::STATE_FILE), &self.state)
         })?;

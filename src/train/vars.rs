@@ -229,10 +229,10 @@ impl ModelVars {
         Ok(())
     }
 
-    /// The master weights by canonical name (f32).
-    pub fn master_tensors(&self) -> HashMap<String, Tensor> {
+    /// A copy of the master weights by canonical name (f32); later steps do not change it.
+    pub fn master_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let data = self.master.data().lock().unwrap_or_else(|e| e.into_inner());
-        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+        data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?.detach()))).collect()
     }
 
     /// Overwrites master weights from `tensors` (names must exist with the same shapes), then refreshes the
