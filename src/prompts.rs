@@ -116,6 +116,10 @@ mod tests {
         assert_eq!(humanize("PlayingTV"), "playing tv");
         assert_eq!(humanize("fall_floor"), "fall floor");
         assert_eq!(humanize("already spaced"), "already spaced");
+        assert_eq!(humanize("HandstandPushups"), "handstand pushups");
+        assert_eq!(humanize("UCFTest"), "ucf test");
+        assert_eq!(humanize("playing_guitar"), "playing guitar");
+        assert_eq!(humanize("abseiling"), "abseiling");
     }
 
     #[test]

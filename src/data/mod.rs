@@ -46,7 +46,8 @@ pub use resize::Filter;
 pub use sampling::{sample_rng, SampleMode, Sampling};
 pub use source::{ClipSource, FrameNaming};
 pub use transforms::{ColorJitter, TestCrops, TestTransform, TrainTransform, CLIP_MEAN, CLIP_STD};
-pub use ucf101::{humanize, Storage, Subset, VideoDataset, VideoSample};
+pub use ucf101::{Storage, Subset, VideoDataset, VideoSample};
+pub use crate::prompts::humanize;
 pub use video::{EncodeOptions, VideoCodec, VideoInfo};
 
 use crate::error::Result;

@@ -147,7 +147,7 @@ impl VideoDataset {
 
     /// Class names in words (`ApplyEyeMakeup` -> `apply eye makeup`), for text prompts.
     pub fn humanized_classes(&self) -> Vec<String> {
-        self.classes.iter().map(|c| humanize(c)).collect()
+        self.classes.iter().map(|c| crate::prompts::humanize(c)).collect()
     }
 }
 
@@ -256,44 +256,4 @@ fn read_split_list(path: &Path, classes: &[String], root: &Path, storage: Storag
         samples.push(VideoSample { path: clip, label, num_frames: None });
     }
     Ok(samples)
-}
-
-/// A class name in words: CamelCase split (`ApplyEyeMakeup` -> `apply eye makeup`, `YoYo` -> `yo yo`),
-/// underscores to spaces, lower case.
-pub fn humanize(name: &str) -> String {
-    let chars: Vec<char> = name.chars().collect();
-    let mut out = String::with_capacity(name.len() + 8);
-    for (i, &c) in chars.iter().enumerate() {
-        if c == '_' || c == '-' {
-            if !out.ends_with(' ') {
-                out.push(' ');
-            }
-            continue;
-        }
-        if i > 0 && c.is_uppercase() {
-            let prev = chars[i - 1];
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
-            let boundary = prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower);
-            if boundary && !out.ends_with(' ') {
-                out.push(' ');
-            }
-        }
-        out.extend(c.to_lowercase());
-    }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::humanize;
-
-    #[test]
-    fn humanized_names() {
-        assert_eq!(humanize("ApplyEyeMakeup"), "apply eye makeup");
-        assert_eq!(humanize("YoYo"), "yo yo");
-        assert_eq!(humanize("HandstandPushups"), "handstand pushups");
-        assert_eq!(humanize("playing_guitar"), "playing guitar");
-        assert_eq!(humanize("UCFTest"), "ucf test");
-        assert_eq!(humanize("abseiling"), "abseiling");
-    }
 }
