@@ -199,8 +199,10 @@ impl AdamW {
         for (p, g) in self.params.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
             let lr = self.cfg.group_lr(p.group) * lr_factor;
-            let g = g.to_dtype(DType::F32)?;
-            let mut w = p.var.as_tensor().to_dtype(DType::F32)?;
+            // Detached: gradients can carry backprop links to the step's graph, and the moments must not
+            // chain them from step to step.
+            let g = g.detach().to_dtype(DType::F32)?;
+            let mut w = p.var.as_tensor().detach().to_dtype(DType::F32)?;
             if p.decay && self.cfg.weight_decay != 0.0 {
                 w = w.affine(1.0 - lr * self.cfg.weight_decay, 0.0)?;
             }

@@ -497,7 +497,7 @@ impl Trainer {
         let grads = scaled.backward()?;
         for (slot, (_, _, t)) in self.grad_acc.iter_mut().zip(&self.vars.trainable) {
             if let Some(g) = grads.get(t) {
-                let g = g.to_dtype(DType::F32)?;
+                let g = g.detach().to_dtype(DType::F32)?;
                 *slot = Some(match slot.take() {
                     Some(acc) => (acc + g)?,
                     None => g,
