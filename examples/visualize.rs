@@ -111,11 +111,24 @@ fn main() -> Result<()> {
     let device = Device::Cpu;
     let mut demo_classes = None;
     if args.demo {
-        let root = args.output.join("synthetic_data");
-        let cfg = data::synthetic::SyntheticConfig { clips_per_class: 4, test_clips_per_class: 1, ..Default::default() };
-        let synthetic = data::synthetic::write_dataset(&root, &cfg)?;
-        eprintln!("demo: synthetic dataset ({} classes) in {}", synthetic.classes.len(), root.display());
-        demo_classes = Some(synthetic.classes.join(","));
+        // A `finetune_ucf101 --demo` run keeps its synthetic dataset in RUN/data; use it with the run's weights.
+        let run_data = args.weights.as_deref().map(Path::new).and_then(|w| {
+            [Some(w), w.parent()].into_iter().flatten().map(|d| d.join("data")).find(|d| d.join("classInd.txt").is_file())
+        });
+        let root = match run_data {
+            Some(root) => {
+                eprintln!("demo: the run's synthetic dataset in {}", root.display());
+                root
+            }
+            None => {
+                let root = args.output.join("synthetic_data");
+                let cfg = data::synthetic::SyntheticConfig { clips_per_class: 4, test_clips_per_class: 1, ..Default::default() };
+                let synthetic = data::synthetic::write_dataset(&root, &cfg)?;
+                eprintln!("demo: synthetic dataset ({} classes) in {}", synthetic.classes.len(), root.display());
+                root
+            }
+        };
+        demo_classes = Some(class_folders(&root)?.join(","));
         if args.video.is_none() && args.videos_dir.is_none() {
             args.videos_dir = Some(root);
         }
