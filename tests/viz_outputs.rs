@@ -91,6 +91,11 @@ fn visualizer_matches_the_evaluation_and_writes_decodable_files() {
     assert!(sheet.width() >= 480 && sheet.height() > 200);
     let (tn, tsize) = gif_info(out.thumbnail.as_ref().unwrap());
     assert_eq!((tn, tsize), (16, (96, 96)));
+    // Bad input fails before anything is written.
+    let nothing = tmp.path().join("nothing");
+    let e = viz::visualize_video(&zs, tmp.path().join("missing.avi"), None, &nothing, "x", &opts).unwrap_err();
+    assert!(matches!(e, actionclip::Error::Io { .. }), "{e}");
+    assert!(!nothing.exists());
     // The GIF writer on its own (the no-`video` path).
     let frames = data::decode_frames(&clip.path, &[0, 5, 10]).unwrap();
     let gif = tmp.path().join("three.gif");
