@@ -358,8 +358,8 @@ fn demo_settings(s: &mut Settings, a: &Args) {
     s.ratio = a.ratio.unwrap_or(1.0);
     s.f_ratio = a.f_ratio.unwrap_or(1.0);
     s.weight_decay = a.weight_decay.unwrap_or(0.05);
-    s.warmup = a.warmup.unwrap_or(1.0);
-    s.batch_size = a.batch_size.unwrap_or(16);
+    s.warmup = a.warmup.unwrap_or(2.0);
+    s.batch_size = a.batch_size.unwrap_or(8);
     s.workers = a.workers.unwrap_or(1);
     s.input_size = Some(32);
     s.seed = a.seed.unwrap_or(0);
@@ -368,7 +368,7 @@ fn demo_settings(s: &mut Settings, a: &Args) {
     }
 }
 
-const DEMO_EPOCHS: usize = 25;
+const DEMO_EPOCHS: usize = 60;
 
 fn demo_model(frames: usize, prompt: VisualPrompt) -> ActionClipConfig {
     ActionClipConfig {
@@ -587,7 +587,7 @@ fn main() -> Result<()> {
 
     // ---- data ----
     let t0 = Instant::now();
-    let (train_ds, test_ds, frame_folders) = if args.demo {
+    let (train_ds, test_ds) = if args.demo {
         let root = s.output.join("data");
         let cfg = data::synthetic::SyntheticConfig {
             num_classes: 8,
@@ -606,12 +606,10 @@ fn main() -> Result<()> {
         let train = VideoDataset::ucf101(&root, 1, Subset::Train, Storage::FrameFolders)?;
         let test = VideoDataset::ucf101(&root, 1, Subset::Test, Storage::FrameFolders)?;
         println!("demo dataset: {} ({} classes, {} training and {} test clips, written in {:.1} s)", root.display(), train.num_classes(), train.len(), test.len(), t0.elapsed().as_secs_f64());
-        (train, test, true)
+        (train, test)
     } else {
-        let (a, b) = datasets(&s, args.frame_folders, args.splits.as_deref())?;
-        (a, b, args.frame_folders)
+        datasets(&s, args.frame_folders, args.splits.as_deref())?
     };
-    let _ = frame_folders;
 
     // ---- model ----
     let prompt = VisualPrompt { joint: s.joint, temporal_shift: s.tsm, post: post_network(&s.sim_header, args.demo.then_some(1))? };
@@ -651,9 +649,6 @@ fn main() -> Result<()> {
     }
     let mut test_pipeline = ClipPipeline::test(model_cfg.frames, input)?;
     test_pipeline.sampling = Sampling::with_seg_length(model_cfg.frames, s.seg_length)?;
-    if frame_folders {
-        // default naming: img_{:05d}.jpg from 1
-    }
     let multi_view = match &args.multi_view {
         Some(spec) => {
             let (c, k) = spec.split_once('x').context("--multi-view takes CLIPSxCROPS, e.g. 4x3")?;
