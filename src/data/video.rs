@@ -559,6 +559,10 @@ mod imp {
         let mut flush = |enc: &mut ff::encoder::Video, octx: &mut ff::format::context::Output| -> Result<()> {
             while enc.receive_packet(&mut packet).is_ok() {
                 packet.set_stream(stream_index);
+                // One frame per packet: without a duration, MP4 muxers drop the last frame.
+                if packet.duration() == 0 {
+                    packet.set_duration(1);
+                }
                 packet.rescale_ts(tb, ost_tb);
                 packet.write_interleaved(octx).map_err(|e| err("cannot write a packet", e))?;
             }
