@@ -14,6 +14,10 @@
 //! `solver.lr`, ... or the same names as the flags), then the flags. Ctrl-C saves `last/` and exits; a
 //! second Ctrl-C exits at once. Everything lands in `--output` (metrics.jsonl, config.json, curves.png,
 //! confusion.png, summary.md, last/, best/).
+//!
+//! The demo's model is tiny (vision width 64 x 2 layers, patch 8, 32 px; text width 64 x 1 layer; temporal
+//! shift + a 1-layer Transf head); environment variables `DEMO_VW`, `DEMO_VL`, `DEMO_TL` and `DEMO_PATCH`
+//! change its vision width and layers, text layers and patch size, `DEMO_JITTER=1` turns colour jitter on.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -373,7 +377,7 @@ const DEMO_EPOCHS: usize = 60;
 fn demo_model(frames: usize, prompt: VisualPrompt) -> ActionClipConfig {
     ActionClipConfig {
         clip: ClipConfig {
-            vision: VisionConfig { width: demo_env("DEMO_VW", 64), layers: demo_env("DEMO_VL", 2), heads: 1, patch_size: 8, image_size: 32 },
+            vision: VisionConfig { width: demo_env("DEMO_VW", 64), layers: demo_env("DEMO_VL", 2), heads: 1, patch_size: demo_env("DEMO_PATCH", 8), image_size: 32 },
             text: TextConfig { width: 64, layers: demo_env("DEMO_TL", 1), heads: 1, vocab_size: 49408, context_length: 77 },
             embed_dim: 64,
         },
