@@ -16,8 +16,9 @@
 //! confusion.png, summary.md, last/, best/).
 //!
 //! The demo's model is tiny (vision width 64 x 2 layers, patch 8, 32 px; text width 64 x 1 layer; temporal
-//! shift + a 1-layer Transf head); environment variables `DEMO_VW`, `DEMO_VL`, `DEMO_TL` and `DEMO_PATCH`
-//! change its vision width and layers, text layers and patch size, `DEMO_JITTER=1` turns colour jitter on.
+//! shift + a 1-layer Transf head); environment variables `DEMO_VW`, `DEMO_VL`, `DEMO_TW`, `DEMO_TL`,
+//! `DEMO_PATCH` and `DEMO_RES` change its vision width and layers, text width and layers, patch size and
+//! resolution (the clips are 64x64), `DEMO_JITTER=1` turns colour jitter on.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -365,7 +366,7 @@ fn demo_settings(s: &mut Settings, a: &Args) {
     s.warmup = a.warmup.unwrap_or(2.0);
     s.batch_size = a.batch_size.unwrap_or(8);
     s.workers = a.workers.unwrap_or(1);
-    s.input_size = Some(32);
+    s.input_size = Some(demo_env("DEMO_RES", 32) as u32);
     s.seed = a.seed.unwrap_or(0);
     if a.output.is_none() {
         s.output = PathBuf::from("runs/finetune_demo");
@@ -377,8 +378,8 @@ const DEMO_EPOCHS: usize = 60;
 fn demo_model(frames: usize, prompt: VisualPrompt) -> ActionClipConfig {
     ActionClipConfig {
         clip: ClipConfig {
-            vision: VisionConfig { width: demo_env("DEMO_VW", 64), layers: demo_env("DEMO_VL", 2), heads: 1, patch_size: demo_env("DEMO_PATCH", 8), image_size: 32 },
-            text: TextConfig { width: 64, layers: demo_env("DEMO_TL", 1), heads: 1, vocab_size: 49408, context_length: 77 },
+            vision: VisionConfig { width: demo_env("DEMO_VW", 64), layers: demo_env("DEMO_VL", 2), heads: 1, patch_size: demo_env("DEMO_PATCH", 8), image_size: demo_env("DEMO_RES", 32) },
+            text: TextConfig { width: demo_env("DEMO_TW", 64), layers: demo_env("DEMO_TL", 1), heads: demo_env("DEMO_TW", 64) / 64, vocab_size: 49408, context_length: 77 },
             embed_dim: 64,
         },
         frames,
