@@ -177,9 +177,9 @@ impl ClipConfig {
         let problems = [
             (v.layers == 0, "the image tower has no blocks".to_string()),
             (t.layers == 0, "the text tower has no blocks".to_string()),
-            (v.heads == 0 || v.width % v.heads != 0, format!("vision width {} is not divisible by {} heads", v.width, v.heads)),
-            (t.heads == 0 || t.width % t.heads != 0, format!("text width {} is not divisible by {} heads", t.width, t.heads)),
-            (v.patch_size == 0 || v.image_size % v.patch_size != 0, format!("image size {} is not a multiple of patch size {}", v.image_size, v.patch_size)),
+            (v.heads == 0 || !v.width.is_multiple_of(v.heads), format!("vision width {} is not divisible by {} heads", v.width, v.heads)),
+            (t.heads == 0 || !t.width.is_multiple_of(t.heads), format!("text width {} is not divisible by {} heads", t.width, t.heads)),
+            (v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size), format!("image size {} is not a multiple of patch size {}", v.image_size, v.patch_size)),
             (self.embed_dim == 0, "embed_dim is 0".to_string()),
         ];
         match problems.into_iter().find(|(bad, _)| *bad) {

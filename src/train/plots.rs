@@ -156,59 +156,9 @@ pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Draws `confusion.png`: rows are true classes, columns predictions, cells shaded by the row-normalised
-/// rate; class names are written when there are at most 40 classes.
+/// Draws `confusion.png` (rows: true classes, columns: predictions) with the same renderer as the
+/// inference reports ([`crate::viz::ConfusionMatrix`]).
 pub fn plot_confusion(report: &EvalReport, classes: &[String], path: &Path) -> Result<()> {
-    register_font();
-    let c = report.confusion.len().max(1);
-    let show_names = c <= 40;
-    let label_w: u32 = if show_names { 230 } else { 60 };
-    let cell = ((900 / c).clamp(4, 60)) as u32;
-    let grid = cell * c as u32;
-    let (w, h) = (label_w + grid + 40, 70 + grid + label_w);
-    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let title = format!(
-        "confusion matrix: epoch {}, top-1 {:.1}%, top-5 {:.1}%, {} clips",
-        report.epoch,
-        100.0 * report.top1,
-        100.0 * report.top5,
-        report.samples
-    );
-    root.draw(&Text::new(title, (10, 10), (FONT, 20).into_font().color(&BLACK))).map_err(|e| plot_err(path, e))?;
-    let (x0, y0) = (label_w as i32, 50i32);
-    for (i, row) in report.confusion.iter().enumerate() {
-        let total: usize = row.iter().sum();
-        for (j, &n) in row.iter().enumerate() {
-            let rate = if total > 0 { n as f64 / total as f64 } else { 0.0 };
-            let shade = (255.0 * (1.0 - rate)) as u8;
-            let color = if i == j { RGBColor(shade, shade.saturating_add(((255 - shade) as f64 * 0.35) as u8), 255) } else { RGBColor(255, shade, shade) };
-            let (x, y) = (x0 + (j as u32 * cell) as i32, y0 + (i as u32 * cell) as i32);
-            root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], color.filled())).map_err(|e| plot_err(path, e))?;
-            if cell >= 24 && n > 0 {
-                let fg = if rate > 0.6 { WHITE } else { BLACK };
-                let font = (FONT, (cell as f64 * 0.4) as u32).into_font().color(&fg).pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Center,
-                ));
-                root.draw(&Text::new(n.to_string(), (x + cell as i32 / 2, y + cell as i32 / 2), font)).map_err(|e| plot_err(path, e))?;
-            }
-        }
-    }
-    root.draw(&Rectangle::new([(x0, y0), (x0 + grid as i32, y0 + grid as i32)], BLACK.stroke_width(1))).map_err(|e| plot_err(path, e))?;
-    if show_names {
-        let size = (cell as f64 * 0.55).clamp(9.0, 15.0) as u32;
-        for (k, name) in classes.iter().enumerate().take(c) {
-            let yc = y0 + (k as u32 * cell + cell / 2) as i32;
-            let right = plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Right, plotters::style::text_anchor::VPos::Center);
-            root.draw(&Text::new(name.clone(), (x0 - 6, yc), (FONT, size).into_font().color(&BLACK).pos(right))).map_err(|e| plot_err(path, e))?;
-            let xc = x0 + (k as u32 * cell + cell / 2) as i32;
-            let style = (FONT, size).into_font().transform(FontTransform::Rotate90).color(&BLACK);
-            root.draw(&Text::new(name.clone(), (xc + size as i32 / 2, y0 + grid as i32 + 6), style)).map_err(|e| plot_err(path, e))?;
-        }
-    }
-    let axis = (FONT, 15).into_font().color(&BLACK);
-    root.draw(&Text::new("rows: true class, columns: predicted", (x0, h as i32 - 22), axis)).map_err(|e| plot_err(path, e))?;
-    root.present().map_err(|e| plot_err(path, e))?;
-    Ok(())
+    let matrix = crate::viz::ConfusionMatrix { rows: classes.to_vec(), cols: classes.to_vec(), counts: report.confusion.clone() };
+    matrix.save_png(path)
 }
