@@ -1,7 +1,8 @@
-use candle_core::{Module, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::{
+    fused,
     linear::Linear,
     params::{join, Params},
 };
@@ -29,31 +30,42 @@ impl MultiHeadAttention {
         Ok(Self { in_proj, out_proj, heads })
     }
 
-    /// Self-attention over `x` [N, L, W] with an optional additive `mask` [L, L] (for example causal).
+    /// Self-attention over `x` [N, L, W] with an optional additive `mask` [L, L] (for example causal);
+    /// `train = false` runs the fused inference kernels (no backward).
     // [N, L, W] -> [N, L, W]
     pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let (n, l, w) = x.dims3()?;
-        let hd = w / self.heads;
-        // [N, L, 3W] -> [3, N, H, L, hd]
-        let qkv = self.in_proj.forward(x)?.reshape((n, l, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?.reshape((n * self.heads, l, hd))?;
-        let k = qkv.get(1)?.contiguous()?.reshape((n * self.heads, l, hd))?;
-        let v = qkv.get(2)?.contiguous()?.reshape((n * self.heads, l, hd))?;
-        // [N*H, L, L]
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = if train {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        // [N*H, L, hd] -> [N, L, W]
-        let out = probs.matmul(&v)?.reshape((n, self.heads, l, hd))?.transpose(1, 2)?.reshape((n, l, w))?;
-        Ok(self.out_proj.forward(&out)?)
+        // [N, L, 3W] -> [N, L, 3, H, hd] (a view)
+        let qkv = self.in_proj.forward_t(x, train)?.reshape((n, l, 3, self.heads, w / self.heads))?;
+        // [N, L, W]
+        let out = if train { attention_plain(&qkv, mask, true)? } else { fused::attention(&qkv, mask)? };
+        self.out_proj.forward_t(&out, train)
     }
+}
+
+/// Scaled dot-product attention on plain candle ops from `qkv` [N, L, 3, H, hd] with an optional additive
+/// `mask` [L, L]; `differentiable` picks candle's differentiable softmax over its fused kernel.
+// [N, L, 3, H, hd] -> [N, L, H*hd]
+pub(super) fn attention_plain(qkv: &Tensor, mask: Option<&Tensor>, differentiable: bool) -> candle_core::Result<Tensor> {
+    let (n, l, _, heads, hd) = qkv.dims5()?;
+    // [3, N, H, L, hd]
+    let qkv = qkv.permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?.reshape((n * heads, l, hd))?;
+    let k = qkv.get(1)?.contiguous()?.reshape((n * heads, l, hd))?;
+    let v = qkv.get(2)?.contiguous()?.reshape((n * heads, l, hd))?;
+    // [N*H, L, L]
+    let scores = q.matmul(&k.t()?)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let probs = if differentiable {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    // [N*H, L, hd] -> [N, L, H*hd]
+    probs.matmul(&v)?.reshape((n, heads, l, hd))?.transpose(1, 2)?.reshape((n, l, heads * hd))
 }
 
 impl Params for MultiHeadAttention {

@@ -34,7 +34,7 @@ impl ResidualAttentionBlock {
     // [N, L, W] -> [N, L, W]
     pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let x = (x + self.attn.forward_t(&self.ln_1.forward_t(x, train)?, mask, train)?)?;
-        let x = (&x + self.mlp.forward(&self.ln_2.forward_t(&x, train)?)?)?;
+        let x = (&x + self.mlp.forward_t(&self.ln_2.forward_t(&x, train)?, train)?)?;
         Ok(x)
     }
 }

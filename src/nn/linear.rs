@@ -1,7 +1,10 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::params::{join, Params};
+use super::{
+    fused,
+    params::{join, Params},
+};
 use crate::Result;
 
 /// Initialiser of new linear weights (ActionCLIP: N(0, 0.02)); biases start at 0.
@@ -52,20 +55,53 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Applies the layer to `x` [..., in]; `train = false` runs the fused inference kernel (one
+    /// multi-threaded GEMM with the bias folded in, no backward).
+    // [..., in] -> [..., out]
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            Ok(self.forward(x)?)
+        } else {
+            self.forward_inference(x, false)
+        }
+    }
+
+    /// The fused inference forward, with QuickGELU applied to the output when `quick_gelu`.
+    // [..., in] -> [..., out]
+    pub(crate) fn forward_inference(&self, x: &Tensor, quick_gelu: bool) -> Result<Tensor> {
+        let (x2, out_dims) = self.flatten(x)?;
+        let y = if quick_gelu {
+            fused::linear_quick_gelu(&x2, &self.weight, self.bias.as_ref())?
+        } else {
+            fused::linear(&x2, &self.weight, self.bias.as_ref())?
+        };
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// `x` [..., in] as [rows, in], and the output dims [..., out].
+    fn flatten(&self, x: &Tensor) -> candle_core::Result<(Tensor, Vec<usize>)> {
+        let dims = x.dims();
+        let in_dim = dims.last().copied().unwrap_or(1);
+        let rows = x.elem_count() / in_dim.max(1);
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.weight.dim(0)?;
+        }
+        Ok((x.reshape((rows, in_dim))?, out_dims))
+    }
+}
+
 impl Module for Linear {
+    /// The differentiable forward on plain candle ops (training); see [`Linear::forward_t`].
     // [..., in] -> [..., out]
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let (x2, out_dims) = self.flatten(x)?;
+        let y = x2.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims.to_vec();
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.weight.dim(0)?;
         y.reshape(out_dims)
     }
 }

@@ -25,11 +25,23 @@ impl Mlp {
         Ok(Self { c_fc: Linear::new(vb.pp("c_fc"), width, 4 * width)?, c_proj: Linear::new(vb.pp("c_proj"), 4 * width, width)? })
     }
 
+    /// Applies the MLP on differentiable candle ops (training); see [`Mlp::forward_t`].
     // [..., width] -> [..., width]
-    /// Applies the MLP.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = quick_gelu(&self.c_fc.forward(x)?)?;
         Ok(self.c_proj.forward(&h)?)
+    }
+
+    /// Applies the MLP; `train = false` runs the fused inference kernels (QuickGELU in the `c_fc` GEMM
+    /// epilogue, no backward).
+    // [..., width] -> [..., width]
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            return self.forward(x);
+        }
+        // [..., 4 width]
+        let h = self.c_fc.forward_inference(x, true)?;
+        self.c_proj.forward_t(&h, false)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Building blocks shared by every tower: linear layers as one 2-D GEMM, LayerNorm, fused-qkv attention,
 //! the QuickGELU MLP and the pre-LN residual block.
 //!
-//! Every forward takes `train`: `false` uses candle's fused kernels (fast, no backward), `true` uses only
-//! differentiable ops so gradients reach every parameter.
+//! Every forward takes `train`: `false` uses fused kernels (candle's and [`fused`]'s: fast, no backward),
+//! `true` uses only differentiable ops so gradients reach every parameter.
 mod attention;
 mod block;
+pub mod fused;
 mod layer_norm;
 mod linear;
 mod mlp;
