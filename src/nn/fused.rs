@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::attention::attention_plain;
 
-/// `x @ weight^T + bias`: `x` [rows, in], `weight` [out, in] (PyTorch layout, any strides), `bias` [out].
+/// `x @ weight^T + bias`: `x` [rows, in], `weight` [out, in] (PyTorch layout, any strides), `bias` `[out]`.
 // [rows, in] -> [rows, out]
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     linear_impl(x, weight, bias, false)
