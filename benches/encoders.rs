@@ -77,5 +77,10 @@ fn text(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, video, text);
+criterion_group! {
+    name = benches;
+    // No plots: criterion's plotting needs system fonts.
+    config = Criterion::default().without_plots();
+    targets = video, text
+}
 criterion_main!(benches);
