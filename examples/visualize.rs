@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use actionclip::{
-    data, inference, prompts, viz, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, VisionConfig, VisualPrompt,
+    data, inference, prompts, viz, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, VisualPrompt,
     ZeroShotClassifier,
 };
 use anyhow::{bail, Context, Result};
@@ -75,12 +75,7 @@ struct Args {
 
 /// The random tiny model of `--demo` (predictions are meaningless; it shows the pipeline).
 fn tiny_model(device: &Device) -> Result<(ActionClip, ActionClipConfig)> {
-    let mut clip = ClipConfig::vit_b32();
-    clip.vision = VisionConfig { width: 64, layers: 2, heads: 1, patch_size: 8, image_size: 32 };
-    clip.text.width = 64;
-    clip.text.layers = 2;
-    clip.text.heads = 1;
-    clip.embed_dim = 64;
+    let clip = ClipConfig::tiny();
     let cfg = ActionClipConfig { clip, frames: 8, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 2 } } };
     let model = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, device), &cfg)?;
     Ok((model, cfg))

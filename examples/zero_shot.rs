@@ -87,12 +87,7 @@ fn clips(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// A random tiny model and a few generated clips, for `--demo`.
 fn demo(dir: &Path, device: &Device) -> Result<(ActionClip, ActionClipConfig, Vec<PathBuf>, String)> {
     let synthetic = data::synthetic::write_dataset(dir, &data::synthetic::SyntheticConfig { clips_per_class: 2, test_clips_per_class: 1, ..Default::default() })?;
-    let mut clip = ClipConfig::vit_b32();
-    clip.vision = actionclip::VisionConfig { width: 64, layers: 2, heads: 1, patch_size: 8, image_size: 32 };
-    clip.text.width = 64;
-    clip.text.layers = 2;
-    clip.text.heads = 1;
-    clip.embed_dim = 64;
+    let clip = ClipConfig::tiny();
     let cfg = ActionClipConfig { clip, frames: 8, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 2 } } };
     let model = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, device), &cfg)?;
     Ok((model, cfg, vec![synthetic.root.clone()], synthetic.classes.join(",")))

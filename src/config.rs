@@ -98,6 +98,16 @@ impl ClipConfig {
         Self::preset(1024, 24, 14, 336, 768, 768)
     }
 
+    /// A tiny CLIP (vision width 64 x 2 layers, patch 8, 32 px; text width 64 x 2 layers; embedding 64)
+    /// for demos and tests: a forward takes milliseconds on a CPU.
+    pub fn tiny() -> Self {
+        Self {
+            vision: VisionConfig { width: 64, layers: 2, heads: 1, patch_size: 8, image_size: 32 },
+            text: TextConfig { width: 64, layers: 2, heads: 1, vocab_size: VOCAB_SIZE, context_length: CONTEXT_LENGTH },
+            embed_dim: 64,
+        }
+    }
+
     /// A preset by its usual name: `ViT-B/32`, `ViT-B/16`, `ViT-L/14`, `ViT-L/14@336px`
     /// (case-insensitive; `-`, `/` and `_` are interchangeable).
     pub fn by_name(name: &str) -> Result<Self> {
