@@ -241,8 +241,7 @@ impl AdamW {
             .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: format!("cannot read the optimizer state: {e}") })?;
         let mut restored = Vec::with_capacity(self.params.len());
         for p in &self.params {
-            let mut pair = Vec::with_capacity(2);
-            for kind in ["exp_avg", "exp_avg_sq"] {
+            let buffer = |kind: &str| -> Result<Tensor> {
                 let key = format!("{kind}.{}", p.name);
                 let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
                     path: path.to_path_buf(),
@@ -251,13 +250,13 @@ impl AdamW {
                 if t.dims() != p.var.dims() {
                     return Err(Error::KeyShape { key, found: t.dims().to_vec(), expected: p.var.dims().to_vec() });
                 }
-                pair.push(t.to_dtype(DType::F32)?.to_device(p.var.device())?);
-            }
-            restored.push(pair);
+                Ok(t.to_dtype(DType::F32)?.to_device(p.var.device())?)
+            };
+            restored.push((buffer("exp_avg")?, buffer("exp_avg_sq")?));
         }
-        for (p, mut pair) in self.params.iter_mut().zip(restored) {
-            p.exp_avg_sq = pair.pop().expect("two buffers");
-            p.exp_avg = pair.pop().expect("two buffers");
+        for (p, (exp_avg, exp_avg_sq)) in self.params.iter_mut().zip(restored) {
+            p.exp_avg = exp_avg;
+            p.exp_avg_sq = exp_avg_sq;
         }
         self.step = step;
         Ok(())
