@@ -239,7 +239,7 @@ impl TransformerHead {
         let positions = self.frame_position_embeddings.narrow(0, 0, t)?.to_dtype(x.dtype())?;
         let mut h = x.broadcast_add(&positions)?;
         for block in &self.blocks {
-            h = block.forward_t(&h, None, train)?;
+            h = block.forward_t(&h, false, train)?;
         }
         Ok((h + x)?.mean(1)?)
     }
@@ -278,7 +278,7 @@ impl EncoderLayer {
 
     // [B, L, D] -> [B, L, D]
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.norm1.forward_t(&(x + self.self_attn.forward_t(x, None, train)?)?, train)?;
+        let x = self.norm1.forward_t(&(x + self.self_attn.forward_t(x, false, train)?)?, train)?;
         let ff = self.linear2.forward(&self.linear1.forward(&x)?.relu()?)?;
         self.norm2.forward_t(&(x + ff)?, train)
     }

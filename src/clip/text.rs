@@ -1,6 +1,6 @@
 //! The CLIP text tower (causal transformer, OpenAI layout) and [`TextEncoder`], the tower together with
 //! the embedded tokenizer.
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::{tokenizer::Tokenizer, vision::CLIP_LN_EPS};
@@ -70,13 +70,11 @@ impl TextTransformer {
             });
         }
         let w = self.cfg.width;
-        let dtype = self.token_embedding.dtype();
         // [N, L, W]
         let x = self.token_embedding.embedding(&tokens.flatten_all()?)?.reshape((n, l, w))?;
         let mut x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, l)?)?;
-        let mask = causal_mask(l, dtype, tokens.device())?;
         for block in &self.blocks {
-            x = block.forward_t(&x, Some(&mask), train)?;
+            x = block.forward_t(&x, true, train)?;
         }
         let x = self.ln_final.forward_t(&x, train)?;
         // Row of the end-of-text token (the largest id) of each sequence.
@@ -86,13 +84,6 @@ impl TextTransformer {
         let pooled = x.reshape((n * l, w))?.index_select(&rows, 0)?;
         Ok(pooled.matmul(&self.text_projection)?)
     }
-}
-
-/// Additive causal mask: 0 on and below the diagonal, -inf above.
-// -> [L, L]
-fn causal_mask(l: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
-    Ok(Tensor::from_vec(mask, (l, l), device)?.to_dtype(dtype)?)
 }
 
 impl Params for TextTransformer {
@@ -149,18 +140,5 @@ impl TextEncoder {
 impl Params for TextEncoder {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
         self.tower.visit(prefix, f)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn causal_mask_blocks_the_future() {
-        let m = causal_mask(3, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(m[0][0], 0.);
-        assert!(m[0][1].is_infinite());
-        assert_eq!(m[2][1], 0.);
     }
 }

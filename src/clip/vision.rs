@@ -99,7 +99,7 @@ impl VisionTransformer {
             if let Some(t) = shift_frames {
                 x = temporal_shift(&x, t)?;
             }
-            x = block.forward_t(&x, None, train)?;
+            x = block.forward_t(&x, false, train)?;
         }
         self.head(&x, train)
     }
@@ -120,7 +120,7 @@ impl VisionTransformer {
         let seq = Tensor::cat(&[&cls, &patches.reshape((b, frames * (l - 1), w))?], 1)?;
         let mut x = self.ln_pre.forward_t(&seq, train)?;
         for block in &self.blocks {
-            x = block.forward_t(&x, None, train)?;
+            x = block.forward_t(&x, false, train)?;
         }
         self.head(&x, train)
     }

@@ -1,4 +1,4 @@
-use candle_core::{Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::{
@@ -30,17 +30,45 @@ impl MultiHeadAttention {
         Ok(Self { in_proj, out_proj, heads })
     }
 
-    /// Self-attention over `x` [N, L, W] with an optional additive `mask` [L, L] (for example causal);
-    /// `train = false` runs the fused inference kernels (no backward).
+    /// Self-attention over `x` [N, L, W], causal (each token sees itself and earlier ones) or not;
+    /// `train = false` runs the fused inference kernels.
     // [N, L, W] -> [N, L, W]
-    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let (n, l, w) = x.dims3()?;
-        // [N, L, 3W] -> [N, L, 3, H, hd] (a view)
-        let qkv = self.in_proj.forward_t(x, train)?.reshape((n, l, 3, self.heads, w / self.heads))?;
-        // [N, L, W]
-        let out = if train { attention_plain(&qkv, mask, true)? } else { fused::attention(&qkv, mask)? };
+    pub fn forward_t(&self, x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
+        let out = self.attend(x, causal, train)?;
         self.out_proj.forward_t(&out, train)
     }
+
+    /// The attention output before `out_proj`, heads concatenated per token.
+    // [N, L, W] -> [N, L, W]
+    pub(super) fn attend(&self, x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
+        let (n, l, w) = x.dims3()?;
+        let shape = (n, l, 3, self.heads, w / self.heads);
+        #[cfg(feature = "cuda")]
+        if let Some(bias) = self.in_proj.bias().filter(|_| super::cuda::attention_fits(x, w / self.heads)) {
+            // [N, L, 3W] -> [N, L, 3, H, hd], in_proj bias folded into the fused kernel
+            let qkv = self.in_proj.forward_unbiased(x)?.reshape(shape)?;
+            return Ok(super::cuda::attention(&qkv, bias, causal)?);
+        }
+        // [N, L, 3W] -> [N, L, 3, H, hd] (a view)
+        let qkv = self.in_proj.forward_t(x, train)?.reshape(shape)?;
+        let mask = if causal { Some(causal_mask(l, x.dtype(), x.device())?) } else { None };
+        // [N, L, W]
+        let out = if train { attention_plain(&qkv, mask.as_ref(), true)? } else { fused::attention(&qkv, mask.as_ref())? };
+        Ok(out)
+    }
+
+    /// The output projection.
+    #[cfg(feature = "cuda")]
+    pub(super) fn out_proj(&self) -> &Linear {
+        &self.out_proj
+    }
+}
+
+/// Additive causal mask: 0 on and below the diagonal, -inf above.
+// -> [L, L]
+pub(crate) fn causal_mask(l: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
+    Tensor::from_vec(mask, (l, l), device)?.to_dtype(dtype)
 }
 
 /// Scaled dot-product attention on plain candle ops from `qkv` [N, L, 3, H, hd] with an optional additive
@@ -75,5 +103,18 @@ impl Params for MultiHeadAttention {
             f(join(prefix, "in_proj_bias"), b);
         }
         self.out_proj.visit(&join(prefix, "out_proj."), f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_mask_blocks_the_future() {
+        let m = causal_mask(3, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0][0], 0.);
+        assert!(m[0][1].is_infinite());
+        assert_eq!(m[2][1], 0.);
     }
 }

@@ -23,6 +23,10 @@ impl LayerNorm {
     /// Normalises `x` [..., dim]; `train` selects the differentiable path.
     // [..., dim] -> [..., dim]
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if super::cuda::handles(x) && super::cuda::layer_norm_fits(self.weight.elem_count()) {
+            return Ok(super::cuda::layer_norm(x, &self.weight, &self.bias, self.eps)?);
+        }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
         let (w, b) = (self.weight.to_dtype(DType::F32)?, self.bias.to_dtype(DType::F32)?);
@@ -35,6 +39,19 @@ impl LayerNorm {
             candle_nn::ops::layer_norm(&x32.contiguous()?, &w, &b, self.eps as f32)?
         };
         Ok(y.to_dtype(dtype)?)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl LayerNorm {
+    /// `s = x + d + d_bias` and `LayerNorm(s)` in one fused CUDA pass (inference), or `None` where the
+    /// kernel does not apply.
+    // [..., dim] -> ([..., dim], [..., dim])
+    pub(super) fn residual_forward_cuda(&self, x: &Tensor, d: &Tensor, d_bias: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        if !(super::cuda::handles(x) && super::cuda::layer_norm_fits(self.weight.elem_count())) {
+            return Ok(None);
+        }
+        Ok(Some(super::cuda::residual_layer_norm(x, d, d_bias, &self.weight, &self.bias, self.eps)?))
     }
 }
 

@@ -56,11 +56,12 @@ impl Linear {
 }
 
 impl Linear {
-    /// Applies the layer to `x` [..., in]; `train = false` runs the fused inference kernel (one
-    /// multi-threaded GEMM with the bias folded in, no backward).
+    /// Applies the layer to `x` [..., in]; `train = false` on the CPU runs the fused inference kernel
+    /// (one multi-threaded GEMM with the bias folded in, no backward).
     // [..., in] -> [..., out]
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train {
+        // The fused kernel is the CPU's; other devices run the plain forward (bias kernel on CUDA).
+        if train || !x.device().is_cpu() {
             Ok(self.forward(x)?)
         } else {
             self.forward_inference(x, false)
@@ -77,6 +78,13 @@ impl Linear {
             fused::linear(&x2, &self.weight, self.bias.as_ref())?
         };
         Ok(y.reshape(out_dims)?)
+    }
+
+    /// `x @ weight^T` without the bias, as one 2-D GEMM (differentiable).
+    // [..., in] -> [..., out]
+    pub(crate) fn forward_unbiased(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (x2, out_dims) = self.flatten(x)?;
+        x2.matmul(&self.weight.t()?)?.reshape(out_dims)
     }
 
     /// `x` [..., in] as [rows, in], and the output dims [..., out].
@@ -96,13 +104,13 @@ impl Module for Linear {
     /// The differentiable forward on plain candle ops (training); see [`Linear::forward_t`].
     // [..., in] -> [..., out]
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (x2, out_dims) = self.flatten(x)?;
-        let y = x2.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        y.reshape(out_dims)
+        let y = self.forward_unbiased(x)?;
+        match &self.bias {
+            #[cfg(feature = "cuda")]
+            Some(b) if super::cuda::handles(&y) && b.elem_count() % 8 == 0 => super::cuda::bias_add(&y, b),
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 }
 

@@ -36,6 +36,10 @@ impl Mlp {
     /// epilogue, no backward).
     // [..., width] -> [..., width]
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(h) = self.hidden_cuda(x)? {
+            return Ok(self.c_proj.forward_t(&h, train)?);
+        }
         if train {
             return self.forward(x);
         }
@@ -43,6 +47,34 @@ impl Mlp {
         let h = self.c_fc.forward_inference(x, true)?;
         self.c_proj.forward_t(&h, false)
     }
+}
+
+#[cfg(feature = "cuda")]
+impl Mlp {
+    /// The hidden activations `QuickGELU(c_fc(x))` with bias and activation in one fused CUDA kernel
+    /// (differentiable), or `None` where the kernel does not apply.
+    // [..., width] -> [..., 4 width]
+    fn hidden_cuda(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some(bias) = self.c_fc.bias().filter(|_| super::cuda::handles(x) && bias_width_fits(self.c_fc.weight())) else {
+            return Ok(None);
+        };
+        Ok(Some(super::cuda::bias_quick_gelu(&self.c_fc.forward_unbiased(x)?, bias)?))
+    }
+
+    /// The residual-branch output before the `c_proj` bias, and that bias (for fused residual kernels).
+    // [..., width] -> [..., width]
+    pub(super) fn forward_unbiased_cuda(&self, x: &Tensor) -> Result<Option<(Tensor, &Tensor)>> {
+        match (self.hidden_cuda(x)?, self.c_proj.bias()) {
+            (Some(h), Some(b)) => Ok(Some((self.c_proj.forward_unbiased(&h)?, b))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Whether the fused bias + QuickGELU kernel takes the hidden width of `weight` [hidden, width].
+#[cfg(feature = "cuda")]
+fn bias_width_fits(weight: &Tensor) -> bool {
+    weight.dim(0).is_ok_and(|h| h % 8 == 0)
 }
 
 impl Params for Mlp {

@@ -8,9 +8,13 @@ use candle_core::{DType, Device, Tensor};
 /// Largest absolute difference allowed between our f32 outputs and PyTorch's.
 pub const TOL: f32 = 1e-5;
 
-/// A file under tests/fixtures/tiny.
+/// A file under tests/fixtures/tiny (`ACTIONCLIP_FIXTURES` names another fixtures folder, for test
+/// binaries run away from their checkout, as on the GPU machine).
 pub fn tiny(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(name)
+    let root = std::env::var_os("ACTIONCLIP_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    root.join("tiny").join(name)
 }
 
 /// The tiny model's CLIP dimensions (tests/fixtures/tiny/config.json).
