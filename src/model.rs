@@ -37,6 +37,10 @@ impl ActionClip {
     /// trainable.
     pub fn new(vb: VarBuilder, cfg: &ActionClipConfig) -> Result<Self> {
         cfg.validate()?;
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(device) = vb.device() {
+            crate::nn::cuda::retain_freed_memory(device)?;
+        }
         let video = VideoEncoder::new(vb.clone(), cfg)?;
         let text = TextEncoder::new(vb.clone(), &cfg.clip.text, cfg.clip.embed_dim)?;
         let logit_scale = vb.get_with_hints((), "logit_scale", Init::Const(INIT_LOGIT_SCALE))?;

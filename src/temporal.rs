@@ -7,7 +7,7 @@ use crate::{
     config::{PostNetwork, CONTEXT_LENGTH},
     nn::{
         params::{join, Params},
-        LayerNorm, Linear, MultiHeadAttention, ResidualAttentionBlock,
+        forward_blocks, LayerNorm, Linear, MultiHeadAttention, ResidualAttentionBlock,
     },
     Error, Result,
 };
@@ -237,10 +237,7 @@ impl TransformerHead {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let t = x.dim(1)?;
         let positions = self.frame_position_embeddings.narrow(0, 0, t)?.to_dtype(x.dtype())?;
-        let mut h = x.broadcast_add(&positions)?;
-        for block in &self.blocks {
-            h = block.forward_t(&h, false, train)?;
-        }
+        let h = forward_blocks(&self.blocks, &x.broadcast_add(&positions)?, false, train)?;
         Ok((h + x)?.mean(1)?)
     }
 }

@@ -192,7 +192,7 @@ fn attention_values_and_gradients() {
             let (b32, b) = rounded(&randn(&[3 * h * hd], 0.5), dtype, &dev);
             let r = randn(&[n, l, h * hd], 1.0);
             let (qv, bv) = (Var::from_tensor(&qkv).unwrap(), Var::from_tensor(&b).unwrap());
-            let y = cuda::attention(&qv, &bv, causal).unwrap();
+            let y = cuda::attention(&qv, &bv, causal, true).unwrap();
             let grads = weighted_sum(&y, &r).backward().unwrap();
             let (qr, br) = (Var::from_tensor(&qkv32).unwrap(), Var::from_tensor(&b32).unwrap());
             let yr = attention_ref(&qr, &br, causal);

@@ -8,7 +8,7 @@ use crate::{
     config::TextConfig,
     nn::{
         params::{join, Params},
-        LayerNorm, ResidualAttentionBlock,
+        forward_blocks, LayerNorm, ResidualAttentionBlock,
     },
     Error, Result,
 };
@@ -72,10 +72,8 @@ impl TextTransformer {
         let w = self.cfg.width;
         // [N, L, W]
         let x = self.token_embedding.embedding(&tokens.flatten_all()?)?.reshape((n, l, w))?;
-        let mut x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, l)?)?;
-        for block in &self.blocks {
-            x = block.forward_t(&x, true, train)?;
-        }
+        let mut x = crate::nn::add_broadcast(&x, &self.positional_embedding.narrow(0, 0, l)?)?;
+        x = forward_blocks(&self.blocks, &x, true, train)?;
         let x = self.ln_final.forward_t(&x, train)?;
         // Row of the end-of-text token (the largest id) of each sequence.
         let eot = tokens.argmax(1)?.to_dtype(DType::U32)?;

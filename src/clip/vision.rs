@@ -7,7 +7,7 @@ use crate::{
     config::VisionConfig,
     nn::{
         params::{join, Params},
-        LayerNorm, ResidualAttentionBlock,
+        forward_blocks, LayerNorm, ResidualAttentionBlock,
     },
     Error, Result,
 };
@@ -80,7 +80,7 @@ impl VisionTransformer {
             .reshape((n * g * g, 3 * p * p))?;
         let tokens = patches.matmul(&self.patch_weight.t()?)?.reshape((n, g * g, w))?;
         let cls = self.class_embedding.reshape((1, 1, w))?.broadcast_as((n, 1, w))?;
-        Ok(Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.positional_embedding)?)
+        Ok(crate::nn::add_broadcast(&Tensor::cat(&[&cls, &tokens], 1)?, &self.positional_embedding)?)
     }
 
     /// Final LayerNorm of the class token and projection into the joint space.
@@ -95,11 +95,13 @@ impl VisionTransformer {
     // [N, 3, H, W] -> [N, D]
     pub fn forward_t(&self, images: &Tensor, shift_frames: Option<usize>, train: bool) -> Result<Tensor> {
         let mut x = self.ln_pre.forward_t(&self.embed(images)?, train)?;
-        for block in &self.blocks {
-            if let Some(t) = shift_frames {
-                x = temporal_shift(&x, t)?;
+        match shift_frames {
+            Some(t) => {
+                for block in &self.blocks {
+                    x = block.forward_t(&temporal_shift(&x, t)?, false, train)?;
+                }
             }
-            x = block.forward_t(&x, false, train)?;
+            None => x = forward_blocks(&self.blocks, &x, false, train)?,
         }
         self.head(&x, train)
     }
@@ -118,10 +120,7 @@ impl VisionTransformer {
         let cls = x.narrow(1, 0, 1)?.narrow(2, 0, 1)?.reshape((b, 1, w))?;
         let patches = x.narrow(2, 1, l - 1)?.broadcast_add(&time.reshape((1, frames, 1, w))?.to_dtype(x.dtype())?)?;
         let seq = Tensor::cat(&[&cls, &patches.reshape((b, frames * (l - 1), w))?], 1)?;
-        let mut x = self.ln_pre.forward_t(&seq, train)?;
-        for block in &self.blocks {
-            x = block.forward_t(&x, false, train)?;
-        }
+        let x = forward_blocks(&self.blocks, &self.ln_pre.forward_t(&seq, train)?, false, train)?;
         self.head(&x, train)
     }
 }

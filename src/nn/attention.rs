@@ -47,7 +47,7 @@ impl MultiHeadAttention {
         if let Some(bias) = self.in_proj.bias().filter(|_| super::cuda::attention_fits(x, w / self.heads)) {
             // [N, L, 3W] -> [N, L, 3, H, hd], in_proj bias folded into the fused kernel
             let qkv = self.in_proj.forward_unbiased(x)?.reshape(shape)?;
-            return Ok(super::cuda::attention(&qkv, bias, causal)?);
+            return Ok(super::cuda::attention(&qkv, bias, causal, train)?);
         }
         // [N, L, 3W] -> [N, L, 3, H, hd] (a view)
         let qkv = self.in_proj.forward_t(x, train)?.reshape(shape)?;

@@ -36,10 +36,9 @@ impl ResidualAttentionBlock {
     // [N, L, W] -> [N, L, W]
     pub fn forward_t(&self, x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if !train {
-            if let Some(y) = self.forward_fused_cuda(x, causal)? {
-                return Ok(y);
-            }
+        if !train && self.fused_cuda_applies(x)? {
+            let (x, m, m_bias) = self.fused_cuda_step(x, None, causal)?;
+            return Ok(super::cuda::residual_add(&x, &m, &m_bias)?);
         }
         let x = (x + self.attn.forward_t(&self.ln_1.forward_t(x, train)?, causal, train)?)?;
         let x = (&x + self.mlp.forward_t(&self.ln_2.forward_t(&x, train)?, train)?)?;
@@ -47,22 +46,59 @@ impl ResidualAttentionBlock {
     }
 }
 
+/// Runs `blocks` over `x` [N, L, W] in order, as their [`ResidualAttentionBlock::forward_t`] would; in
+/// inference on CUDA each block's last residual add (with the c_proj bias) happens inside the next
+/// block's first LayerNorm kernel.
+// [N, L, W] -> [N, L, W]
+pub(crate) fn forward_blocks(blocks: &[ResidualAttentionBlock], x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if !train && !blocks.is_empty() && blocks.iter().map(|b| b.fused_cuda_applies(x)).collect::<Result<Vec<_>>>()?.iter().all(|&ok| ok) {
+        let mut x = x.clone();
+        let mut pending = None;
+        for block in blocks {
+            let (next, m, m_bias) = block.fused_cuda_step(&x, pending.as_ref(), causal)?;
+            x = next;
+            pending = Some((m, m_bias));
+        }
+        if let Some((m, m_bias)) = pending {
+            return Ok(super::cuda::residual_add(&x, &m, &m_bias)?);
+        }
+    }
+    let mut x = x.clone();
+    for block in blocks {
+        x = block.forward_t(&x, causal, train)?;
+    }
+    Ok(x)
+}
+
 #[cfg(feature = "cuda")]
 impl ResidualAttentionBlock {
-    /// Inference with every bias and residual add folded into the fused CUDA kernels: the in_proj bias
-    /// into attention, out_proj bias + residual into LayerNorm 2, c_fc bias into QuickGELU, c_proj bias
-    /// + residual into one pass. `None` where the kernels do not apply.
-    // [N, L, W] -> [N, L, W]
-    fn forward_fused_cuda(&self, x: &Tensor, causal: bool) -> Result<Option<Tensor>> {
-        let Some(out_bias) = self.attn.out_proj().bias() else { return Ok(None) };
-        if !(super::cuda::handles(x) && super::cuda::layer_norm_fits(x.dim(D::Minus1)?)) {
-            return Ok(None);
-        }
-        let attended = self.attn.attend(&self.ln_1.forward_t(x, false)?, causal, false)?;
-        let projected = self.attn.out_proj().forward_unbiased(&attended)?;
-        let Some((x, h)) = self.ln_2.residual_forward_cuda(x, &projected, out_bias)? else { return Ok(None) };
-        let Some((m, m_bias)) = self.mlp.forward_unbiased_cuda(&h)? else { return Ok(None) };
-        Ok(Some(super::cuda::residual_add(&x, &m, m_bias)?))
+    /// Whether the fused CUDA inference path takes `x` through this block: a tensor the kernels handle,
+    /// a LayerNorm width they take and every bias the fusion folds in.
+    fn fused_cuda_applies(&self, x: &Tensor) -> Result<bool> {
+        Ok(super::cuda::handles(x)
+            && super::cuda::layer_norm_fits(x.dim(D::Minus1)?)
+            && self.attn.out_proj().bias().is_some()
+            && self.mlp.fused_cuda_applies())
+    }
+
+    /// One block of the fused CUDA inference path, every bias and residual add folded into a kernel: the
+    /// in_proj bias into attention, the out_proj bias and residual into LayerNorm 2, the c_fc bias into
+    /// QuickGELU. `pending` is the previous block's MLP output and c_proj bias, still to be added to `x`
+    /// (inside LayerNorm 1). Returns the residual stream after attention and this block's MLP output
+    /// with its c_proj bias, still to be added.
+    // [N, L, W] -> ([N, L, W], [N, L, W], [W])
+    fn fused_cuda_step(&self, x: &Tensor, pending: Option<&(Tensor, Tensor)>, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let (x, h) = match pending {
+            Some((m, m_bias)) => self.ln_1.residual_forward_cuda(x, m, m_bias)?,
+            None => (x.clone(), self.ln_1.forward_t(x, false)?),
+        };
+        let attended = self.attn.attend(&h, causal, false)?;
+        let out_proj = self.attn.out_proj();
+        let out_bias = out_proj.bias().ok_or_else(|| candle_core::Error::Msg("fused block: out_proj has no bias".into()))?;
+        let (x, h) = self.ln_2.residual_forward_cuda(&x, &out_proj.forward_unbiased(&attended)?, out_bias)?;
+        let (m, m_bias) = self.mlp.forward_unbiased_cuda(&h)?;
+        Ok((x, m, m_bias))
     }
 }
 

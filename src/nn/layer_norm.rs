@@ -44,14 +44,11 @@ impl LayerNorm {
 
 #[cfg(feature = "cuda")]
 impl LayerNorm {
-    /// `s = x + d + d_bias` and `LayerNorm(s)` in one fused CUDA pass (inference), or `None` where the
-    /// kernel does not apply.
+    /// `s = x + d + d_bias` and `LayerNorm(s)` in one fused CUDA pass (inference; `x` on CUDA with a
+    /// width [`super::cuda::layer_norm_fits`] takes).
     // [..., dim] -> ([..., dim], [..., dim])
-    pub(super) fn residual_forward_cuda(&self, x: &Tensor, d: &Tensor, d_bias: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-        if !(super::cuda::handles(x) && super::cuda::layer_norm_fits(self.weight.elem_count())) {
-            return Ok(None);
-        }
-        Ok(Some(super::cuda::residual_layer_norm(x, d, d_bias, &self.weight, &self.bias, self.eps)?))
+    pub(super) fn residual_forward_cuda(&self, x: &Tensor, d: &Tensor, d_bias: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(super::cuda::residual_layer_norm(x, d, d_bias, &self.weight, &self.bias, self.eps)?)
     }
 }
 

@@ -106,9 +106,7 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.forward_unbiased(x)?;
         match &self.bias {
-            #[cfg(feature = "cuda")]
-            Some(b) if super::cuda::handles(&y) && b.elem_count() % 8 == 0 => super::cuda::bias_add(&y, b),
-            Some(b) => y.broadcast_add(b),
+            Some(b) => super::add_broadcast(&y, b),
             None => Ok(y),
         }
     }

@@ -61,12 +61,19 @@ impl Mlp {
         Ok(Some(super::cuda::bias_quick_gelu(&self.c_fc.forward_unbiased(x)?, bias)?))
     }
 
-    /// The residual-branch output before the `c_proj` bias, and that bias (for fused residual kernels).
-    // [..., width] -> [..., width]
-    pub(super) fn forward_unbiased_cuda(&self, x: &Tensor) -> Result<Option<(Tensor, &Tensor)>> {
+    /// Whether [`Mlp::forward_unbiased_cuda`] applies: both biases present, a hidden width the fused
+    /// kernel takes.
+    pub(super) fn fused_cuda_applies(&self) -> bool {
+        self.c_fc.bias().is_some() && self.c_proj.bias().is_some() && bias_width_fits(self.c_fc.weight())
+    }
+
+    /// The residual-branch output before the `c_proj` bias, and that bias (for fused residual kernels);
+    /// `x` on CUDA, see [`Mlp::fused_cuda_applies`].
+    // [..., width] -> ([..., width], [width])
+    pub(super) fn forward_unbiased_cuda(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         match (self.hidden_cuda(x)?, self.c_proj.bias()) {
-            (Some(h), Some(b)) => Ok(Some((self.c_proj.forward_unbiased(&h)?, b))),
-            _ => Ok(None),
+            (Some(h), Some(b)) => Ok((self.c_proj.forward_unbiased(&h)?, b.clone())),
+            _ => Err(candle_core::Error::Msg("fused MLP: needs CUDA input and both biases".into()).into()),
         }
     }
 }

@@ -17,7 +17,21 @@ pub(crate) mod params;
 
 pub use attention::MultiHeadAttention;
 pub use block::ResidualAttentionBlock;
+pub(crate) use block::forward_blocks;
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, WEIGHT_INIT};
 pub use mlp::{quick_gelu, Mlp};
 pub use params::Params;
+
+/// `x + b` with `b` broadcast over the leading dimensions of `x` (`b`'s shape a suffix of `x`'s):
+/// one fused kernel with a coalesced bias gradient on CUDA (candle's strided broadcast and its reduction
+/// are slow there), `broadcast_add` elsewhere. Differentiable.
+// [..., S] + [S] -> [..., S]
+pub(crate) fn add_broadcast(x: &candle_core::Tensor, b: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    #[cfg(feature = "cuda")]
+    if cuda::handles(x) && b.elem_count() % 8 == 0 && x.elem_count() % b.elem_count().max(1) == 0 {
+        let rows = x.elem_count() / b.elem_count().max(1);
+        return cuda::bias_add(&x.reshape((rows, b.elem_count()))?, &b.flatten_all()?)?.reshape(x.shape());
+    }
+    x.broadcast_add(b)
+}

@@ -1,6 +1,6 @@
 // actionclip's fused CUDA kernels (compiled to PTX by build.rs under the `cuda` feature).
 //
-// - attention_fwd_*: flash-style multi-head attention read straight from the fused in_proj output
+// - attention_fwd_* / attention_bwd_*: flash-style multi-head attention read straight from the fused in_proj output
 //   qkv [N, L, 3, H, HD] (bf16/f16, f32 accumulation, tensor-core mma.sync m16n8k16, online softmax,
 //   K/V tiles double-buffered with cp.async); the in_proj bias is folded in (q + b_q on load, b_k dropped
 //   since it shifts every score of a row equally, b_v added to the output since each row of P sums to 1).
@@ -104,9 +104,10 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 
 // One block: 64 query rows of one (sequence, head), 4 warps of 16 rows each; keys in tiles of BN.
 // qkv [N, L, 3, H, HD]; bias [3, H, HD] or null; out [N, L, H, HD].
+// lse (optional, [N, H, L] f32): each row's log2-sum-exp2 of its scaled scores, for the backward pass.
 template <typename T, int HD, int BN, int STAGES>
 __device__ __forceinline__ void attention_fwd(const T* __restrict__ qkv, const T* __restrict__ bias, T* __restrict__ out,
-                                              int L, int H, float scale_log2, int causal) {
+                                              float* __restrict__ lse, int L, int H, float scale_log2, int causal) {
     constexpr int BM = 64, LD = HD + 8, CH = HD / 8;
     __shared__ __align__(16) T q_s[BM * LD];
     __shared__ __align__(16) T k_s[STAGES][BN * LD];
@@ -257,6 +258,8 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ qkv, const T
         l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
         l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
         inv[r] = 1.f / l_run[r];
+        const int row = row0 + r * 8;
+        if (lse && tig == 0 && row < L) lse[((long)n * H + h) * L + row] = m_run[r] + log2f(l_run[r]);
     }
     const long out_tok = (long)H * HD;
 #pragma unroll
@@ -280,13 +283,273 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ qkv, const T
 
 #define ATTENTION(NAME, T, HD, BN, STAGES)                                                                   \
     extern "C" __global__ void __launch_bounds__(128)                                                     \
-        NAME(const T* qkv, const T* bias, T* out, int L, int H, float scale_log2, int causal) {             \
-        attention_fwd<T, HD, BN, STAGES>(qkv, bias, out, L, H, scale_log2, causal);                         \
+        NAME(const T* qkv, const T* bias, T* out, float* lse, int L, int H, float scale_log2, int causal) { \
+        attention_fwd<T, HD, BN, STAGES>(qkv, bias, out, lse, L, H, scale_log2, causal);                    \
     }
 ATTENTION(attention_fwd_bf16_hd64, __nv_bfloat16, 64, 64, 2)
 ATTENTION(attention_fwd_f16_hd64, __half, 64, 64, 2)
 ATTENTION(attention_fwd_bf16_hd128, __nv_bfloat16, 128, 32, 1)
 ATTENTION(attention_fwd_f16_hd128, __half, 128, 32, 1)
+
+// ---------------------------------------------------------------------------------------------------
+// Attention backward (head dim 64): FlashAttention-2 style, parallel over key blocks
+// ---------------------------------------------------------------------------------------------------
+// The biases: b_k shifts every score of a row equally, so P, dQ and dK ignore it and its gradient is 0;
+// b_v adds the same vector to every row of O, so dP and delta use O - b_v and its gradient is the
+// column sum of dO; b_q enters through q + b_q and its gradient is the column sum of dQ.
+
+// delta[n, h, l] = dO[n, l, h, :] . (O[n, l, h, :] - b_v[h, :]); one warp per (token, head).
+template <typename T>
+__device__ __forceinline__ void attention_bwd_delta(const T* __restrict__ out, const T* __restrict__ dout,
+                                                    const T* __restrict__ bias, float* __restrict__ delta, int tokens,
+                                                    int L, int H, int HD) {
+    const long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (w >= (long)tokens * H) return;
+    const long t = w / H;
+    const int h = (int)(w % H);
+    const long off = t * H * HD + (long)h * HD;
+    float s = 0.f;
+    for (int d = lane; d < HD; d += 32) {
+        const float bv = bias ? to_f(bias[2 * H * HD + h * HD + d]) : 0.f;
+        s += to_f(dout[off + d]) * (to_f(out[off + d]) - bv);
+    }
+    s = warp_sum(s);
+    if (lane == 0) delta[((t / L) * H + h) * L + t % L] = s;
+}
+
+// One block: 64 keys of one (sequence, head), 4 warps of 16 keys; loops over query tiles of 64.
+// Writes dK and dV into dqkv [N, L, 3, H, HD] and adds scale * dQ into dq [N, L, H, HD] f32 (atomics).
+template <typename T, int HD>
+__device__ __forceinline__ void attention_bwd(const T* __restrict__ qkv, const T* __restrict__ bias,
+                                              const T* __restrict__ dout, const float* __restrict__ lse,
+                                              const float* __restrict__ delta, T* __restrict__ dqkv,
+                                              float* __restrict__ dq, int L, int H, float scale_log2, float scale,
+                                              int causal) {
+    constexpr int BN = 64, BM = 64, LD = HD + 8, LDS = BM + 8, CH = HD / 8;
+    __shared__ __align__(16) T k_s[BN * LD];
+    __shared__ __align__(16) T v_s[BN * LD];
+    __shared__ __align__(16) T q_s[BM * LD];
+    __shared__ __align__(16) T do_s[BM * LD];
+    __shared__ __align__(16) T ds_s[BN * LDS];  // dS^T: [key][query]
+    __shared__ float lse_s[BM], delta_s[BM];
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, tig = lane % 4;
+    const int n0 = blockIdx.x * BN;
+    const int n = blockIdx.y / H, h = blockIdx.y % H;
+    const long tok = 3L * H * HD, out_tok = (long)H * HD;
+    const T* q_g = qkv + (long)n * L * tok + (long)h * HD;
+    const T* k_g = q_g + (long)H * HD;
+    const T* v_g = q_g + 2L * H * HD;
+    const T* do_g = dout + (long)n * L * out_tok + (long)h * HD;
+    const float* lse_g = lse + ((long)n * H + h) * L;
+    const float* delta_g = delta + ((long)n * H + h) * L;
+    const uint16_t* k16 = reinterpret_cast<const uint16_t*>(k_s);
+    const uint16_t* q16 = reinterpret_cast<const uint16_t*>(q_s);
+    const uint16_t* do16 = reinterpret_cast<const uint16_t*>(do_s);
+    const uint16_t* ds16 = reinterpret_cast<const uint16_t*>(ds_s);
+
+    for (int i = tid; i < BN * CH; i += 128) {
+        const int r = i / CH, c = (i % CH) * 8;
+        float kv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, vv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (n0 + r < L) {
+            load8(k_g + (long)(n0 + r) * tok + c, kv);
+            load8(v_g + (long)(n0 + r) * tok + c, vv);
+        }
+        store8(&k_s[r * LD + c], kv);
+        store8(&v_s[r * LD + c], vv);
+    }
+    __syncthreads();
+
+    const int kr = warp * 16;  // this warp's keys: n0 + kr + g and + 8
+    uint32_t kf[HD / 16][4], vf[HD / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ++ks) {
+        const T* pk = &k_s[(kr + g) * LD + ks * 16 + tig * 2];
+        const T* pv = &v_s[(kr + g) * LD + ks * 16 + tig * 2];
+        kf[ks][0] = *reinterpret_cast<const uint32_t*>(pk);
+        kf[ks][1] = *reinterpret_cast<const uint32_t*>(pk + 8 * LD);
+        kf[ks][2] = *reinterpret_cast<const uint32_t*>(pk + 8);
+        kf[ks][3] = *reinterpret_cast<const uint32_t*>(pk + 8 * LD + 8);
+        vf[ks][0] = *reinterpret_cast<const uint32_t*>(pv);
+        vf[ks][1] = *reinterpret_cast<const uint32_t*>(pv + 8 * LD);
+        vf[ks][2] = *reinterpret_cast<const uint32_t*>(pv + 8);
+        vf[ks][3] = *reinterpret_cast<const uint32_t*>(pv + 8 * LD + 8);
+    }
+    float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j)
+        for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.f;
+
+    for (int m0 = causal ? (n0 / BM) * BM : 0; m0 < L; m0 += BM) {
+        __syncthreads();  // the previous tile's q_s, do_s and ds_s are no longer read
+        for (int i = tid; i < BM * CH; i += 128) {
+            const int r = i / CH, c = (i % CH) * 8;
+            float qv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, dov[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+            if (m0 + r < L) {
+                load8(q_g + (long)(m0 + r) * tok + c, qv);
+                if (bias) {
+                    float b[8];
+                    load8(bias + h * HD + c, b);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) qv[j] += b[j];
+                }
+                load8(do_g + (long)(m0 + r) * out_tok + c, dov);
+            }
+            store8(&q_s[r * LD + c], qv);
+            store8(&do_s[r * LD + c], dov);
+        }
+        for (int i = tid; i < BM; i += 128) {
+            lse_s[i] = m0 + i < L ? lse_g[m0 + i] : 0.f;
+            delta_s[i] = m0 + i < L ? delta_g[m0 + i] : 0.f;
+        }
+        __syncthreads();
+
+        // S^T = K Q^T (16 keys x 64 queries), then P^T.
+        float st[BM / 8][4];
+#pragma unroll
+        for (int j = 0; j < BM / 8; ++j) {
+            st[j][0] = st[j][1] = st[j][2] = st[j][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ++ks) {
+                const T* p = &q_s[(j * 8 + g) * LD + ks * 16 + tig * 2];
+                const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8)};
+                mma16816<T>(st[j], kf[ks], b);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = n0 + kr + g + (e >> 1) * 8, qc = j * 8 + tig * 2 + (e & 1), q = m0 + qc;
+                const bool ok = key < L && q < L && (!causal || key <= q);
+                st[j][e] = ok ? exp2f(st[j][e] * scale_log2 - lse_s[qc]) : 0.f;
+            }
+        }
+        // dV += P^T dO; dP^T = V dO^T.
+        float dpt[BM / 8][4];
+#pragma unroll
+        for (int j = 0; j < BM / 8; ++j) {
+            dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ++ks) {
+                const T* p = &do_s[(j * 8 + g) * LD + ks * 16 + tig * 2];
+                const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8)};
+                mma16816<T>(dpt[j], vf[ks], b);
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            const uint32_t a[4] = {pack2<T>(st[2 * kk][0], st[2 * kk][1]), pack2<T>(st[2 * kk][2], st[2 * kk][3]),
+                                   pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                   pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+            const int qrow = kk * 16 + tig * 2;
+#pragma unroll
+            for (int jd = 0; jd < HD / 8; ++jd) {
+                const int d = jd * 8 + g;
+                const uint32_t b[2] = {(uint32_t)do16[qrow * LD + d] | ((uint32_t)do16[(qrow + 1) * LD + d] << 16),
+                                       (uint32_t)do16[(qrow + 8) * LD + d] | ((uint32_t)do16[(qrow + 9) * LD + d] << 16)};
+                mma16816<T>(dv[jd], a, b);
+            }
+        }
+        // dS^T = P^T (dP^T - delta); kept in dpt, and stored for dQ.
+#pragma unroll
+        for (int j = 0; j < BM / 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dpt[j][e] = st[j][e] * (dpt[j][e] - delta_s[j * 8 + tig * 2 + (e & 1)]);
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+                *reinterpret_cast<uint32_t*>(&ds_s[(kr + g + r * 8) * LDS + j * 8 + tig * 2]) =
+                    pack2<T>(dpt[j][2 * r], dpt[j][2 * r + 1]);
+        }
+        // dK += dS^T Q.
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            const uint32_t a[4] = {pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]), pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]),
+                                   pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                                   pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+            const int qrow = kk * 16 + tig * 2;
+#pragma unroll
+            for (int jd = 0; jd < HD / 8; ++jd) {
+                const int d = jd * 8 + g;
+                const uint32_t b[2] = {(uint32_t)q16[qrow * LD + d] | ((uint32_t)q16[(qrow + 1) * LD + d] << 16),
+                                       (uint32_t)q16[(qrow + 8) * LD + d] | ((uint32_t)q16[(qrow + 9) * LD + d] << 16)};
+                mma16816<T>(dk[jd], a, b);
+            }
+        }
+        __syncthreads();  // every warp's dS^T rows are in ds_s
+        // dQ (this warp's 16 queries x HD) = dS K over the block's 64 keys, added into dq.
+        const int qr = warp * 16;
+        float dqa[HD / 8][4];
+#pragma unroll
+        for (int jd = 0; jd < HD / 8; ++jd) dqa[jd][0] = dqa[jd][1] = dqa[jd][2] = dqa[jd][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            const int key = kk * 16 + tig * 2;
+            const uint32_t a[4] = {
+                (uint32_t)ds16[key * LDS + qr + g] | ((uint32_t)ds16[(key + 1) * LDS + qr + g] << 16),
+                (uint32_t)ds16[key * LDS + qr + g + 8] | ((uint32_t)ds16[(key + 1) * LDS + qr + g + 8] << 16),
+                (uint32_t)ds16[(key + 8) * LDS + qr + g] | ((uint32_t)ds16[(key + 9) * LDS + qr + g] << 16),
+                (uint32_t)ds16[(key + 8) * LDS + qr + g + 8] | ((uint32_t)ds16[(key + 9) * LDS + qr + g + 8] << 16)};
+#pragma unroll
+            for (int jd = 0; jd < HD / 8; ++jd) {
+                const int d = jd * 8 + g;
+                const uint32_t b[2] = {(uint32_t)k16[key * LD + d] | ((uint32_t)k16[(key + 1) * LD + d] << 16),
+                                       (uint32_t)k16[(key + 8) * LD + d] | ((uint32_t)k16[(key + 9) * LD + d] << 16)};
+                mma16816<T>(dqa[jd], a, b);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int q = m0 + qr + g + r * 8;
+            if (q < L) {
+                float* dst = dq + ((long)n * L + q) * out_tok + (long)h * HD;
+#pragma unroll
+                for (int jd = 0; jd < HD / 8; ++jd) {
+                    atomicAdd(dst + jd * 8 + tig * 2, dqa[jd][2 * r] * scale);
+                    atomicAdd(dst + jd * 8 + tig * 2 + 1, dqa[jd][2 * r + 1] * scale);
+                }
+            }
+        }
+    }
+    // dK (scaled) and dV into their slots of dqkv.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = n0 + kr + g + r * 8;
+        if (key < L) {
+            T* dst = dqkv + ((long)n * L + key) * tok + (long)h * HD;
+#pragma unroll
+            for (int jd = 0; jd < HD / 8; ++jd) {
+                const int d = jd * 8 + tig * 2;
+                *reinterpret_cast<uint32_t*>(dst + (long)H * HD + d) = pack2<T>(dk[jd][2 * r] * scale, dk[jd][2 * r + 1] * scale);
+                *reinterpret_cast<uint32_t*>(dst + 2L * H * HD + d) = pack2<T>(dv[jd][2 * r], dv[jd][2 * r + 1]);
+            }
+        }
+    }
+}
+
+// dqkv[:, :, 0] = dq (f32 [tokens, H*HD] -> the q slot of [tokens, 3, H*HD]).
+template <typename T>
+__device__ __forceinline__ void attention_bwd_dq(const float* __restrict__ dq, T* __restrict__ dqkv, long tokens, int width) {
+    const long n = tokens * width;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const long t = i / width;
+        dqkv[t * 3 * width + i % width] = from_f<T>(dq[i]);
+    }
+}
+
+#define ATTENTION_BWD(SUFFIX, T)                                                                             \
+    extern "C" __global__ void attention_bwd_delta_##SUFFIX(const T* out, const T* dout, const T* bias,    \
+                                                            float* delta, int tokens, int L, int H, int HD) { \
+        attention_bwd_delta<T>(out, dout, bias, delta, tokens, L, H, HD);                                   \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128) attention_bwd_##SUFFIX##_hd64(                       \
+        const T* qkv, const T* bias, const T* dout, const float* lse, const float* delta, T* dqkv, float* dq, \
+        int L, int H, float scale_log2, float scale, int causal) {                                          \
+        attention_bwd<T, 64>(qkv, bias, dout, lse, delta, dqkv, dq, L, H, scale_log2, scale, causal);       \
+    }                                                                                                        \
+    extern "C" __global__ void attention_bwd_dq_##SUFFIX(const float* dq, T* dqkv, long tokens, int width) { \
+        attention_bwd_dq<T>(dq, dqkv, tokens, width);                                                       \
+    }
+ATTENTION_BWD(bf16, __nv_bfloat16)
+ATTENTION_BWD(f16, __half)
 
 // ---------------------------------------------------------------------------------------------------
 // Residual add + LayerNorm (one warp per row; cols % 8 == 0, cols <= 2048)

@@ -33,6 +33,26 @@ pub fn handles(x: &Tensor) -> bool {
     x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
+/// Keeps memory freed on `device` in its stream-ordered pool instead of handing it back to the driver
+/// at every synchronisation (the default pool's release threshold is 0), as PyTorch's caching allocator
+/// does; otherwise each forward pass after a sync maps its activations afresh. [`crate::ActionClip::new`]
+/// calls it for CUDA devices.
+pub fn retain_freed_memory(device: &CudaDevice) -> candle_core::Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let cu_device = device.cuda_stream().context().cu_device();
+    let mut threshold = u64::MAX;
+    // SAFETY: `cu_device` belongs to the live context of `device`; the release threshold is a u64.
+    unsafe {
+        let pool = result::device::get_default_mem_pool(cu_device).w()?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .w()
+    }
+}
+
 /// Whether the LayerNorm kernels take rows of `cols` values.
 pub fn layer_norm_fits(cols: usize) -> bool {
     cols % 8 == 0 && cols <= LN_MAX_COLS
@@ -348,10 +368,10 @@ pub fn bias_quick_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor>
     aligned(x)?.apply_op2(&aligned(&bias.to_dtype(x.dtype())?)?, BiasQuickGelu)
 }
 
-/// Launch shape of a grid-stride elementwise kernel over `n` values, 8 per thread.
-fn elementwise_config(n: usize) -> LaunchConfig {
+/// Launch shape of a grid-stride elementwise kernel over `n` values, `per_thread` per thread.
+fn elementwise_config(n: usize, per_thread: usize) -> LaunchConfig {
     let threads = 256;
-    let blocks = n.div_ceil(8 * threads).clamp(1, 65_535);
+    let blocks = n.div_ceil(per_thread * threads).clamp(1, 65_535);
     LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 }
 }
 
@@ -373,7 +393,7 @@ fn launch_bias_elementwise(name: &str, xs: &CudaStorage, xl: &Layout, bs: &CudaS
         let mut builder = func.builder();
         builder.arg(&x).arg(&b).arg(&mut y).arg(&n_i).arg(&cols_i);
         // SAFETY: argument types and order match the kernel.
-        unsafe { builder.launch(elementwise_config(n)) }.w()?;
+        unsafe { builder.launch(elementwise_config(n, 8)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), xl.shape().clone()))
     })
 }
@@ -426,7 +446,7 @@ impl CustomOp3 for BiasQuickGeluBwd {
             let mut builder = func.builder();
             builder.arg(&x).arg(&b).arg(&g).arg(&mut du).arg(&n_i).arg(&cols_i);
             // SAFETY: argument types and order match the kernel.
-            unsafe { builder.launch(elementwise_config(n)) }.w()?;
+            unsafe { builder.launch(elementwise_config(n, 8)) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(du, dev.clone()), xl.shape().clone()))
         })
     }
@@ -519,14 +539,20 @@ const ATTENTION_ROWS: usize = 64;
 /// Multi-head attention from the fused in_proj output without its bias, `qkv` [N, L, 3, H, hd], and that
 /// bias `in_bias` [3 H hd]: `softmax((q + b_q)(k + b_k)^T / sqrt(hd) [+ causal mask]) (v + b_v)` per
 /// (sequence, head), heads concatenated per token. Half precision, head dim 64 or 128 (see
-/// [`attention_fits`]); differentiable.
+/// [`attention_fits`]); differentiable. With `train` the forward keeps each row's log-sum-exp for the
+/// fused backward (head dim 64; head dim 128 recomputes the probabilities on cuBLAS in f32).
 // [N, L, 3, H, hd] -> [N, L, H*hd]
-pub fn attention(qkv: &Tensor, in_bias: &Tensor, causal: bool) -> candle_core::Result<Tensor> {
-    aligned(qkv)?.apply_op2(&aligned(&in_bias.to_dtype(qkv.dtype())?)?, AttentionOp { causal })
+pub fn attention(qkv: &Tensor, in_bias: &Tensor, causal: bool, train: bool) -> candle_core::Result<Tensor> {
+    let op = AttentionOp { causal, keep_lse: train, lse: std::sync::Mutex::new(None) };
+    aligned(qkv)?.apply_op2(&aligned(&in_bias.to_dtype(qkv.dtype())?)?, op)
 }
 
 struct AttentionOp {
     causal: bool,
+    /// Whether the forward writes the log-sum-exp rows for the backward.
+    keep_lse: bool,
+    /// [N*H, L] f32 log2-sum-exp2 of each row's scaled scores, from the forward.
+    lse: std::sync::Mutex<Option<Tensor>>,
 }
 
 impl CustomOp2 for AttentionOp {
@@ -561,26 +587,49 @@ impl CustomOp2 for AttentionOp {
             shared_mem_bytes: 0,
         };
         let (l_i, h_i, causal_i) = (l as i32, heads as i32, self.causal as i32);
+        // SAFETY: the kernel writes every row's value.
+        let mut lse = if self.keep_lse { Some(unsafe { dev.alloc::<f32>(n * heads * l)? }) } else { None };
         macro_rules! launch {
             ($T:ty) => {{
                 let (q, b) = (view::<$T>(qs, ql, "qkv")?, view::<$T>(bs, bl, "in_proj bias")?);
                 // SAFETY: every element is written by the kernel.
                 let mut out = unsafe { dev.alloc::<$T>(n * l * heads * hd)? };
                 let mut builder = func.builder();
-                builder.arg(&q).arg(&b).arg(&mut out).arg(&l_i).arg(&h_i).arg(&scale_log2).arg(&causal_i);
+                builder.arg(&q).arg(&b).arg(&mut out);
+                match lse.as_mut() {
+                    Some(lse) => builder.arg(lse),
+                    None => builder.arg(&NULL),
+                };
+                builder.arg(&l_i).arg(&h_i).arg(&scale_log2).arg(&causal_i);
                 // SAFETY: argument types and order match the kernel.
                 unsafe { builder.launch(cfg) }.w()?;
                 CudaStorage::wrap_cuda_slice(out, dev.clone())
             }};
         }
         let out = if qs.dtype() == DType::BF16 { launch!(bf16) } else { launch!(f16) };
+        if let Some(lse) = lse {
+            let storage = candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(lse, dev.clone()));
+            let lse = Tensor::from_storage(storage, (n * heads, l), candle_core::op::BackpropOp::none(), false);
+            *self.lse.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lse lock".into()))? = Some(lse);
+        }
         Ok((out, Shape::from((n, l, heads * hd))))
     }
 
-    /// Recomputes the attention probabilities on cuBLAS GEMMs in f32 and returns the gradients of the
-    /// fused qkv and of the in_proj bias.
-    fn bwd(&self, qkv: &Tensor, in_bias: &Tensor, _out: &Tensor, d_out: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    /// The gradients of the fused qkv and of the in_proj bias: the fused kernel for head dim 64 when the
+    /// forward kept its log-sum-exp rows, else the probabilities recomputed on cuBLAS GEMMs in f32.
+    fn bwd(&self, qkv: &Tensor, in_bias: &Tensor, out: &Tensor, d_out: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, l, _, heads, hd) = qkv.dims5()?;
+        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lse lock".into()))?.take();
+        if let Some(lse) = lse.filter(|_| hd == 64) {
+            let d_out = aligned(d_out)?;
+            // [N*H, L] f32
+            let delta = out.apply_op3_no_bwd(&d_out, in_bias, &AttentionDelta { heads })?;
+            let bwd = AttentionBwd { causal: self.causal, bias: in_bias.clone(), lse, delta };
+            let d_qkv = qkv.apply_op2_no_bwd(&d_out, &bwd)?;
+            // b_q's gradient sums dQ, b_v's sums dV (= dO summed over rows); b_k's (dK summed) is 0.
+            let d_bias = column_sum(&d_qkv.reshape((n * l, 3 * heads * hd))?)?.to_dtype(in_bias.dtype())?;
+            return Ok((Some(d_qkv), Some(d_bias)));
+        }
         let scale = (hd as f64).powf(-0.5);
         // [3, N*H, L, hd] in f32, biases added
         let qkv32 = qkv.detach().to_dtype(DType::F32)?.broadcast_add(&in_bias.detach().to_dtype(DType::F32)?.reshape((3, heads, hd))?)?;
@@ -603,5 +652,102 @@ impl CustomOp2 for AttentionOp {
         let d_qkv = Tensor::stack(&[d_q, d_k, d_v], 0)?.reshape((3, n, heads, l, hd))?.permute((1, 3, 0, 2, 4))?.contiguous()?;
         let d_bias = column_sum(&d_qkv.reshape((n * l, 3 * heads * hd))?)?.to_dtype(in_bias.dtype())?;
         Ok((Some(d_qkv.to_dtype(qkv.dtype())?), Some(d_bias)))
+    }
+}
+
+/// `delta[n, h, l] = dO[n, l, h, :] . (O[n, l, h, :] - b_v[h, :])`: `(out, d_out, in_bias)` -> [N*H, L] f32.
+struct AttentionDelta {
+    heads: usize,
+}
+
+impl CustomOp3 for AttentionDelta {
+    fn name(&self) -> &'static str {
+        "actionclip-attention-delta"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(&self, os: &CudaStorage, ol: &Layout, gs: &CudaStorage, gl: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = os.device();
+        let &[n, l, w] = ol.dims() else { bail!("{}: out must be [N, L, W], got {:?}", self.name(), ol.shape()) };
+        let hd = w / self.heads;
+        let func = dev.get_or_load_custom_func(&kernel_name("attention_bwd_delta", os.dtype())?, MODULE, PTX)?;
+        with_dtype!(os.dtype(), T => {
+            let (o, g, b) = (view::<T>(os, ol, "out")?, view::<T>(gs, gl, "d_out")?, view::<T>(bs, bl, "in_proj bias")?);
+            // SAFETY: every element is written by the kernel.
+            let mut delta = unsafe { dev.alloc::<f32>(n * self.heads * l)? };
+            let (tokens, l_i, h_i, hd_i) = ((n * l) as i32, l as i32, self.heads as i32, hd as i32);
+            let mut builder = func.builder();
+            builder.arg(&o).arg(&g).arg(&b).arg(&mut delta).arg(&tokens).arg(&l_i).arg(&h_i).arg(&hd_i);
+            let warps = n * l * self.heads;
+            let cfg = LaunchConfig { grid_dim: (warps.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: argument types and order match the kernel.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(delta, dev.clone()), Shape::from((n * self.heads, l))))
+        })
+    }
+}
+
+/// The fused attention backward (head dim 64): `(qkv, d_out)` -> `d_qkv` [N, L, 3, H, 64], with the
+/// forward's in_proj bias, log-sum-exp rows and [`AttentionDelta`]'s rows.
+struct AttentionBwd {
+    causal: bool,
+    bias: Tensor,
+    lse: Tensor,
+    delta: Tensor,
+}
+
+/// The CUDA storage of `guard` (a tensor's storage, for a kernel argument that is not an op input).
+fn cuda_of<'a>(guard: &'a candle_core::StorageRef<'_>, what: &str) -> candle_core::Result<&'a CudaStorage> {
+    match &**guard {
+        candle_core::Storage::Cuda(c) => Ok(c),
+        _ => bail!("{what}: expected a CUDA tensor"),
+    }
+}
+
+impl CustomOp2 for AttentionBwd {
+    fn name(&self) -> &'static str {
+        "actionclip-flash-attention-bwd"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        cpu_unsupported(self.name())
+    }
+
+    fn cuda_fwd(&self, qs: &CudaStorage, ql: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = qs.device();
+        let &[n, l, _, heads, hd] = ql.dims() else { bail!("{}: qkv must be [N, L, 3, H, hd], got {:?}", self.name(), ql.shape()) };
+        if hd != 64 {
+            bail!("{}: the fused backward takes head dim 64, got {hd}", self.name())
+        }
+        let ((bias_g, bias_l), (lse_g, lse_l), (delta_g, delta_l)) =
+            (self.bias.storage_and_layout(), self.lse.storage_and_layout(), self.delta.storage_and_layout());
+        let bias_c = cuda_of(&bias_g, "in_proj bias")?;
+        let (lse, delta) = (view::<f32>(cuda_of(&lse_g, "lse")?, lse_l, "lse")?, view::<f32>(cuda_of(&delta_g, "delta")?, delta_l, "delta")?);
+        let mut dq = dev.alloc_zeros::<f32>(n * l * heads * hd)?;
+        let (l_i, h_i, causal_i) = (l as i32, heads as i32, self.causal as i32);
+        let scale = (hd as f32).powf(-0.5);
+        let scale_log2 = std::f32::consts::LOG2_E * scale;
+        let main = dev.get_or_load_custom_func(&format!("{}_hd64", kernel_name("attention_bwd", qs.dtype())?), MODULE, PTX)?;
+        let to_q = dev.get_or_load_custom_func(&kernel_name("attention_bwd_dq", qs.dtype())?, MODULE, PTX)?;
+        with_dtype!(qs.dtype(), T => {
+            let (q, g, b) = (view::<T>(qs, ql, "qkv")?, view::<T>(gs, gl, "d_out")?, view::<T>(bias_c, bias_l, "in_proj bias")?);
+            // SAFETY: the main kernel writes every k and v slot, the conversion every q slot.
+            let mut d_qkv = unsafe { dev.alloc::<T>(n * l * 3 * heads * hd)? };
+            let mut builder = main.builder();
+            builder.arg(&q).arg(&b).arg(&g).arg(&lse).arg(&delta).arg(&mut d_qkv).arg(&mut dq);
+            builder.arg(&l_i).arg(&h_i).arg(&scale_log2).arg(&scale).arg(&causal_i);
+            let cfg = LaunchConfig { grid_dim: (l.div_ceil(ATTENTION_ROWS) as u32, (n * heads) as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: argument types and order match the kernel.
+            unsafe { builder.launch(cfg) }.w()?;
+            let (tokens, width) = ((n * l) as i64, (heads * hd) as i32);
+            let mut builder = to_q.builder();
+            builder.arg(&dq).arg(&mut d_qkv).arg(&tokens).arg(&width);
+            // SAFETY: argument types and order match the kernel.
+            unsafe { builder.launch(elementwise_config(n * l * heads * hd, 1)) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(d_qkv, dev.clone()), ql.shape().clone()))
+        })
     }
 }
