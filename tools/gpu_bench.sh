@@ -50,12 +50,13 @@ run() {
   CRITERION_HOME=$out/criterion timeout "${BENCH_TIMEOUT:-240}" "$pack/gpu_bench" --bench 2>&1 | tee "$out/ours.log" | grep -E "^gpu/|thrpt" || true
   kill "$sampler"
   if [ -n "${PROFILE:-}" ]; then
-    echo "== kernel times of ours, bf16 inference at 16 videos (ncu, ~2 forward passes)"
+    local case=${PROFILE_CASE:-gpu/infer/ViT-B-16/bf16/b16}
+    echo "== kernel times of ours, $case (ncu, kernels ${PROFILE_SKIP:-1500}.. for ${PROFILE_COUNT:-300})"
     local ncu
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     timeout "${PROFILE_TIMEOUT:-150}" "$ncu" --clock-control none --launch-skip "${PROFILE_SKIP:-1500}" \
       --launch-count "${PROFILE_COUNT:-300}" --metrics gpu__time_duration.sum --csv \
-      "$pack/gpu_bench" --bench --profile-time 3 'gpu/infer/ViT-B-16/bf16/b16' > "$out/ncu.csv" 2> "$out/ncu.err" || true
+      "$pack/gpu_bench" --bench --profile-time 3 "$case" > "$out/ncu.csv" 2> "$out/ncu.err" || true
     python3 - "$out/ncu.csv" <<'PY'
 import collections, csv, sys
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
