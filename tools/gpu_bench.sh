@@ -7,7 +7,8 @@
 #                              them into .gpu/ with ../shared/scripts/device-pack.sh.
 #   tools/gpu_bench.sh run     On the GPU machine, from the repository root with .gpu/ beside it: runs the
 #                              kernel tests, our bench and tools/gpu_bench.py, then prints ours vs PyTorch.
-#                              Logs and JSON land in $OUT (or target/gpu-bench).
+#                              Logs and JSON land in $OUT (or target/gpu-bench). KERNEL_FILTER, BENCH_FILTER
+#                              and PYTORCH_FILTER narrow the tests, our cases and PyTorch's cases.
 # With the device tool: `tools/gpu_bench.sh build`, then run `bash tools/gpu_bench.sh run` there with
 # carry [".gpu"] (.gpu/ is ignored by git through .git/info/exclude).
 set -euo pipefail
@@ -42,12 +43,12 @@ run() {
   for f in "$pack"/*.gz; do gunzip -kf "$f"; chmod +x "${f%.gz}"; done
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
   echo "== kernel tests"
-  ACTIONCLIP_FIXTURES=$PWD/tests/fixtures timeout "${KERNEL_TIMEOUT:-180}" "$pack/cuda_kernels" --test-threads 1 --nocapture 2>&1 | tee "$out/kernels.log" \
+  ACTIONCLIP_FIXTURES=$PWD/tests/fixtures timeout "${KERNEL_TIMEOUT:-180}" "$pack/cuda_kernels" --test-threads 1 --nocapture ${KERNEL_FILTER:-} 2>&1 | tee "$out/kernels.log" \
     | grep -E "^test |test result|panicked|FAILED" || true
   echo "== ours"
   (while sleep 0.2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) > "$out/memory_ours.txt" &
   local sampler=$!
-  CRITERION_HOME=$out/criterion timeout "${BENCH_TIMEOUT:-240}" "$pack/gpu_bench" --bench 2>&1 | tee "$out/ours.log" | grep -E "^gpu/|thrpt" || true
+  CRITERION_HOME=$out/criterion timeout "${BENCH_TIMEOUT:-240}" "$pack/gpu_bench" --bench ${BENCH_FILTER:-} 2>&1 | tee "$out/ours.log" | grep -E "^gpu/|thrpt" || true
   kill "$sampler"
   if [ -n "${PROFILE:-}" ]; then
     local case=${PROFILE_CASE:-gpu/infer/ViT-B-16/bf16/b16}
@@ -80,7 +81,7 @@ print(f"total {all_ns / 1e6:.2f} ms over {sum(count.values())} kernels")
 PY
   fi
   echo "== PyTorch"
-  timeout "${PYTORCH_TIMEOUT:-180}" python3 tools/gpu_bench.py --json "$out/pytorch.json" | tee "$out/pytorch.log" || true
+  timeout "${PYTORCH_TIMEOUT:-180}" python3 tools/gpu_bench.py --filter "${PYTORCH_FILTER:-}" --json "$out/pytorch.json" | tee "$out/pytorch.log" || true
   echo "== ours / PyTorch (videos/s)"
   python3 - "$out" <<'PY'
 import json, pathlib, sys

@@ -303,8 +303,8 @@ impl CustomOp2 for LayerNormBwdParams {
 // [..., C] -> ([..., C], [..., C])
 pub fn residual_layer_norm(x: &Tensor, d: &Tensor, d_bias: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<(Tensor, Tensor)> {
     let dtype = x.dtype();
-    let params = Tensor::cat(&[d_bias.to_dtype(dtype)?, weight.to_dtype(dtype)?, bias.to_dtype(dtype)?], 0)?;
-    let out = aligned(x)?.apply_op3_no_bwd(&aligned(d)?, &params, &ResidualOp { eps: eps as f32, norm: true })?;
+    let ln = Some((aligned(&weight.to_dtype(dtype)?)?, aligned(&bias.to_dtype(dtype)?)?));
+    let out = aligned(x)?.apply_op3_no_bwd(&aligned(d)?, &aligned(&d_bias.to_dtype(dtype)?)?, &ResidualOp { eps: eps as f32, ln })?;
     Ok((out.get(0)?, out.get(1)?))
 }
 
@@ -312,14 +312,14 @@ pub fn residual_layer_norm(x: &Tensor, d: &Tensor, d_bias: &Tensor, weight: &Ten
 // [..., C] -> [..., C]
 pub fn residual_add(x: &Tensor, d: &Tensor, d_bias: &Tensor) -> candle_core::Result<Tensor> {
     let d_bias = aligned(&d_bias.to_dtype(x.dtype())?)?;
-    aligned(x)?.apply_op3_no_bwd(&aligned(d)?, &d_bias, &ResidualOp { eps: 0., norm: false })
+    aligned(x)?.apply_op3_no_bwd(&aligned(d)?, &d_bias, &ResidualOp { eps: 0., ln: None })
 }
 
-/// `(x, d, params)`: params is `[d_bias | weight | bias]` (3 C values) with `norm`, else `d_bias` (C).
-/// Output `[2, ..., C]` (sum, normalised) with `norm`, else the sum.
+/// `(x, d, d_bias) -> x + d + d_bias`, or with `ln` (LayerNorm weight and bias, contiguous [C])
+/// `[2, ..., C]`: the sum, then its LayerNorm.
 struct ResidualOp {
     eps: f32,
-    norm: bool,
+    ln: Option<(Tensor, Tensor)>,
 }
 
 impl CustomOp3 for ResidualOp {
@@ -331,27 +331,29 @@ impl CustomOp3 for ResidualOp {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ds: &CudaStorage, dl: &Layout, ps: &CudaStorage, pl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ds: &CudaStorage, dl: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = xs.device();
         let (rows, cols) = rows_cols(xl);
-        if dl.shape() != xl.shape() {
-            bail!("{}: x {:?} and d {:?} differ", self.name(), xl.shape(), dl.shape())
+        if dl.shape() != xl.shape() || bl.shape().elem_count() != cols {
+            bail!("{}: x {:?}, d {:?} and d_bias {:?} do not fit", self.name(), xl.shape(), dl.shape(), bl.shape())
         }
+        let n = rows * cols;
+        let ln = self.ln.as_ref().map(|(w, b)| (w.storage_and_layout(), b.storage_and_layout()));
         with_dtype!(xs.dtype(), T => {
-            let (x, d, p) = (view::<T>(xs, xl, "x")?, view::<T>(ds, dl, "d")?, view::<T>(ps, pl, "params")?);
-            let n = rows * cols;
+            let (x, d, d_bias) = (view::<T>(xs, xl, "x")?, view::<T>(ds, dl, "d")?, view::<T>(bs, bl, "d_bias")?);
             // SAFETY: every element is written by the kernel.
-            let mut out = unsafe { dev.alloc::<T>(if self.norm { 2 * n } else { n })? };
-            let (mut s_part, mut y_part) = out.split_at_mut(n);  // y_part is empty without `norm`
-            let d_bias = p.slice(0..cols);
-            if self.norm {
-                let (w, b) = (p.slice(cols..2 * cols), p.slice(2 * cols..3 * cols));
-                launch_residual_layer_norm(dev, &x, Some((&d, &d_bias, &mut s_part)), Some((&w, &b, &mut y_part)), (rows, cols), self.eps, xs.dtype())?;
-            } else {
-                launch_residual_layer_norm(dev, &x, Some((&d, &d_bias, &mut s_part)), None, (rows, cols), self.eps, xs.dtype())?;
+            let mut out = unsafe { dev.alloc::<T>(if ln.is_some() { 2 * n } else { n })? };
+            let (mut s_part, mut y_part) = out.split_at_mut(n); // y_part is empty without a LayerNorm
+            let sum = Some((&d, &d_bias, &mut s_part));
+            match &ln {
+                Some(((wg, wl), (bg, bl))) => {
+                    let (w, b) = (view::<T>(cuda_of(wg, "weight")?, wl, "weight")?, view::<T>(cuda_of(bg, "bias")?, bl, "bias")?);
+                    launch_residual_layer_norm(dev, &x, sum, Some((&w, &b, &mut y_part)), (rows, cols), self.eps, xs.dtype())?;
+                }
+                None => launch_residual_layer_norm(dev, &x, sum, None, (rows, cols), self.eps, xs.dtype())?,
             }
             drop((s_part, y_part));
-            let mut dims = if self.norm { vec![2] } else { vec![] };
+            let mut dims = if ln.is_some() { vec![2] } else { vec![] };
             dims.extend_from_slice(xl.dims());
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(dims)))
         })
