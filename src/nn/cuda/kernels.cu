@@ -102,6 +102,90 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// Fragment loads for mma16816 from shared tiles with row stride `ld` (g = lane / 4, tig = lane % 4).
+// A operand: rows row0..row0+15, columns col0..col0+15 of the tile.
+template <typename T> __device__ __forceinline__ void load_a(const T* s, int ld, int row0, int col0, uint32_t* a) {
+    const int lane = threadIdx.x % 32;
+    const T* p = s + (row0 + lane / 4) * ld + col0 + (lane % 4) * 2;
+    a[0] = *reinterpret_cast<const uint32_t*>(p);
+    a[1] = *reinterpret_cast<const uint32_t*>(p + 8 * ld);
+    a[2] = *reinterpret_cast<const uint32_t*>(p + 8);
+    a[3] = *reinterpret_cast<const uint32_t*>(p + 8 * ld + 8);
+}
+
+// A operand of the transposed tile: A(r, k) = s[col0 + k][row0 + r] (16-bit gathers).
+__device__ __forceinline__ void load_a_trans(const uint16_t* s, int ld, int row0, int col0, uint32_t* a) {
+    const int lane = threadIdx.x % 32, r = row0 + lane / 4, k = col0 + (lane % 4) * 2;
+    a[0] = (uint32_t)s[k * ld + r] | ((uint32_t)s[(k + 1) * ld + r] << 16);
+    a[1] = (uint32_t)s[k * ld + r + 8] | ((uint32_t)s[(k + 1) * ld + r + 8] << 16);
+    a[2] = (uint32_t)s[(k + 8) * ld + r] | ((uint32_t)s[(k + 9) * ld + r] << 16);
+    a[3] = (uint32_t)s[(k + 8) * ld + r + 8] | ((uint32_t)s[(k + 9) * ld + r + 8] << 16);
+}
+
+// B operand (k x n = 16 x 8) whose column n is row n0 + n of the tile, k running along it from k0.
+template <typename T> __device__ __forceinline__ void load_b_rows(const T* s, int ld, int n0, int k0, uint32_t* b) {
+    const int lane = threadIdx.x % 32;
+    const T* p = s + (n0 + lane / 4) * ld + k0 + (lane % 4) * 2;
+    b[0] = *reinterpret_cast<const uint32_t*>(p);
+    b[1] = *reinterpret_cast<const uint32_t*>(p + 8);
+}
+
+// B operand (k x n = 16 x 8) that is the tile itself: rows k0..k0+15, columns n0..n0+7 (16-bit gathers).
+__device__ __forceinline__ void load_b_cols(const uint16_t* s, int ld, int k0, int n0, uint32_t* b) {
+    const int lane = threadIdx.x % 32, k = k0 + (lane % 4) * 2, n = n0 + lane / 4;
+    b[0] = (uint32_t)s[k * ld + n] | ((uint32_t)s[(k + 1) * ld + n] << 16);
+    b[1] = (uint32_t)s[(k + 8) * ld + n] | ((uint32_t)s[(k + 9) * ld + n] << 16);
+}
+
+// acc (16 x 8*NT) = A (16 x 16*KS, fragments af) times B, B's column j*8 + n being row j*8 + n of the tile.
+template <typename T, int NT, int KS>
+__device__ __forceinline__ void mma_by_rows(float (*acc)[4], const uint32_t (*af)[4], const T* s, int ld) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            uint32_t b[2];
+            load_b_rows(s, ld, j * 8, ks * 16, b);
+            mma16816<T>(acc[j], af[ks], b);
+        }
+    }
+}
+
+// out (16 x 8*ND) += A (16 x 16*KK, held as accumulator tiles `in`, rounded to T) times the tile's rows
+// 0..16*KK, columns 0..8*ND. An accumulator's layout is the A operand's: tiles 2kk and 2kk+1 make k-step kk.
+template <typename T, int KK, int ND>
+__device__ __forceinline__ void mma_acc_by_tile(float (*out)[4], const float (*in)[4], const uint16_t* s, int ld) {
+#pragma unroll
+    for (int kk = 0; kk < KK; ++kk) {
+        const uint32_t a[4] = {pack2<T>(in[2 * kk][0], in[2 * kk][1]), pack2<T>(in[2 * kk][2], in[2 * kk][3]),
+                               pack2<T>(in[2 * kk + 1][0], in[2 * kk + 1][1]),
+                               pack2<T>(in[2 * kk + 1][2], in[2 * kk + 1][3])};
+#pragma unroll
+        for (int j = 0; j < ND; ++j) {
+            uint32_t b[2];
+            load_b_cols(s, ld, kk * 16, j * 8, b);
+            mma16816<T>(out[j], a, b);
+        }
+    }
+}
+
+// Eight values of q + b_q (head h, columns c..c+7) of query `row` into v, zeros past the sequence end;
+// q_g points at the head's q of token 0 and `tok` is the token stride of qkv.
+template <typename T>
+__device__ __forceinline__ void load_q8(const T* q_g, const T* bias, long tok, int row, int L, int bias_off, float* v) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = 0.f;
+    if (row >= L) return;
+    load8(q_g + (long)row * tok, v);
+    if (bias) {
+        float b[8];
+        load8(bias + bias_off, b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] += b[j];
+    }
+}
+
 // One block: 64 query rows of one (sequence, head), 4 warps of 16 rows each; keys in tiles of BN.
 // qkv [N, L, 3, H, HD]; bias [3, H, HD] or null; out [N, L, H, HD].
 // lse (optional, [N, H, L] f32): each row's log2-sum-exp2 of its scaled scores, for the backward pass.
@@ -140,16 +224,8 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ qkv, const T
     // Q tile (+ b_q), rows past L zero.
     for (int i = tid; i < BM * CH; i += 128) {
         const int r = i / CH, c = (i % CH) * 8;
-        float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        if (m0 + r < L) {
-            load8(q_g + (long)(m0 + r) * tok + c, v);
-            if (bias) {
-                float b[8];
-                load8(bias + h * HD + c, b);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) v[j] += b[j];
-            }
-        }
+        float v[8];
+        load_q8(q_g + c, bias, tok, m0 + r, L, h * HD + c, v);
         store8(&q_s[r * LD + c], v);
     }
     __syncthreads();
@@ -157,13 +233,7 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ qkv, const T
     const int qr = warp * 16;
     uint32_t qf[HD / 16][4];
 #pragma unroll
-    for (int ks = 0; ks < HD / 16; ++ks) {
-        const T* p = &q_s[(qr + g) * LD + ks * 16 + tig * 2];
-        qf[ks][0] = *reinterpret_cast<const uint32_t*>(p);
-        qf[ks][1] = *reinterpret_cast<const uint32_t*>(p + 8 * LD);
-        qf[ks][2] = *reinterpret_cast<const uint32_t*>(p + 8);
-        qf[ks][3] = *reinterpret_cast<const uint32_t*>(p + 8 * LD + 8);
-    }
+    for (int ks = 0; ks < HD / 16; ++ks) load_a(q_s, LD, qr, ks * 16, qf[ks]);
 
     float o[HD / 8][4];
 #pragma unroll
@@ -186,16 +256,7 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ qkv, const T
 
         // S = Q K^T for 16 rows x BN keys.
         float s[BN / 8][4];
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < HD / 16; ++ks) {
-                const T* p = &ks_[(j * 8 + g) * LD + ks * 16 + tig * 2];
-                uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8)};
-                mma16816<T>(s[j], qf[ks], b);
-            }
-        }
+        mma_by_rows<T, BN / 8, HD / 16>(s, qf, ks_, LD);
         // Scale (log2 domain), mask keys past L and, when causal, after the query.
         const int k0 = t * BN;
         float mx[2] = {m_run[0], m_run[1]};
@@ -233,22 +294,8 @@ __device__ __forceinline__ void attention_fwd(const T* __restrict__ qkv, const T
             o[j][0] *= alpha[0]; o[j][1] *= alpha[0];
             o[j][2] *= alpha[1]; o[j][3] *= alpha[1];
         }
-        // O += P V: P's accumulator layout is the A-operand layout of the next mma.
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                                   pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                   pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            const int kr = kk * 16 + tig * 2;
-#pragma unroll
-            for (int j = 0; j < HD / 8; ++j) {
-                const int d = j * 8 + g;
-                const uint32_t b[2] = {
-                    (uint32_t)vs_[kr * LD + d] | ((uint32_t)vs_[(kr + 1) * LD + d] << 16),
-                    (uint32_t)vs_[(kr + 8) * LD + d] | ((uint32_t)vs_[(kr + 9) * LD + d] << 16)};
-                mma16816<T>(o[j], a, b);
-            }
-        }
+        // O += P V.
+        mma_acc_by_tile<T, BN / 16, HD / 8>(o, s, vs_, LD);
         __syncthreads();
     }
 
@@ -365,16 +412,8 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ qkv, const T
     uint32_t kf[HD / 16][4], vf[HD / 16][4];
 #pragma unroll
     for (int ks = 0; ks < HD / 16; ++ks) {
-        const T* pk = &k_s[(kr + g) * LD + ks * 16 + tig * 2];
-        const T* pv = &v_s[(kr + g) * LD + ks * 16 + tig * 2];
-        kf[ks][0] = *reinterpret_cast<const uint32_t*>(pk);
-        kf[ks][1] = *reinterpret_cast<const uint32_t*>(pk + 8 * LD);
-        kf[ks][2] = *reinterpret_cast<const uint32_t*>(pk + 8);
-        kf[ks][3] = *reinterpret_cast<const uint32_t*>(pk + 8 * LD + 8);
-        vf[ks][0] = *reinterpret_cast<const uint32_t*>(pv);
-        vf[ks][1] = *reinterpret_cast<const uint32_t*>(pv + 8 * LD);
-        vf[ks][2] = *reinterpret_cast<const uint32_t*>(pv + 8);
-        vf[ks][3] = *reinterpret_cast<const uint32_t*>(pv + 8 * LD + 8);
+        load_a(k_s, LD, kr, ks * 16, kf[ks]);
+        load_a(v_s, LD, kr, ks * 16, vf[ks]);
     }
     float dk[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
@@ -385,17 +424,9 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ qkv, const T
         __syncthreads();  // the previous tile's q_s, do_s and ds_s are no longer read
         for (int i = tid; i < BM * CH; i += 128) {
             const int r = i / CH, c = (i % CH) * 8;
-            float qv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, dov[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            if (m0 + r < L) {
-                load8(q_g + (long)(m0 + r) * tok + c, qv);
-                if (bias) {
-                    float b[8];
-                    load8(bias + h * HD + c, b);
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) qv[j] += b[j];
-                }
-                load8(do_g + (long)(m0 + r) * out_tok + c, dov);
-            }
+            float qv[8], dov[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+            load_q8(q_g + c, bias, tok, m0 + r, L, h * HD + c, qv);
+            if (m0 + r < L) load8(do_g + (long)(m0 + r) * out_tok + c, dov);
             store8(&q_s[r * LD + c], qv);
             store8(&do_s[r * LD + c], dov);
         }
@@ -407,15 +438,9 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ qkv, const T
 
         // S^T = K Q^T (16 keys x 64 queries), then P^T.
         float st[BM / 8][4];
+        mma_by_rows<T, BM / 8, HD / 16>(st, kf, q_s, LD);
 #pragma unroll
         for (int j = 0; j < BM / 8; ++j) {
-            st[j][0] = st[j][1] = st[j][2] = st[j][3] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < HD / 16; ++ks) {
-                const T* p = &q_s[(j * 8 + g) * LD + ks * 16 + tig * 2];
-                const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8)};
-                mma16816<T>(st[j], kf[ks], b);
-            }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int key = n0 + kr + g + (e >> 1) * 8, qc = j * 8 + tig * 2 + (e & 1), q = m0 + qc;
@@ -425,30 +450,8 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ qkv, const T
         }
         // dV += P^T dO; dP^T = V dO^T.
         float dpt[BM / 8][4];
-#pragma unroll
-        for (int j = 0; j < BM / 8; ++j) {
-            dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < HD / 16; ++ks) {
-                const T* p = &do_s[(j * 8 + g) * LD + ks * 16 + tig * 2];
-                const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8)};
-                mma16816<T>(dpt[j], vf[ks], b);
-            }
-        }
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) {
-            const uint32_t a[4] = {pack2<T>(st[2 * kk][0], st[2 * kk][1]), pack2<T>(st[2 * kk][2], st[2 * kk][3]),
-                                   pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                                   pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-            const int qrow = kk * 16 + tig * 2;
-#pragma unroll
-            for (int jd = 0; jd < HD / 8; ++jd) {
-                const int d = jd * 8 + g;
-                const uint32_t b[2] = {(uint32_t)do16[qrow * LD + d] | ((uint32_t)do16[(qrow + 1) * LD + d] << 16),
-                                       (uint32_t)do16[(qrow + 8) * LD + d] | ((uint32_t)do16[(qrow + 9) * LD + d] << 16)};
-                mma16816<T>(dv[jd], a, b);
-            }
-        }
+        mma_by_rows<T, BM / 8, HD / 16>(dpt, vf, do_s, LD);
+        mma_acc_by_tile<T, BM / 16, HD / 8>(dv, st, do16, LD);
         // dS^T = P^T (dP^T - delta); kept in dpt, and stored for dQ.
 #pragma unroll
         for (int j = 0; j < BM / 8; ++j) {
@@ -460,20 +463,7 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ qkv, const T
                     pack2<T>(dpt[j][2 * r], dpt[j][2 * r + 1]);
         }
         // dK += dS^T Q.
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) {
-            const uint32_t a[4] = {pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]), pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]),
-                                   pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                                   pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
-            const int qrow = kk * 16 + tig * 2;
-#pragma unroll
-            for (int jd = 0; jd < HD / 8; ++jd) {
-                const int d = jd * 8 + g;
-                const uint32_t b[2] = {(uint32_t)q16[qrow * LD + d] | ((uint32_t)q16[(qrow + 1) * LD + d] << 16),
-                                       (uint32_t)q16[(qrow + 8) * LD + d] | ((uint32_t)q16[(qrow + 9) * LD + d] << 16)};
-                mma16816<T>(dk[jd], a, b);
-            }
-        }
+        mma_acc_by_tile<T, BM / 16, HD / 8>(dk, dpt, q16, LD);
         __syncthreads();  // every warp's dS^T rows are in ds_s
         // dQ (this warp's 16 queries x HD) = dS K over the block's 64 keys, added into dq.
         const int qr = warp * 16;
@@ -482,17 +472,12 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ qkv, const T
         for (int jd = 0; jd < HD / 8; ++jd) dqa[jd][0] = dqa[jd][1] = dqa[jd][2] = dqa[jd][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            const int key = kk * 16 + tig * 2;
-            const uint32_t a[4] = {
-                (uint32_t)ds16[key * LDS + qr + g] | ((uint32_t)ds16[(key + 1) * LDS + qr + g] << 16),
-                (uint32_t)ds16[key * LDS + qr + g + 8] | ((uint32_t)ds16[(key + 1) * LDS + qr + g + 8] << 16),
-                (uint32_t)ds16[(key + 8) * LDS + qr + g] | ((uint32_t)ds16[(key + 9) * LDS + qr + g] << 16),
-                (uint32_t)ds16[(key + 8) * LDS + qr + g + 8] | ((uint32_t)ds16[(key + 9) * LDS + qr + g + 8] << 16)};
+            uint32_t a[4];
+            load_a_trans(ds16, LDS, qr, kk * 16, a);
 #pragma unroll
             for (int jd = 0; jd < HD / 8; ++jd) {
-                const int d = jd * 8 + g;
-                const uint32_t b[2] = {(uint32_t)k16[key * LD + d] | ((uint32_t)k16[(key + 1) * LD + d] << 16),
-                                       (uint32_t)k16[(key + 8) * LD + d] | ((uint32_t)k16[(key + 9) * LD + d] << 16)};
+                uint32_t b[2];
+                load_b_cols(k16, LD, kk * 16, jd * 8, b);
                 mma16816<T>(dqa[jd], a, b);
             }
         }
