@@ -1,25 +1,15 @@
 //! Inference on clips on disk: `classify_path` is exactly the evaluation's `test_clip` + `classify`,
 //! sliding windows agree with it and with each other, and bad input gives typed errors.
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use actionclip::{
     data::{self, synthetic, Sampling},
-    inference, prompts, ActionClip, ActionClipConfig, ClipConfig, Error, PostNetwork, TextConfig, Tokenizer, VisionConfig, VisualPrompt,
+    inference, prompts, Error, Tokenizer,
     ZeroShotClassifier,
 };
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-
-/// A tiny random model with the real vocabulary (4 frames, 32 px).
-fn model() -> ActionClip {
-    let clip = ClipConfig {
-        vision: VisionConfig { width: 64, layers: 1, heads: 1, patch_size: 8, image_size: 32 },
-        text: TextConfig { width: 64, layers: 1, heads: 1, vocab_size: 49408, context_length: 77 },
-        embed_dim: 32,
-    };
-    let cfg = ActionClipConfig { clip, frames: 4, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 1 } } };
-    ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu), &cfg).unwrap()
-}
+use common::tiny_random_model;
 
 /// A 3-class synthetic dataset of 20-frame clips in `format`; returns (classes in words, clips).
 fn dataset(root: &Path, format: synthetic::SyntheticFormat) -> (Vec<String>, Vec<PathBuf>) {
@@ -39,7 +29,7 @@ const TEMPLATES: usize = 2;
 fn classify_path_is_the_evaluation_and_windows_agree() {
     let tmp = tempfile::tempdir().unwrap();
     let (classes, clips) = dataset(tmp.path(), synthetic::SyntheticFormat::default());
-    let model = model();
+    let model = tiny_random_model();
     let tok = Tokenizer::new();
     let zs = ZeroShotClassifier::new(&model, &tok, &classes, &prompts::ACTIONCLIP_TEMPLATES[..TEMPLATES]).unwrap();
     assert_eq!(clips.len(), 3);
@@ -80,7 +70,7 @@ fn classify_path_is_the_evaluation_and_windows_agree() {
 fn frame_folders_work_like_videos() {
     let tmp = tempfile::tempdir().unwrap();
     let (classes, clips) = dataset(tmp.path(), synthetic::SyntheticFormat::FrameFolders);
-    let model = model();
+    let model = tiny_random_model();
     let tok = Tokenizer::new();
     let zs = ZeroShotClassifier::new(&model, &tok, &classes, &prompts::ACTIONCLIP_TEMPLATES[..TEMPLATES]).unwrap();
     let clip = &clips[0];
@@ -93,7 +83,7 @@ fn frame_folders_work_like_videos() {
 #[test]
 fn bad_input_gives_typed_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = model();
+    let model = tiny_random_model();
     let tok = Tokenizer::new();
     let zs = ZeroShotClassifier::new(&model, &tok, &["archery", "bowling"], &prompts::ACTIONCLIP_TEMPLATES[..TEMPLATES]).unwrap();
 

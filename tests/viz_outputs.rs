@@ -1,27 +1,18 @@
 //! The visualizer: its video-level predictions equal the evaluation's, every output file exists and
 //! decodes with the right frame count and size, the batch report lists every sampled video (a corrupt
 //! one as failed), and the annotation text is really rendered inside its boxes and nowhere else.
+mod common;
+
 use std::path::Path;
 
 use actionclip::{
     data::{self, synthetic},
     prompts,
     viz::{self, draw, AnimationFormat, AnnotateStyle, Annotation},
-    ActionClip, ActionClipConfig, ClipConfig, PostNetwork, TextConfig, Tokenizer, VisionConfig, VisualPrompt, ZeroShotClassifier,
+    Tokenizer, ZeroShotClassifier,
 };
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
 use image::{AnimationDecoder, Rgb, RgbImage};
-
-fn model() -> ActionClip {
-    let clip = ClipConfig {
-        vision: VisionConfig { width: 64, layers: 1, heads: 1, patch_size: 8, image_size: 32 },
-        text: TextConfig { width: 64, layers: 1, heads: 1, vocab_size: 49408, context_length: 77 },
-        embed_dim: 32,
-    };
-    let cfg = ActionClipConfig { clip, frames: 4, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 1 } } };
-    ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu), &cfg).unwrap()
-}
+use common::tiny_random_model;
 
 fn synthetic_cfg() -> synthetic::SyntheticConfig {
     synthetic::SyntheticConfig { num_classes: 3, clips_per_class: 3, test_clips_per_class: 1, frames: 16, ..Default::default() }
@@ -64,7 +55,7 @@ fn visualizer_matches_the_evaluation_and_writes_decodable_files() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = synthetic::write_dataset(tmp.path().join("data"), &synthetic_cfg()).unwrap();
     let classes: Vec<String> = ds.classes.iter().map(|c| prompts::humanize(c)).collect();
-    let model = model();
+    let model = tiny_random_model();
     let tok = Tokenizer::new();
     let zs = ZeroShotClassifier::new(&model, &tok, &classes, &prompts::ACTIONCLIP_TEMPLATES[..2]).unwrap();
 

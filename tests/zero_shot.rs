@@ -1,24 +1,13 @@
 //! The zero-shot classifier through the real tokenizer: template ensemble over labels, label editing
 //! without touching the video side, and bad labels.
+mod common;
+
 use actionclip::{
     prompts::{self, ACTIONCLIP_TEMPLATES},
-    ActionClip, ActionClipConfig, ClipConfig, Error, PostNetwork, TextConfig, Tokenizer, VisionConfig, VisualPrompt,
-    ZeroShotClassifier,
+    Error, Tokenizer, ZeroShotClassifier,
 };
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-
-/// A tiny random model with the real vocabulary, so real sentences can be encoded.
-fn model() -> ActionClip {
-    let clip = ClipConfig {
-        vision: VisionConfig { width: 64, layers: 1, heads: 1, patch_size: 8, image_size: 32 },
-        text: TextConfig { width: 64, layers: 1, heads: 1, vocab_size: 49408, context_length: 77 },
-        embed_dim: 32,
-    };
-    let cfg = ActionClipConfig { clip, frames: 4, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 1 } } };
-    let varmap = VarMap::new();
-    ActionClip::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg).unwrap()
-}
+use candle_core::{Device, Tensor};
+use common::tiny_random_model;
 
 fn frames() -> Tensor {
     Tensor::randn(0f32, 1., (3, 4, 3, 32, 32), &Device::Cpu).unwrap()
@@ -26,7 +15,7 @@ fn frames() -> Tensor {
 
 #[test]
 fn classify_returns_sorted_probabilities_over_the_labels() {
-    let model = model();
+    let model = tiny_random_model();
     let tok = Tokenizer::new();
     let labels: Vec<String> = ["ApplyEyeMakeup", "Archery", "brush_hair", "YoYo"].iter().map(|l| prompts::humanize(l)).collect();
     let zs = ZeroShotClassifier::new(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES).unwrap();
@@ -45,7 +34,7 @@ fn classify_returns_sorted_probabilities_over_the_labels() {
 
 #[test]
 fn adding_labels_equals_building_with_all_labels() {
-    let model = model();
+    let model = tiny_random_model();
     let tok = Tokenizer::new();
     let templates = &ACTIONCLIP_TEMPLATES[..4];
     let video = model.encode_video(&frames()).unwrap();
@@ -62,7 +51,7 @@ fn adding_labels_equals_building_with_all_labels() {
 
 #[test]
 fn bad_labels_are_typed_errors() {
-    let model = model();
+    let model = tiny_random_model();
     let tok = Tokenizer::new();
     let empty: [&str; 0] = [];
     assert!(matches!(ZeroShotClassifier::new(&model, &tok, &empty, &ACTIONCLIP_TEMPLATES), Err(Error::Labels(_))));

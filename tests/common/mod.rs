@@ -2,8 +2,9 @@
 #![allow(dead_code)]
 use std::{collections::HashMap, path::PathBuf};
 
-use actionclip::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
+use actionclip::{ActionClip, ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 
 /// Largest absolute difference allowed between our f32 outputs and PyTorch's.
 pub const TOL: f32 = 1e-5;
@@ -61,4 +62,16 @@ pub fn assert_close(what: &str, ours: &Tensor, golden: &Tensor) {
     let d = max_abs_diff(ours, golden);
     eprintln!("{what}: max abs diff {d:.3e}");
     assert!(d <= TOL, "{what}: max abs diff {d} > {TOL}");
+}
+
+/// A tiny random model with the real vocabulary, so real sentences can be encoded (4 frames, 32 px,
+/// 1-layer towers, a 1-layer Transf head).
+pub fn tiny_random_model() -> ActionClip {
+    let clip = ClipConfig {
+        vision: VisionConfig { width: 64, layers: 1, heads: 1, patch_size: 8, image_size: 32 },
+        text: TextConfig { width: 64, layers: 1, heads: 1, vocab_size: 49408, context_length: 77 },
+        embed_dim: 32,
+    };
+    let cfg = ActionClipConfig { clip, frames: 4, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 1 } } };
+    ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu), &cfg).expect("tiny random model")
 }
