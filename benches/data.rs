@@ -113,9 +113,10 @@ fn summary(name: &str, loader: &Loader) {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut sources: Vec<(&str, Vec<PathBuf>)> = vec![("frames", frame_folders(dir.path()))];
+    let mut sources: Vec<(&str, Vec<PathBuf>)> = Vec::new();
     #[cfg(feature = "video")]
-    sources.insert(0, ("avi", avi_files(dir.path())));
+    sources.push(("avi", avi_files(dir.path())));
+    sources.push(("frames", frame_folders(dir.path())));
 
     let mut g = c.benchmark_group("data");
     g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
