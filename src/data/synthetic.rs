@@ -4,8 +4,13 @@
 //! Every clip shows one textured shape on a textured background. Classes differ by motion (moving
 //! right / left / up / down, rotating clockwise / counter-clockwise, growing, shrinking), so a single
 //! frame cannot tell most of them apart; the second group of eight classes repeats the motions with a
-//! different shape (a cross), so appearance separates the groups. Shape colour, size, start position,
-//! speed and background vary per clip, all drawn from the seed.
+//! different shape (a cross), so appearance separates the groups. Every motion starts from its own
+//! canonical state, jittered: a translation near the side it leaves, a growing shape small, a rotating
+//! shape with its marker band up (within 45 degrees), so that the direction of a rotation is a
+//! first-order property of the clip (where the band goes) like that of a translation, rather than the
+//! sign of an angular velocity from a random start, which tiny models trained from scratch do not
+//! discover. Shape colour, size, start position and angle, speed and background vary per clip, all drawn
+//! from the seed.
 //!
 //! The writer produces `classInd.txt`, `trainlist0{1,2,3}.txt`, `testlist0{1,2,3}.txt` and
 //! `Class/v_Class_gXX_c01.avi` (MPEG-4 Part 2 through FFmpeg, feature `video`) or
@@ -216,25 +221,27 @@ impl Scene {
         let start_y = h * rng.gen_range(0.2..0.3);
         let across_x = w * rng.gen_range(0.3..0.7);
         let across_y = h * rng.gen_range(0.3..0.7);
-        // (start centre, end centre, start half-size, end half-size, end angle)
-        let (c0, c1, r0, r1, a1) = match motion {
-            Motion::Right => ((start_x, across_y), (start_x + travel_x, across_y), r, r, a0),
-            Motion::Left => ((w - start_x, across_y), (w - start_x - travel_x, across_y), r, r, a0),
-            Motion::Down => ((across_x, start_y), (across_x, start_y + travel_y), r, r, a0),
-            Motion::Up => ((across_x, h - start_y), (across_x, h - start_y - travel_y), r, r, a0),
+        // (start centre, end centre, start half-size, end half-size, start angle, end angle)
+        let (c0, c1, r0, r1, a0, a1) = match motion {
+            Motion::Right => ((start_x, across_y), (start_x + travel_x, across_y), r, r, a0, a0),
+            Motion::Left => ((w - start_x, across_y), (w - start_x - travel_x, across_y), r, r, a0, a0),
+            Motion::Down => ((across_x, start_y), (across_x, start_y + travel_y), r, r, a0, a0),
+            Motion::Up => ((across_x, h - start_y), (across_x, h - start_y - travel_y), r, r, a0, a0),
             Motion::RotateCw | Motion::RotateCcw => {
                 let turn = rng.gen_range(0.6..1.0) * PI;
-                // Image y points down, so a growing angle turns clockwise on screen.
-                let a1 = if motion == Motion::RotateCw { a0 + turn } else { a0 - turn };
                 let centre = (w * rng.gen_range(0.4..0.6), h * rng.gen_range(0.4..0.6));
-                (centre, centre, r * 1.4, r * 1.4, a1)
+                // Angle 0 puts the marker band on top; image y points down, so a growing angle turns
+                // clockwise on screen.
+                let start = rng.gen_range(-0.25..0.25) * PI;
+                let end = if motion == Motion::RotateCw { start + turn } else { start - turn };
+                (centre, centre, r * 1.4, r * 1.4, start, end)
             }
             Motion::Grow | Motion::Shrink => {
                 let small = m * rng.gen_range(0.07..0.1);
                 let big = small * rng.gen_range(2.2..2.8);
                 let (r0, r1) = if motion == Motion::Grow { (small, big) } else { (big, small) };
                 let centre = (w * rng.gen_range(0.4..0.6), h * rng.gen_range(0.4..0.6));
-                (centre, centre, r0, r1, a0)
+                (centre, centre, r0, r1, a0, a0)
             }
         };
         let hue = rng.gen_range(0.0..1.0f32);
