@@ -8,7 +8,7 @@ use crate::{
     config::TextConfig,
     nn::{
         params::{join, Params},
-        forward_blocks, LayerNorm, ResidualAttentionBlock,
+        forward_blocks_at, LayerNorm, ResidualAttentionBlock,
     },
     Error, Result,
 };
@@ -72,15 +72,13 @@ impl TextTransformer {
         let w = self.cfg.width;
         // [N, L, W]
         let x = self.token_embedding.embedding(&tokens.flatten_all()?)?.reshape((n, l, w))?;
-        let mut x = crate::nn::add_broadcast(&x, &self.positional_embedding.narrow(0, 0, l)?)?;
-        x = forward_blocks(&self.blocks, &x, true, train)?;
-        let x = self.ln_final.forward_t(&x, train)?;
-        // Row of the end-of-text token (the largest id) of each sequence.
+        let x = crate::nn::add_broadcast(&x, &self.positional_embedding.narrow(0, 0, l)?)?;
+        // Position of the end-of-text token (the largest id) of each sequence; the last block computes
+        // that token alone.
         let eot = tokens.argmax(1)?.to_dtype(DType::U32)?;
-        let offsets = (Tensor::arange(0u32, n as u32, tokens.device())? * l as f64)?;
-        let rows = (eot + offsets)?;
-        let pooled = x.reshape((n * l, w))?.index_select(&rows, 0)?;
-        Ok(pooled.matmul(&self.text_projection)?)
+        // [N, W]
+        let pooled = forward_blocks_at(&self.blocks, &x, &eot, true, train)?;
+        Ok(self.ln_final.forward_t(&pooled, train)?.matmul(&self.text_projection)?)
     }
 }
 

@@ -1,13 +1,13 @@
 //! The CLIP image tower (ViT, OpenAI layout) with the two visual prompts that live inside it: the joint
 //! space-time tokens (pre-network) and the temporal shift before every block (in-network).
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::{
     config::VisionConfig,
     nn::{
         params::{join, Params},
-        forward_blocks, LayerNorm, ResidualAttentionBlock,
+        forward_blocks_at, LayerNorm, ResidualAttentionBlock,
     },
     Error, Result,
 };
@@ -84,26 +84,34 @@ impl VisionTransformer {
     }
 
     /// Final LayerNorm of the class token and projection into the joint space.
-    // [N, L, W] -> [N, D]
-    fn head(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        Ok(self.ln_post.forward_t(&cls, train)?.matmul(&self.proj)?)
+    // [N, W] -> [N, D]
+    fn head(&self, cls: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.ln_post.forward_t(cls, train)?.matmul(&self.proj)?)
+    }
+
+    /// Runs the blocks over `x` and returns the class token (position 0) of every sequence; the last
+    /// block computes that token alone.
+    // [N, L, W] -> [N, W]
+    fn class_token(&self, x: &Tensor, shift_frames: Option<usize>, train: bool) -> Result<Tensor> {
+        let cls = Tensor::zeros(x.dim(0)?, DType::U32, x.device())?;
+        let Some(t) = shift_frames else {
+            return forward_blocks_at(&self.blocks, x, &cls, false, train);
+        };
+        match self.blocks.split_last() {
+            Some((last, body)) => {
+                let x = body.iter().try_fold(x.clone(), |x, block| block.forward_t(&temporal_shift(&x, t)?, false, train))?;
+                last.forward_at(&temporal_shift(&x, t)?, &cls, false, train)
+            }
+            None => Ok(x.narrow(1, 0, 1)?.squeeze(1)?),
+        }
     }
 
     /// Encodes every image on its own; with `shift_frames = Some(T)` the N = B*T images are frames of B
     /// videos and the temporal shift runs before every block.
     // [N, 3, H, W] -> [N, D]
     pub fn forward_t(&self, images: &Tensor, shift_frames: Option<usize>, train: bool) -> Result<Tensor> {
-        let mut x = self.ln_pre.forward_t(&self.embed(images)?, train)?;
-        match shift_frames {
-            Some(t) => {
-                for block in &self.blocks {
-                    x = block.forward_t(&temporal_shift(&x, t)?, false, train)?;
-                }
-            }
-            None => x = forward_blocks(&self.blocks, &x, false, train)?,
-        }
-        self.head(&x, train)
+        let x = self.ln_pre.forward_t(&self.embed(images)?, train)?;
+        self.head(&self.class_token(&x, shift_frames, train)?, train)
     }
 
     /// Joint space-time encoding: the patch tokens of all T frames of a video (each plus its frame's
@@ -120,8 +128,8 @@ impl VisionTransformer {
         let cls = x.narrow(1, 0, 1)?.narrow(2, 0, 1)?.reshape((b, 1, w))?;
         let patches = x.narrow(2, 1, l - 1)?.broadcast_add(&time.reshape((1, frames, 1, w))?.to_dtype(x.dtype())?)?;
         let seq = Tensor::cat(&[&cls, &patches.reshape((b, frames * (l - 1), w))?], 1)?;
-        let x = forward_blocks(&self.blocks, &self.ln_pre.forward_t(&seq, train)?, false, train)?;
-        self.head(&x, train)
+        let cls = self.class_token(&self.ln_pre.forward_t(&seq, train)?, None, train)?;
+        self.head(&cls, train)
     }
 }
 

@@ -4,7 +4,7 @@ use candle_core::D;
 use candle_nn::VarBuilder;
 
 use super::{
-    attention::MultiHeadAttention,
+    attention::{gather_rows, MultiHeadAttention},
     layer_norm::LayerNorm,
     mlp::Mlp,
     params::{join, Params},
@@ -43,6 +43,30 @@ impl ResidualAttentionBlock {
         let x = (x + self.attn.forward_t(&self.ln_1.forward_t(x, train)?, causal, train)?)?;
         let x = (&x + self.mlp.forward_t(&self.ln_2.forward_t(&x, train)?, train)?)?;
         Ok(x)
+    }
+}
+
+impl ResidualAttentionBlock {
+    /// The block's output at one token per sequence, `rows` [N] (u32 positions): row `rows[n]` of
+    /// [`ResidualAttentionBlock::forward_t`], with the query, output projection and MLP of that token
+    /// alone (keys and values still come from every token). A tower that pools one token runs its last
+    /// block this way.
+    // [N, L, W], [N] -> [N, W]
+    pub fn forward_at(&self, x: &Tensor, rows: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
+        let attended = self.attn.forward_at(&self.ln_1.forward_t(x, train)?, rows, causal, train)?;
+        let x = (gather_rows(x, rows)? + attended)?;
+        Ok((&x + self.mlp.forward_t(&self.ln_2.forward_t(&x, train)?, train)?)?)
+    }
+}
+
+/// Runs `blocks` over `x` [N, L, W] as [`forward_blocks`] does and returns the output at one token per
+/// sequence, `rows` [N] (u32 positions), the last block computing that token alone
+/// ([`ResidualAttentionBlock::forward_at`]).
+// [N, L, W], [N] -> [N, W]
+pub(crate) fn forward_blocks_at(blocks: &[ResidualAttentionBlock], x: &Tensor, rows: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
+    match blocks.split_last() {
+        Some((last, body)) => last.forward_at(&forward_blocks(body, x, causal, train)?, rows, causal, train),
+        None => Ok(gather_rows(x, rows)?),
     }
 }
 

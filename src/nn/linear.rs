@@ -44,6 +44,13 @@ impl Linear {
         Ok(Self { weight: self.weight.to_dtype(dtype)?, bias })
     }
 
+    /// The layer restricted to outputs `start..start + len` (views of the weight rows and bias entries;
+    /// gradients flow back to the full tensors).
+    pub fn outputs(&self, start: usize, len: usize) -> Result<Self> {
+        let bias = self.bias.as_ref().map(|b| b.narrow(0, start, len)).transpose()?;
+        Ok(Self { weight: self.weight.narrow(0, start, len)?, bias })
+    }
+
     /// The weight [out, in].
     pub fn weight(&self) -> &Tensor {
         &self.weight

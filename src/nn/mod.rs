@@ -17,7 +17,7 @@ pub(crate) mod params;
 
 pub use attention::MultiHeadAttention;
 pub use block::ResidualAttentionBlock;
-pub(crate) use block::forward_blocks;
+pub(crate) use block::{forward_blocks, forward_blocks_at};
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, WEIGHT_INIT};
 pub use mlp::{quick_gelu, Mlp};
