@@ -21,10 +21,11 @@
 //! tell apart yet onto one point, and then no gradient can separate them again (the four translations and
 //! the two rotations stayed confused at ~48% top-1); frozen, the eight sentence embeddings stay distinct
 //! targets and the image tower and temporal head learn the motions. Environment variables `DEMO_VW`,
-//! `DEMO_VL`, `DEMO_TW`, `DEMO_TL`, `DEMO_PATCH` and `DEMO_RES` change its vision width and layers, text
-//! width and layers, patch size and resolution (the clips are 64x64), `DEMO_CLIPS` the clips per class (96 by default, 99 at most)
-//! (a tenth of them, at least one, are test clips), `DEMO_TRAIN_TEXT=1` trains the text tower too (at
-//! `--lr`) and `DEMO_JITTER=1` turns colour jitter on.
+//! `DEMO_VL`, `DEMO_TW`, `DEMO_TL`, `DEMO_PATCH`, `DEMO_RES` and `DEMO_HL` change its vision width and
+//! layers, text width and layers, patch size, resolution (the clips are 64x64) and temporal-head layers,
+//! `DEMO_CLIPS` the clips per class (96 by default, 99 at most; a tenth of them, at least one, are test
+//! clips), `DEMO_TRAIN_TEXT=1` trains the text tower too (at `--lr`) and `DEMO_JITTER=1` turns colour
+//! jitter on.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -379,8 +380,8 @@ fn demo_settings(s: &mut Settings, a: &Args) {
     }
 }
 
-/// Demo epochs: 40 x 50 steps.
-const DEMO_EPOCHS: usize = 40;
+/// Demo epochs (87 steps of 8 clips each).
+const DEMO_EPOCHS: usize = 60;
 /// Synthetic clips per class in the demo (one UCF group each; at most 99).
 const DEMO_CLIPS_PER_CLASS: usize = 96;
 

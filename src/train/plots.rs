@@ -61,10 +61,6 @@ pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let panels = root.split_evenly((1, 3));
     let max_step = steps.iter().map(|s| s.step).max().unwrap_or(1).max(1) as f64;
-    let per_epoch = |epoch: usize| -> f64 {
-        // x position (in steps) of the end of an epoch
-        epochs.iter().find(|e| e.epoch == epoch).map(|e| e.step as f64).unwrap_or(0.0)
-    };
 
     // Loss.
     {
@@ -76,7 +72,7 @@ pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..max_step, lo.max(0.0)..hi)
             .map_err(|e| plot_err(path, e))?;
-        chart.configure_mesh().x_desc("step").y_desc("loss").label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
+        chart.configure_mesh().x_desc("step").y_desc("loss").x_labels(6).x_label_formatter(&whole).label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
         chart
             .draw_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, s.loss)), BLUE.mix(0.5)))
             .map_err(|e| plot_err(path, e))?
@@ -104,6 +100,8 @@ pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
             .configure_mesh()
             .x_desc("step")
             .y_desc("lr")
+            .x_labels(6)
+            .x_label_formatter(&whole)
             .y_label_formatter(&|v| format!("{v:.1e}"))
             .label_style((FONT, 14))
             .draw()
@@ -132,7 +130,7 @@ pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
             .y_label_area_size(50)
             .build_cartesian_2d(0f64..max_epoch, 0f64..100f64)
             .map_err(|e| plot_err(path, e))?;
-        chart.configure_mesh().x_desc("epoch (0 = starting weights)").y_desc("%").label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
+        chart.configure_mesh().x_desc("epoch (0 = starting weights)").y_desc("%").x_label_formatter(&whole).label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
         for (name, color, top5) in [("top-1", BLUE, false), ("top-5", GREEN, true)] {
             let pts: Vec<(f64, f64)> = evals.iter().map(|e| (e.epoch as f64, 100.0 * if top5 { e.top5 } else { e.top1 })).collect();
             chart
@@ -151,7 +149,6 @@ pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
             .draw()
             .map_err(|e| plot_err(path, e))?;
     }
-    let _ = per_epoch;
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
@@ -161,4 +158,9 @@ pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
 pub fn plot_confusion(report: &EvalReport, classes: &[String], path: &Path) -> Result<()> {
     let matrix = crate::viz::ConfusionMatrix { rows: classes.to_vec(), cols: classes.to_vec(), counts: report.confusion.clone() };
     matrix.save_png(path)
+}
+
+/// An axis label for a step or epoch count: the whole number.
+fn whole(v: &f64) -> String {
+    format!("{v:.0}")
 }
