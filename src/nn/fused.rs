@@ -302,16 +302,16 @@ fn exp(x: f32) -> f32 {
 /// Defines `fn $name($args)` running `$generic($args)` compiled for AVX-512F or AVX2 when the CPU has
 /// them (checked at run time), so the loops in `$generic` vectorise wider than the baseline target.
 macro_rules! multiversion {
-    ($name:ident => $generic:ident($($arg:ident: $ty:ty),*)) => {
-        fn $name($($arg: $ty),*) {
+    ($vis:vis $name:ident => $generic:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $generic($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) {
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $generic($($arg),*)
                 }
                 if is_x86_feature_detected!("avx512f") {
@@ -328,8 +328,22 @@ macro_rules! multiversion {
     };
 }
 
-multiversion!(bias_quick_gelu => bias_quick_gelu_generic(row: &mut [f32], bias: Option<&[f32]>));
+multiversion!(pub(super) bias_quick_gelu => bias_quick_gelu_generic(row: &mut [f32], bias: Option<&[f32]>));
 multiversion!(softmax_inplace => softmax_generic(row: &mut [f32]));
+multiversion!(pub(super) quantize_row => quantize_row_generic(row: &[f32], q: &mut [u8]) -> f32);
+
+/// Quantizes `row` symmetric to -127..=127 with the scale `max |x| / 127` (1 for an all-zero row) and
+/// stores `q + 128` in `q` (as long as `row`); returns the scale.
+#[inline(always)]
+fn quantize_row_generic(row: &[f32], q: &mut [u8]) -> f32 {
+    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
+    let inv = 1.0 / scale;
+    for (q, &v) in q.iter_mut().zip(row) {
+        *q = ((v * inv).round().clamp(-127.0, 127.0) + 128.0) as u8;
+    }
+    scale
+}
 
 /// QuickGELU `v * sigmoid(1.702 v)` of `row + bias` in place (`bias` as long as `row`).
 #[inline(always)]

@@ -10,6 +10,7 @@ mod block;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fused;
+pub mod int8;
 mod layer_norm;
 mod linear;
 mod mlp;

@@ -1,0 +1,274 @@
+//! Int8 linear layers for CPU inference: weights quantized once per output channel (symmetric, scale
+//! `max |w| / 127`), activations quantized per row (token) at run time, products summed in i32 with
+//! AVX-512 VNNI (`vpdpbusd`: unsigned activation bytes times signed weight bytes, four at a time) where
+//! the CPU has it and with portable integer code elsewhere (same integers, same results).
+//!
+//! `vpdpbusd` wants unsigned activations, so a row quantized to `q` in -127..=127 is stored as `q + 128`
+//! and the surplus `128 * sum_k w[n, k]` is subtracted per output column in the epilogue:
+//! `y[m, n] = (acc[m, n] - 128 colsum[n]) * row_scale[m] * weight_scale[n] + bias[n]`.
+use std::ops::Range;
+
+use candle_core::{bail, DType, Tensor};
+use rayon::prelude::*;
+
+/// Output columns per packed panel (four 16-lane i32 vectors).
+const PANEL: usize = 64;
+/// Rows per micro-tile.
+const TILE_ROWS: usize = 6;
+/// Rows of activations per parallel work item (a multiple of `TILE_ROWS`; ~100-300 KB of bytes).
+const BLOCK_ROWS: usize = 96;
+/// The zero point of quantized activations.
+const ZERO: i32 = 128;
+
+/// A weight matrix [out, in] quantized to int8 per output channel and packed for the GEMM.
+#[derive(Debug)]
+pub struct Int8Weight {
+    out_features: usize,
+    in_features: usize,
+    /// `in_features` rounded up to a multiple of 4 (one `vpdpbusd` lane takes four bytes).
+    k_padded: usize,
+    /// Panels of `PANEL` columns: for each group of 4 inputs, `PANEL` columns x 4 bytes (zero padded).
+    packed: Vec<i8>,
+    /// Per output column: `max |w| / 127`.
+    scales: Vec<f32>,
+    /// Per output column: `ZERO * sum_k q[n, k]`, the zero-point correction.
+    zero_correction: Vec<i32>,
+}
+
+impl Int8Weight {
+    /// Quantizes `weight` [out, in] (any float dtype and device; read back to the host).
+    pub fn quantize(weight: &Tensor) -> candle_core::Result<Self> {
+        let (n, k) = weight.dims2()?;
+        let w = weight.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let k_padded = k.div_ceil(4) * 4;
+        let panels = n.div_ceil(PANEL);
+        let mut packed = vec![0i8; panels * PANEL * k_padded];
+        let mut scales = vec![1f32; n];
+        let mut zero_correction = vec![0i32; n];
+        for (col, row) in w.iter().enumerate() {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if !max.is_finite() {
+                bail!("int8 quantization: output channel {col} of a [{n}, {k}] weight holds a non-finite value")
+            }
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales[col] = scale;
+            let (panel, lane) = (col / PANEL, col % PANEL);
+            let mut sum = 0i32;
+            for (i, &v) in row.iter().enumerate() {
+                let q = (v / scale).round().clamp(-127.0, 127.0) as i8;
+                sum += q as i32;
+                packed[panel * PANEL * k_padded + (i / 4) * PANEL * 4 + lane * 4 + i % 4] = q;
+            }
+            zero_correction[col] = ZERO * sum;
+        }
+        Ok(Self { out_features: n, in_features: k, k_padded, packed, scales, zero_correction })
+    }
+
+    /// Output features (rows of the original weight).
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// Input features (columns of the original weight).
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// The weight the layer computes with, `q * scale`, as an f32 tensor [out, in] on the CPU.
+    pub fn dequantize(&self) -> candle_core::Result<Tensor> {
+        let (n, k) = (self.out_features, self.in_features);
+        let mut w = vec![0f32; n * k];
+        for (col, row) in w.chunks_exact_mut(k.max(1)).enumerate().take(n) {
+            let (panel, lane) = (col / PANEL, col % PANEL);
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = self.packed[panel * PANEL * self.k_padded + (i / 4) * PANEL * 4 + lane * 4 + i % 4] as f32 * self.scales[col];
+            }
+        }
+        Tensor::from_vec(w, (n, k), &candle_core::Device::Cpu)
+    }
+
+    /// `x @ w^T + bias` for the output columns `cols` (then QuickGELU when `quick_gelu`): `x` holds `rows`
+    /// rows of `in_features` values; returns `rows` rows of `cols.len()` values. `bias` covers `cols`.
+    pub fn matmul(&self, x: &[f32], rows: usize, cols: Range<usize>, bias: Option<&[f32]>, quick_gelu: bool) -> candle_core::Result<Vec<f32>> {
+        let k = self.in_features;
+        if x.len() != rows * k || cols.end > self.out_features || cols.start > cols.end || bias.is_some_and(|b| b.len() != cols.len()) {
+            bail!("int8 matmul: {} values for {rows} rows of {k}, columns {cols:?} of {}, bias {:?}", x.len(), self.out_features, bias.map(<[f32]>::len))
+        }
+        let width = cols.len();
+        let mut out = vec![0f32; rows * width];
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let (a, row_scales) = quantize_rows(x, rows, k, self.k_padded);
+        let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
+        let vnni = has_vnni();
+        out.par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(block, dst)| {
+            let first_row = block * BLOCK_ROWS;
+            let block_rows = dst.len() / width;
+            let mut tile = [[0i32; PANEL]; TILE_ROWS];
+            for panel in panels.clone() {
+                let b = &self.packed[panel * PANEL * self.k_padded..(panel + 1) * PANEL * self.k_padded];
+                let panel_cols = panel * PANEL..((panel + 1) * PANEL).min(self.out_features);
+                let (lo, hi) = (panel_cols.start.max(cols.start), panel_cols.end.min(cols.end));
+                for t in (0..block_rows).step_by(TILE_ROWS) {
+                    let a_tile = &a[(first_row + t) * self.k_padded..(first_row + t + TILE_ROWS) * self.k_padded];
+                    tile_product(a_tile, b, self.k_padded, &mut tile, vnni);
+                    for (r, acc) in tile.iter().enumerate().take(block_rows - t) {
+                        let row_scale = row_scales[first_row + t + r];
+                        let y = &mut dst[(t + r) * width + lo - cols.start..(t + r) * width + hi - cols.start];
+                        for (j, v) in y.iter_mut().enumerate() {
+                            let c = lo + j;
+                            let exact = (acc[c - panel * PANEL] - self.zero_correction[c]) as f32;
+                            *v = exact * row_scale * self.scales[c] + bias.map_or(0.0, |b| b[c - cols.start]);
+                        }
+                        if quick_gelu {
+                            super::fused::bias_quick_gelu(y, None);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// Whether the CPU runs the VNNI kernel.
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rows of `x` [rows, k] quantized symmetric per row to `q + ZERO` bytes, `k_padded` per row, the rows
+/// padded to a multiple of `TILE_ROWS` (padding bytes stand for 0); and each row's scale.
+fn quantize_rows(x: &[f32], rows: usize, k: usize, k_padded: usize) -> (Vec<u8>, Vec<f32>) {
+    let padded_rows = rows.div_ceil(TILE_ROWS) * TILE_ROWS;
+    let mut a = vec![ZERO as u8; padded_rows * k_padded];
+    let mut scales = vec![0f32; rows];
+    a.par_chunks_mut(k_padded).zip(scales.par_iter_mut()).zip(x.par_chunks(k)).for_each(|((q, scale), row)| {
+        *scale = super::fused::quantize_row(row, &mut q[..k]);
+    });
+    (a, scales)
+}
+
+/// The i32 products of one tile: `TILE_ROWS` activation rows (`k_padded` bytes each) times one packed
+/// panel, into `tile` (overwritten).
+fn tile_product(a: &[u8], b: &[i8], k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS], vnni: bool) {
+    debug_assert!(a.len() == TILE_ROWS * k_padded && b.len() == PANEL * k_padded);
+    #[cfg(target_arch = "x86_64")]
+    if vnni {
+        // SAFETY: the CPU has AVX-512F/BW/VNNI (checked by the caller through `has_vnni`); the slices
+        // hold the lengths the kernel reads (asserted in debug builds, guaranteed by `matmul`'s layout).
+        unsafe { tile_product_vnni(a.as_ptr(), b.as_ptr(), k_padded, tile) };
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = vnni;
+    for (r, acc) in tile.iter_mut().enumerate() {
+        acc.fill(0);
+        let row = &a[r * k_padded..(r + 1) * k_padded];
+        for (g, quad) in row.chunks_exact(4).enumerate() {
+            let group = &b[g * PANEL * 4..(g + 1) * PANEL * 4];
+            for (j, v) in acc.iter_mut().enumerate() {
+                let w = &group[j * 4..j * 4 + 4];
+                *v += (0..4).map(|i| quad[i] as i32 * w[i] as i32).sum::<i32>();
+            }
+        }
+    }
+}
+
+/// [`tile_product`] with AVX-512 VNNI: 6 rows x 64 columns of i32 accumulators in 24 registers, one
+/// `vpdpbusd` per (row, 16 columns, 4 inputs).
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512BW and AVX-512VNNI; `a` must hold `TILE_ROWS * k_padded` bytes and
+/// `b` `PANEL * k_padded`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_product_vnni(a: *const u8, b: *const i8, k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_si512(); 4]; TILE_ROWS];
+    for g in 0..k_padded / 4 {
+        let group = b.add(g * PANEL * 4);
+        let w = [
+            _mm512_loadu_si512(group as *const _),
+            _mm512_loadu_si512(group.add(64) as *const _),
+            _mm512_loadu_si512(group.add(128) as *const _),
+            _mm512_loadu_si512(group.add(192) as *const _),
+        ];
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_epi32((a.add(r * k_padded + 4 * g) as *const i32).read_unaligned());
+            for (acc_v, w_v) in acc_row.iter_mut().zip(&w) {
+                *acc_v = _mm512_dpbusd_epi32(*acc_v, x, *w_v);
+            }
+        }
+    }
+    for (acc_row, out) in acc.iter().zip(tile.iter_mut()) {
+        for (i, v) in acc_row.iter().enumerate() {
+            _mm512_storeu_si512(out.as_mut_ptr().add(16 * i) as *mut _, *v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The VNNI kernel and the portable one give the same integers.
+    #[test]
+    fn kernels_agree() {
+        let k_padded = 40;
+        let a: Vec<u8> = random(TILE_ROWS * k_padded, 1).iter().map(|v| ((v + 1.0) * 127.0) as u8).collect();
+        let b: Vec<i8> = random(PANEL * k_padded, 2).iter().map(|v| (v * 127.0) as i8).collect();
+        let (mut fast, mut portable) = ([[0i32; PANEL]; TILE_ROWS], [[0i32; PANEL]; TILE_ROWS]);
+        tile_product(&a, &b, k_padded, &mut fast, has_vnni());
+        tile_product(&a, &b, k_padded, &mut portable, false);
+        assert_eq!(fast, portable);
+    }
+
+    /// Int8 products stay within quantization error of f32, for odd sizes, column ranges and GELU.
+    #[test]
+    fn close_to_f32() -> candle_core::Result<()> {
+        let (rows, n, k) = (13, 150, 70);
+        let x = random(rows * k, 3);
+        let w = Tensor::from_vec(random(n * k, 4), (n, k), &Device::Cpu)?;
+        let bias = random(n, 5);
+        let q = Int8Weight::quantize(&w)?;
+        let reference = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu)?.matmul(&w.t()?)?.broadcast_add(&Tensor::new(bias.as_slice(), &Device::Cpu)?)?;
+        let reference = reference.to_vec2::<f32>()?;
+        let mut max_err = 0f32;
+        let cols = 37..141;
+        let y = q.matmul(&x, rows, cols.clone(), Some(&bias[cols.clone()]), false)?;
+        let g = q.matmul(&x, rows, cols.clone(), Some(&bias[cols.clone()]), true)?;
+        for r in 0..rows {
+            for (j, c) in cols.clone().enumerate() {
+                let (want, got) = (reference[r][c], y[r * cols.len() + j]);
+                max_err = max_err.max((want - got).abs());
+                let gelu = got / (1.0 + (-1.702 * got).exp());
+                assert!((g[r * cols.len() + j] - gelu).abs() < 1e-4);
+            }
+        }
+        assert!(max_err < 0.06, "int8 vs f32: max abs error {max_err}");
+        // Quantizing the dequantized weight gives the same integers and scales.
+        let again = Int8Weight::quantize(&q.dequantize()?)?;
+        assert_eq!(again.packed, q.packed);
+        assert_eq!(again.zero_correction, q.zero_correction);
+        Ok(())
+    }
+}
