@@ -203,14 +203,8 @@ impl LstmHead {
 
 impl Params for LstmHead {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        f(join(prefix, "weight_ih_l0"), self.input.weight());
-        f(join(prefix, "weight_hh_l0"), self.hidden.weight());
-        if let Some(b) = self.input.bias() {
-            f(join(prefix, "bias_ih_l0"), b);
-        }
-        if let Some(b) = self.hidden.bias() {
-            f(join(prefix, "bias_hh_l0"), b);
-        }
+        self.input.visit_as(join(prefix, "weight_ih_l0"), join(prefix, "bias_ih_l0"), f);
+        self.hidden.visit_as(join(prefix, "weight_hh_l0"), join(prefix, "bias_hh_l0"), f);
     }
 }
 

@@ -5,7 +5,10 @@ use candle_nn::VarBuilder;
 use crate::{
     clip::VisionTransformer,
     config::ActionClipConfig,
-    nn::params::{join, Params},
+    nn::{
+        params::{join, Params},
+        TowerWeights,
+    },
     temporal::TemporalHead,
     Error, Result,
 };
@@ -29,6 +32,12 @@ impl VideoEncoder {
         let heads = (clip.text.width / crate::config::HEAD_DIM).max(1);
         let head = TemporalHead::new(vb.pp("fusion_model"), &cfg.prompt.post, clip.embed_dim, heads, cfg.frames)?;
         Ok(Self { visual, head, cfg: cfg.clone() })
+    }
+
+    /// The same encoder with the linear weights of its image tower's blocks held as `format` says (the
+    /// temporal head keeps its weights).
+    pub fn with_tower_weights(&self, format: TowerWeights) -> Result<Self> {
+        Ok(Self { visual: self.visual.with_block_weights(format)?, ..self.clone() })
     }
 
     /// The image tower.

@@ -8,7 +8,7 @@ use crate::{
     config::TextConfig,
     nn::{
         params::{join, Params},
-        forward_blocks_at, LayerNorm, ResidualAttentionBlock,
+        forward_blocks_at, LayerNorm, ResidualAttentionBlock, TowerWeights,
     },
     Error, Result,
 };
@@ -40,6 +40,12 @@ impl TextTransformer {
             ln_final: LayerNorm::new(vb.pp("ln_final"), w, CLIP_LN_EPS)?,
             text_projection: vb.get_with_hints((w, embed_dim), "text_projection", Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) })?,
         })
+    }
+
+    /// The same tower with the linear weights of its blocks held as `format` says.
+    pub fn with_block_weights(&self, format: TowerWeights) -> Result<Self> {
+        let blocks = self.blocks.iter().map(|b| b.with_weights(format)).collect::<Result<Vec<_>>>()?;
+        Ok(Self { blocks, ..self.clone() })
     }
 
     /// The tower's configuration.
@@ -106,6 +112,11 @@ impl TextEncoder {
     /// Reads the text tower at the root of `vb` and attaches the embedded tokenizer.
     pub fn new(vb: VarBuilder, cfg: &TextConfig, embed_dim: usize) -> Result<Self> {
         Ok(Self { tower: TextTransformer::new(vb, cfg, embed_dim)?, tokenizer: Tokenizer::new() })
+    }
+
+    /// The same encoder with the linear weights of its tower's blocks held as `format` says.
+    pub fn with_tower_weights(&self, format: TowerWeights) -> Result<Self> {
+        Ok(Self { tower: self.tower.with_block_weights(format)?, tokenizer: self.tokenizer.clone() })
     }
 
     /// The tower.

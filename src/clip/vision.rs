@@ -7,7 +7,7 @@ use crate::{
     config::VisionConfig,
     nn::{
         params::{join, Params},
-        forward_blocks_at, LayerNorm, ResidualAttentionBlock,
+        forward_blocks_at, LayerNorm, ResidualAttentionBlock, TowerWeights,
     },
     Error, Result,
 };
@@ -60,6 +60,12 @@ impl VisionTransformer {
             proj: vb.get_with_hints((w, embed_dim), "proj", scale)?,
             time_embedding,
         })
+    }
+
+    /// The same tower with the linear weights of its blocks held as `format` says.
+    pub fn with_block_weights(&self, format: TowerWeights) -> Result<Self> {
+        let blocks = self.blocks.iter().map(|b| b.with_weights(format)).collect::<Result<Vec<_>>>()?;
+        Ok(Self { blocks, ..self.clone() })
     }
 
     /// The tower's configuration.

@@ -3,7 +3,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::{
     fused,
-    linear::Linear,
+    linear::{Linear, TowerWeights},
     params::{join, Params},
 };
 use crate::Result;
@@ -28,6 +28,11 @@ impl MultiHeadAttention {
         );
         let out_proj = Linear::new(vb.pp("out_proj"), width, width)?;
         Ok(Self { in_proj, out_proj, heads })
+    }
+
+    /// The same layer with its projection weights held as `format` says.
+    pub fn with_weights(&self, format: TowerWeights) -> Result<Self> {
+        Ok(Self { in_proj: self.in_proj.with_weights(format)?, out_proj: self.out_proj.with_weights(format)?, heads: self.heads })
     }
 
     /// Self-attention over `x` [N, L, W], causal (each token sees itself and earlier ones) or not;
@@ -143,10 +148,7 @@ pub(super) fn attention_plain(qkv: &Tensor, mask: Option<&Tensor>, differentiabl
 
 impl Params for MultiHeadAttention {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        f(join(prefix, "in_proj_weight"), self.in_proj.weight());
-        if let Some(b) = self.in_proj.bias() {
-            f(join(prefix, "in_proj_bias"), b);
-        }
+        self.in_proj.visit_as(join(prefix, "in_proj_weight"), join(prefix, "in_proj_bias"), f);
         self.out_proj.visit(&join(prefix, "out_proj."), f);
     }
 }

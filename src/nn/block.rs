@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use super::{
     attention::{gather_rows, MultiHeadAttention},
     layer_norm::LayerNorm,
+    linear::TowerWeights,
     mlp::Mlp,
     params::{join, Params},
 };
@@ -30,6 +31,11 @@ impl ResidualAttentionBlock {
             ln_2: LayerNorm::new(vb.pp("ln_2"), width, eps)?,
             mlp: Mlp::new(vb.pp("mlp"), width)?,
         })
+    }
+
+    /// The same block with its attention and MLP weights held as `format` says (LayerNorms unchanged).
+    pub fn with_weights(&self, format: TowerWeights) -> Result<Self> {
+        Ok(Self { ln_1: self.ln_1.clone(), attn: self.attn.with_weights(format)?, ln_2: self.ln_2.clone(), mlp: self.mlp.with_weights(format)? })
     }
 
     /// Applies the block to `x` [N, L, W], with causal self-attention or not.

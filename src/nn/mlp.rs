@@ -2,7 +2,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{
-    linear::Linear,
+    linear::{Linear, TowerWeights},
     params::{join, Params},
 };
 use crate::Result;
@@ -23,6 +23,11 @@ impl Mlp {
     /// Reads `c_fc` and `c_proj` under `vb`.
     pub fn new(vb: VarBuilder, width: usize) -> Result<Self> {
         Ok(Self { c_fc: Linear::new(vb.pp("c_fc"), width, 4 * width)?, c_proj: Linear::new(vb.pp("c_proj"), 4 * width, width)? })
+    }
+
+    /// The same MLP with its weights held as `format` says.
+    pub fn with_weights(&self, format: TowerWeights) -> Result<Self> {
+        Ok(Self { c_fc: self.c_fc.with_weights(format)?, c_proj: self.c_proj.with_weights(format)? })
     }
 
     /// Applies the MLP on differentiable candle ops (training); see [`Mlp::forward_t`].
@@ -55,7 +60,7 @@ impl Mlp {
     /// (differentiable), or `None` where the kernel does not apply.
     // [..., width] -> [..., 4 width]
     fn hidden_cuda(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let Some(bias) = self.c_fc.bias().filter(|_| super::cuda::handles(x) && bias_width_fits(self.c_fc.weight())) else {
+        let Some(bias) = self.c_fc.bias().filter(|_| super::cuda::handles(x) && self.c_fc.out_features() % 8 == 0) else {
             return Ok(None);
         };
         Ok(Some(super::cuda::bias_quick_gelu(&self.c_fc.forward_unbiased(x)?, bias)?))
@@ -64,7 +69,7 @@ impl Mlp {
     /// Whether [`Mlp::forward_unbiased_cuda`] applies: both biases present, a hidden width the fused
     /// kernel takes.
     pub(super) fn fused_cuda_applies(&self) -> bool {
-        self.c_fc.bias().is_some() && self.c_proj.bias().is_some() && bias_width_fits(self.c_fc.weight())
+        self.c_fc.bias().is_some() && self.c_proj.bias().is_some() && self.c_fc.out_features() % 8 == 0
     }
 
     /// The residual-branch output before the `c_proj` bias, and that bias (for fused residual kernels);
@@ -76,12 +81,6 @@ impl Mlp {
             _ => Err(candle_core::Error::Msg("fused MLP: needs CUDA input and both biases".into()).into()),
         }
     }
-}
-
-/// Whether the fused bias + QuickGELU kernel takes the hidden width of `weight` [hidden, width].
-#[cfg(feature = "cuda")]
-fn bias_width_fits(weight: &Tensor) -> bool {
-    weight.dim(0).is_ok_and(|h| h % 8 == 0)
 }
 
 impl Params for Mlp {

@@ -20,7 +20,7 @@ pub use attention::MultiHeadAttention;
 pub use block::ResidualAttentionBlock;
 pub(crate) use block::{forward_blocks, forward_blocks_at};
 pub use layer_norm::LayerNorm;
-pub use linear::{Linear, WEIGHT_INIT};
+pub use linear::{Linear, TowerWeights, WEIGHT_INIT};
 pub use mlp::{quick_gelu, Mlp};
 pub use params::Params;
 
