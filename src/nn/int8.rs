@@ -8,7 +8,7 @@
 //! `y[m, n] = (acc[m, n] - 128 colsum[n]) * row_scale[m] * weight_scale[n] + bias[n]`.
 use std::ops::Range;
 
-use candle_core::{bail, DType, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Output columns per packed panel (four 16-lane i32 vectors).
@@ -129,6 +129,31 @@ impl Int8Weight {
             }
         });
         Ok(out)
+    }
+}
+
+/// [`Int8Weight::matmul`] as a candle op on an f32 CPU tensor [rows, in] read in place (inference only).
+pub(crate) struct Int8Linear<'a> {
+    /// The packed weight.
+    pub weight: &'a Int8Weight,
+    /// The output columns computed.
+    pub cols: Range<usize>,
+    /// The bias of those columns.
+    pub bias: Option<Vec<f32>>,
+    /// Whether QuickGELU follows.
+    pub quick_gelu: bool,
+}
+
+impl CustomOp1 for Int8Linear<'_> {
+    fn name(&self) -> &'static str {
+        "int8-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, _) = l.shape().dims2()?;
+        let Some((start, end)) = l.contiguous_offsets() else { bail!("int8 linear: the input must be contiguous") };
+        let y = self.weight.matmul(&s.as_slice::<f32>()?[start..end], rows, self.cols.clone(), self.bias.as_deref(), self.quick_gelu)?;
+        Ok((CpuStorage::F32(y), Shape::from((rows, self.cols.len()))))
     }
 }
 

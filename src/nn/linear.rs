@@ -5,7 +5,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::{
     fused,
-    int8::Int8Weight,
+    int8::{Int8Linear, Int8Weight},
     params::{join, Params},
 };
 use crate::Result;
@@ -196,9 +196,7 @@ impl Linear {
                     return Err(crate::Error::Config(format!("int8 weights take f32 activations on the CPU, got {:?} on {:?}", x.dtype(), x.device())));
                 }
                 let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
-                let rows = x2.dim(0)?;
-                let y = packed.matmul(&x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?, rows, cols.clone(), bias.as_deref(), quick_gelu)?;
-                Tensor::from_vec(y, (rows, cols.len()), x.device())?
+                x2.contiguous()?.apply_op1_no_bwd(&Int8Linear { weight: packed, cols: cols.clone(), bias, quick_gelu })?
             }
         };
         Ok(y.reshape(out_dims)?)
