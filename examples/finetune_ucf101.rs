@@ -35,7 +35,7 @@ use actionclip::data::{self, ClipPipeline, ClipTransform, Loader, LoaderConfig, 
 use actionclip::train::{
     AdamWConfig, Event, Freeze, Observer, Precision, SchedulePolicy, StartFrom, TrainConfig, TrainData, TrainError, Trainer,
 };
-use actionclip::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
+use actionclip::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, TowerWeights, VisionConfig, VisualPrompt};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
@@ -136,6 +136,10 @@ struct Args {
     /// Only evaluate the starting weights (no training).
     #[arg(long)]
     evaluate_only: bool,
+    /// With --evaluate-only: how the towers' linear layers hold their weights, `full` (f32), `f16` or
+    /// `int8` (CPU; fastest).
+    #[arg(long, default_value = "full", value_parser = |s: &str| TowerWeights::parse(s).map(|_| s.to_string()))]
+    tower_weights: String,
     /// Multi-view test after training (or with --evaluate-only): CLIPSxCROPS, e.g. 4x3.
     #[arg(long)]
     multi_view: Option<String>,
@@ -722,12 +726,13 @@ fn main() -> Result<()> {
     trainer.set_run_info(serde_json::json!({ "settings": s, "args": args, "demo": args.demo }));
 
     if s.evaluate_only {
+        let tower_weights = TowerWeights::parse(&args.tower_weights)?;
         let mut console = Console::new(Arc::new(AtomicBool::new(false)));
         for (name, l) in [("test", data.test.as_ref()), ("test_multiview", data.multi_view.as_ref())] {
             let Some(l) = l else { continue };
             console.event(&Event::EvalStarted { epoch: 0, batches: l.num_batches(), multi_view: name != "test" });
             let bar = console.eval.clone();
-            let report = trainer.evaluate(l, &mut |done, _| {
+            let report = trainer.evaluate_with(tower_weights, l, &mut |done, _| {
                 if let Some(b) = &bar {
                     b.set_position(done as u64)
                 }

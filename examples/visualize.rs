@@ -17,8 +17,8 @@
 use std::path::{Path, PathBuf};
 
 use actionclip::{
-    data, inference, prompts, viz, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, VisualPrompt,
-    ZeroShotClassifier,
+    data, inference, prompts, viz, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights,
+    VisualPrompt, ZeroShotClassifier,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -71,6 +71,9 @@ struct Args {
     /// Synthetic dataset + random tiny model (or `--weights` pointing at a `finetune_ucf101 --demo` run).
     #[arg(long)]
     demo: bool,
+    /// How the towers' linear layers hold their weights: `full` (f32), `f16` or `int8` (CPU; fastest).
+    #[arg(long, default_value = "full")]
+    tower_weights: TowerWeights,
 }
 
 /// The random tiny model of `--demo` (predictions are meaningless; it shows the pipeline).
@@ -136,7 +139,8 @@ fn main() -> Result<()> {
         }
         (None, false) => bail!("--weights PATH|HUB_ID is required (or --demo)"),
     };
-    eprintln!("model: {} frames, {} px input", cfg.frames, cfg.clip.vision.image_size);
+    let model = model.with_tower_weights(args.tower_weights)?;
+    eprintln!("model: {} frames, {} px input, {:?} tower weights", cfg.frames, cfg.clip.vision.image_size, args.tower_weights);
 
     let spec = match (&args.labels, &args.videos_dir, demo_classes) {
         (Some(s), _, _) => s.clone(),

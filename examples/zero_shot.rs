@@ -6,6 +6,7 @@
 //! cargo run --release --example zero_shot -- --demo      # synthetic clips + a random tiny model (smoke run)
 //! cargo run --release --features video --example zero_shot -- --random-weights vit-b16 --repeat 3   # latency
 //! ```
+//! `--tower-weights int8` (or `f16`) runs the towers' linear layers on quantized weights.
 //! `--random-weights vit-b32|vit-b16` builds a real-size model (8 frames, 6-layer temporal transformer)
 //! with random weights and prints timings to stderr: model build, class sentences, and per video the
 //! time from the file to the printed label (decode + preprocess, then encode + classify). Without
@@ -16,7 +17,8 @@
 use std::path::{Path, PathBuf};
 
 use actionclip::{
-    data, inference, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, VisualPrompt, ZeroShotClassifier,
+    data, inference, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights, VisualPrompt,
+    ZeroShotClassifier,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -55,6 +57,9 @@ struct Args {
     /// Classify every input this many times (latency mode: the first run is cold, the rest warm).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// How the towers' linear layers hold their weights: `full` (f32), `f16` or `int8` (CPU; fastest).
+    #[arg(long, default_value = "full")]
+    tower_weights: TowerWeights,
 }
 
 fn labels(spec: &str, raw: bool) -> Result<Vec<String>> {
@@ -132,6 +137,7 @@ fn main() -> Result<()> {
         let (model, cfg) = ActionClip::load(weights, &device, DType::F32)?;
         (model, cfg, args.inputs.clone())
     };
+    let model = model.with_tower_weights(args.tower_weights)?;
     let labels = labels(&args.labels, args.raw_labels)?;
     let tokenizer = Tokenizer::new();
     let t_labels = std::time::Instant::now();

@@ -1,11 +1,9 @@
 //! Int8 linear layers for CPU inference: weights quantized once per output channel (symmetric, scale
-//! `max |w| / 127`), activations quantized per row (token) at run time, products summed in i32 with
-//! AVX-512 VNNI (`vpdpbusd`: unsigned activation bytes times signed weight bytes, four at a time) where
-//! the CPU has it and with portable integer code elsewhere (same integers, same results).
+//! `max |w| / 127`), activations quantized per row (token) at run time, products summed exactly in i32 by
+//! the best kernel the CPU has (see [`Kernel`]; every kernel gives the same integers, so the same results):
+//! `y[m, n] = (sum_k q[m, k] w[n, k]) * row_scale[m] * weight_scale[n] + bias[n]`.
 //!
-//! `vpdpbusd` wants unsigned activations, so a row quantized to `q` in -127..=127 is stored as `q + 128`
-//! and the surplus `128 * sum_k w[n, k]` is subtracted per output column in the epilogue:
-//! `y[m, n] = (acc[m, n] - 128 colsum[n]) * row_scale[m] * weight_scale[n] + bias[n]`.
+//! Activation rows quantized to `q` in -127..=127 are stored as bytes `q + 128` (what `vpdpbusd` wants).
 use std::ops::Range;
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
@@ -31,7 +29,8 @@ pub struct Int8Weight {
     packed: Vec<i8>,
     /// Per output column: `max |w| / 127`.
     scales: Vec<f32>,
-    /// Per output column: `ZERO * sum_k q[n, k]`, the zero-point correction.
+    /// Per output column (padded to whole panels with zeros): `ZERO * sum_k q[n, k]`, what the unsigned
+    /// activation bytes add to a VNNI product.
     zero_correction: Vec<i32>,
 }
 
@@ -44,7 +43,7 @@ impl Int8Weight {
         let panels = n.div_ceil(PANEL);
         let mut packed = vec![0i8; panels * PANEL * k_padded];
         let mut scales = vec![1f32; n];
-        let mut zero_correction = vec![0i32; n];
+        let mut zero_correction = vec![0i32; panels * PANEL];
         for (col, row) in w.iter().enumerate() {
             let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
             if !max.is_finite() {
@@ -101,25 +100,25 @@ impl Int8Weight {
         }
         let (a, row_scales) = quantize_rows(x, rows, k, self.k_padded);
         let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
-        let vnni = has_vnni();
+        let kernel = Kernel::detect();
         out.par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(block, dst)| {
             let first_row = block * BLOCK_ROWS;
             let block_rows = dst.len() / width;
             let mut tile = [[0i32; PANEL]; TILE_ROWS];
             for panel in panels.clone() {
                 let b = &self.packed[panel * PANEL * self.k_padded..(panel + 1) * PANEL * self.k_padded];
+                let correction = &self.zero_correction[panel * PANEL..(panel + 1) * PANEL];
                 let panel_cols = panel * PANEL..((panel + 1) * PANEL).min(self.out_features);
                 let (lo, hi) = (panel_cols.start.max(cols.start), panel_cols.end.min(cols.end));
                 for t in (0..block_rows).step_by(TILE_ROWS) {
                     let a_tile = &a[(first_row + t) * self.k_padded..(first_row + t + TILE_ROWS) * self.k_padded];
-                    tile_product(a_tile, b, self.k_padded, &mut tile, vnni);
+                    kernel.tile_product(a_tile, b, correction, self.k_padded, &mut tile);
                     for (r, acc) in tile.iter().enumerate().take(block_rows - t) {
                         let row_scale = row_scales[first_row + t + r];
                         let y = &mut dst[(t + r) * width + lo - cols.start..(t + r) * width + hi - cols.start];
                         for (j, v) in y.iter_mut().enumerate() {
                             let c = lo + j;
-                            let exact = (acc[c - panel * PANEL] - self.zero_correction[c]) as f32;
-                            *v = exact * row_scale * self.scales[c] + bias.map_or(0.0, |b| b[c - cols.start]);
+                            *v = acc[c - panel * PANEL] as f32 * row_scale * self.scales[c] + bias.map_or(0.0, |b| b[c - cols.start]);
                         }
                         if quick_gelu {
                             super::fused::bias_quick_gelu(y, None);
@@ -157,15 +156,47 @@ impl CustomOp1 for Int8Linear<'_> {
     }
 }
 
-/// Whether the CPU runs the VNNI kernel.
-fn has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
+/// The integer kernel of one tile: `TILE_ROWS` activation rows times one packed panel of `PANEL` columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// AVX-512 VNNI: `vpdpbusd` multiplies the unsigned activation bytes by the signed weight bytes, four
+    /// at a time; the zero point's surplus is subtracted per column at the end.
+    Vnni,
+    /// AVX2: `vpmaddubsw` on `|q|` and the weight with `q`'s sign (pairs of products stay below 2^15, so
+    /// nothing saturates), then `vpmaddwd` by ones into i32.
+    Avx2,
+    /// Plain integer code, for other CPUs and as the tests' reference.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                return Self::Vnni;
+            }
+            if is_x86_feature_detected!("avx2") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// `tile[r][j] = sum_k (a[r, k] - ZERO) * b[j, k]` for `TILE_ROWS` rows of `a` (`k_padded` bytes each)
+    /// and one packed panel `b`; `correction` is the panel's `ZERO * sum_k b[j, k]`.
+    fn tile_product(self, a: &[u8], b: &[i8], correction: &[i32], k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
+        assert!(a.len() == TILE_ROWS * k_padded && b.len() == PANEL * k_padded && correction.len() == PANEL && k_padded % 4 == 0);
+        match self {
+            // SAFETY: `detect` chose these kernels on a CPU with their features; the lengths they read are
+            // asserted above.
+            #[cfg(target_arch = "x86_64")]
+            Self::Vnni => unsafe { tile_product_vnni(a.as_ptr(), b.as_ptr(), correction.as_ptr(), k_padded, tile) },
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => unsafe { tile_product_avx2(a.as_ptr(), b.as_ptr(), k_padded, tile) },
+            _ => tile_product_portable(a, b, k_padded, tile),
+        }
     }
 }
 
@@ -181,19 +212,8 @@ fn quantize_rows(x: &[f32], rows: usize, k: usize, k_padded: usize) -> (Vec<u8>,
     (a, scales)
 }
 
-/// The i32 products of one tile: `TILE_ROWS` activation rows (`k_padded` bytes each) times one packed
-/// panel, into `tile` (overwritten).
-fn tile_product(a: &[u8], b: &[i8], k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS], vnni: bool) {
-    debug_assert!(a.len() == TILE_ROWS * k_padded && b.len() == PANEL * k_padded);
-    #[cfg(target_arch = "x86_64")]
-    if vnni {
-        // SAFETY: the CPU has AVX-512F/BW/VNNI (checked by the caller through `has_vnni`); the slices
-        // hold the lengths the kernel reads (asserted in debug builds, guaranteed by `matmul`'s layout).
-        unsafe { tile_product_vnni(a.as_ptr(), b.as_ptr(), k_padded, tile) };
-        return;
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = vnni;
+/// [`Kernel::tile_product`] in plain integer code.
+fn tile_product_portable(a: &[u8], b: &[i8], k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
     for (r, acc) in tile.iter_mut().enumerate() {
         acc.fill(0);
         let row = &a[r * k_padded..(r + 1) * k_padded];
@@ -201,21 +221,21 @@ fn tile_product(a: &[u8], b: &[i8], k_padded: usize, tile: &mut [[i32; PANEL]; T
             let group = &b[g * PANEL * 4..(g + 1) * PANEL * 4];
             for (j, v) in acc.iter_mut().enumerate() {
                 let w = &group[j * 4..j * 4 + 4];
-                *v += (0..4).map(|i| quad[i] as i32 * w[i] as i32).sum::<i32>();
+                *v += (0..4).map(|i| (quad[i] as i32 - ZERO) * w[i] as i32).sum::<i32>();
             }
         }
     }
 }
 
-/// [`tile_product`] with AVX-512 VNNI: 6 rows x 64 columns of i32 accumulators in 24 registers, one
-/// `vpdpbusd` per (row, 16 columns, 4 inputs).
+/// [`Kernel::tile_product`] with AVX-512 VNNI: 6 rows x 64 columns of i32 accumulators in 24 registers,
+/// one `vpdpbusd` per (row, 16 columns, 4 inputs).
 ///
 /// # Safety
-/// The CPU must have AVX-512F, AVX-512BW and AVX-512VNNI; `a` must hold `TILE_ROWS * k_padded` bytes and
-/// `b` `PANEL * k_padded`.
+/// The CPU must have AVX-512F, AVX-512BW and AVX-512VNNI; `a` must hold `TILE_ROWS * k_padded` bytes, `b`
+/// `PANEL * k_padded` and `correction` `PANEL` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_product_vnni(a: *const u8, b: *const i8, k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
+unsafe fn tile_product_vnni(a: *const u8, b: *const i8, correction: *const i32, k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); 4]; TILE_ROWS];
     for g in 0..k_padded / 4 {
@@ -235,7 +255,49 @@ unsafe fn tile_product_vnni(a: *const u8, b: *const i8, k_padded: usize, tile: &
     }
     for (acc_row, out) in acc.iter().zip(tile.iter_mut()) {
         for (i, v) in acc_row.iter().enumerate() {
-            _mm512_storeu_si512(out.as_mut_ptr().add(16 * i) as *mut _, *v);
+            let surplus = _mm512_loadu_si512(correction.add(16 * i) as *const _);
+            _mm512_storeu_si512(out.as_mut_ptr().add(16 * i) as *mut _, _mm512_sub_epi32(*v, surplus));
+        }
+    }
+}
+
+/// [`Kernel::tile_product`] with AVX2, 16 columns by 3 rows at a time (6 accumulators, no spills): per
+/// (row, 4 inputs) the activation bytes are broadcast and turned back into signed `q`; per 8 columns
+/// `vpmaddubsw(|q|, sign(w, q))` gives pairs `q w` in i16 (at most 2 x 127 x 128 in magnitude, below
+/// i16's limit) and `vpmaddwd` by ones adds the pairs into the i32 accumulators.
+///
+/// # Safety
+/// The CPU must have AVX2; `a` must hold `TILE_ROWS * k_padded` bytes and `b` `PANEL * k_padded`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_product_avx2(a: *const u8, b: *const i8, k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
+    use std::arch::x86_64::*;
+    const COLS: usize = 16;
+    const ROWS: usize = 3;
+    let ones = _mm256_set1_epi16(1);
+    let zero_point = _mm256_set1_epi8(ZERO as u8 as i8);
+    for block in 0..PANEL / COLS {
+        for first_row in (0..TILE_ROWS).step_by(ROWS) {
+            let mut acc = [[_mm256_setzero_si256(); 2]; ROWS];
+            for g in 0..k_padded / 4 {
+                let group = b.add(g * PANEL * 4 + block * COLS * 4);
+                let w = [_mm256_loadu_si256(group as *const _), _mm256_loadu_si256(group.add(32) as *const _)];
+                for (r, acc_row) in acc.iter_mut().enumerate() {
+                    let bytes = _mm256_set1_epi32((a.add((first_row + r) * k_padded + 4 * g) as *const i32).read_unaligned());
+                    // (q + 128) xor 0x80 is q as a signed byte.
+                    let q = _mm256_xor_si256(bytes, zero_point);
+                    let q_abs = _mm256_abs_epi8(q);
+                    for (acc_v, w_v) in acc_row.iter_mut().zip(&w) {
+                        let pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(*w_v, q));
+                        *acc_v = _mm256_add_epi32(*acc_v, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            for (r, acc_row) in acc.iter().enumerate() {
+                for (i, v) in acc_row.iter().enumerate() {
+                    _mm256_storeu_si256(tile[first_row + r].as_mut_ptr().add(block * COLS + 8 * i) as *mut _, *v);
+                }
+            }
         }
     }
 }
@@ -255,16 +317,29 @@ mod tests {
             .collect()
     }
 
-    /// The VNNI kernel and the portable one give the same integers.
+    /// Every kernel this CPU runs gives the portable kernel's integers, the extremes -127 and 127 included.
     #[test]
     fn kernels_agree() {
         let k_padded = 40;
-        let a: Vec<u8> = random(TILE_ROWS * k_padded, 1).iter().map(|v| ((v + 1.0) * 127.0) as u8).collect();
-        let b: Vec<i8> = random(PANEL * k_padded, 2).iter().map(|v| (v * 127.0) as i8).collect();
-        let (mut fast, mut portable) = ([[0i32; PANEL]; TILE_ROWS], [[0i32; PANEL]; TILE_ROWS]);
-        tile_product(&a, &b, k_padded, &mut fast, has_vnni());
-        tile_product(&a, &b, k_padded, &mut portable, false);
-        assert_eq!(fast, portable);
+        let mut a: Vec<u8> = random(TILE_ROWS * k_padded, 1).iter().map(|v| (v * 127.0).round() as i32 + ZERO).map(|v| v as u8).collect();
+        let mut b: Vec<i8> = random(PANEL * k_padded, 2).iter().map(|v| (v * 127.0).round() as i8).collect();
+        a[..8].copy_from_slice(&[1, 255, 1, 255, 255, 255, 1, 1]);
+        b[..8].copy_from_slice(&[-127, 127, 127, -127, 127, 127, -127, -127]);
+        let mut correction = [0i32; PANEL];
+        for (j, c) in correction.iter_mut().enumerate() {
+            *c = ZERO * (0..k_padded).map(|k| b[(k / 4) * PANEL * 4 + j * 4 + k % 4] as i32).sum::<i32>();
+        }
+        let mut portable = [[0i32; PANEL]; TILE_ROWS];
+        Kernel::Portable.tile_product(&a, &b, &correction, k_padded, &mut portable);
+        assert_eq!(portable[0][0], (0..k_padded).map(|k| (a[k] as i32 - ZERO) * b[(k / 4) * PANEL * 4 + k % 4] as i32).sum::<i32>());
+        let mut fast = [[0i32; PANEL]; TILE_ROWS];
+        #[cfg(target_arch = "x86_64")]
+        for (kernel, present) in [(Kernel::Vnni, Kernel::detect() == Kernel::Vnni), (Kernel::Avx2, is_x86_feature_detected!("avx2"))] {
+            if present {
+                kernel.tile_product(&a, &b, &correction, k_padded, &mut fast);
+                assert_eq!(fast, portable, "{kernel:?}");
+            }
+        }
     }
 
     /// Int8 products stay within quantization error of f32, for odd sizes, column ranges and GELU.

@@ -40,6 +40,15 @@ impl TowerWeights {
     }
 }
 
+impl std::str::FromStr for TowerWeights {
+    type Err = crate::Error;
+
+    /// [`TowerWeights::parse`], for command-line parsers.
+    fn from_str(name: &str) -> Result<Self> {
+        Self::parse(name)
+    }
+}
+
 /// How a linear layer holds its weight.
 #[derive(Clone, Debug)]
 enum Weight {

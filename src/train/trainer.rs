@@ -19,7 +19,7 @@ use super::vars::{Freeze, ModelVars, Precision};
 use super::{TrainError, TrainResult};
 use crate::data::{sample_rng, Loader, SampleFailure};
 use crate::weights::LoadedWeights;
-use crate::{loss, prompts, ActionClip, ActionClipConfig, Error, Tokenizer};
+use crate::{loss, prompts, ActionClip, ActionClipConfig, Error, Tokenizer, TowerWeights};
 
 /// Domain separating the template RNG from the loader's streams.
 const TEMPLATE_DOMAIN: u64 = 0x5445_4d50_4c41_5445; // "TEMPLATE"
@@ -576,11 +576,25 @@ impl Trainer {
         Ok(())
     }
 
-    /// Evaluates the current weights on `loader` (see [`eval::evaluate`]); `classes` are the dataset's class
-    /// names as written (they are humanized for the prompts).
+    /// Evaluates the current weights on `loader` (see [`eval::evaluate`]); the dataset's class names are
+    /// humanized for the prompts.
     pub fn evaluate(&self, loader: &Loader, progress: &mut dyn FnMut(usize, usize)) -> TrainResult<EvalReport> {
+        self.evaluate_with(TowerWeights::Full, loader, progress)
+    }
+
+    /// [`Trainer::evaluate`] with the towers' linear weights held as `format` (f16 or int8 inference; see
+    /// [`ActionClip::with_tower_weights`]).
+    pub fn evaluate_with(&self, format: TowerWeights, loader: &Loader, progress: &mut dyn FnMut(usize, usize)) -> TrainResult<EvalReport> {
         let words = class_words(&loader.dataset().classes)?;
-        Ok(eval::evaluate(&self.vars.model, &self.tokenizer, &words, loader, self.state.epoch, self.state.step, progress)?)
+        let converted;
+        let model = match format {
+            TowerWeights::Full => &self.vars.model,
+            _ => {
+                converted = self.vars.model.with_tower_weights(format)?;
+                &converted
+            }
+        };
+        Ok(eval::evaluate(model, &self.tokenizer, &words, loader, self.state.epoch, self.state.step, progress)?)
     }
 
     /// Trains for the configured epochs (from where a resumed checkpoint left off), evaluating, saving and
