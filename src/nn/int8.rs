@@ -272,16 +272,16 @@ unsafe fn tile_product_vnni(a: *const u8, b: *const i8, correction: *const i32, 
 #[target_feature(enable = "avx2")]
 unsafe fn tile_product_avx2(a: *const u8, b: *const i8, k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
     use std::arch::x86_64::*;
-    const COLS: usize = 16;
-    const ROWS: usize = 3;
+    const COLS: usize = 32;
+    const ROWS: usize = 2;
     let ones = _mm256_set1_epi16(1);
     let zero_point = _mm256_set1_epi8(ZERO as u8 as i8);
     for block in 0..PANEL / COLS {
         for first_row in (0..TILE_ROWS).step_by(ROWS) {
-            let mut acc = [[_mm256_setzero_si256(); 2]; ROWS];
+            let mut acc = [[_mm256_setzero_si256(); COLS / 8]; ROWS];
             for g in 0..k_padded / 4 {
                 let group = b.add(g * PANEL * 4 + block * COLS * 4);
-                let w = [_mm256_loadu_si256(group as *const _), _mm256_loadu_si256(group.add(32) as *const _)];
+                let w: [__m256i; COLS / 8] = std::array::from_fn(|i| _mm256_loadu_si256(group.add(32 * i) as *const _));
                 for (r, acc_row) in acc.iter_mut().enumerate() {
                     let bytes = _mm256_set1_epi32((a.add((first_row + r) * k_padded + 4 * g) as *const i32).read_unaligned());
                     // (q + 128) xor 0x80 is q as a signed byte.
