@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use actionclip::data::{self, ClipPipeline, ClipTransform, Loader, LoaderConfig, Sampling, Storage, Subset, VideoDataset};
 use actionclip::train::{
-    AdamWConfig, Event, Freeze, Observer, Precision, SchedulePolicy, StartFrom, TrainConfig, TrainData, TrainError, Trainer,
+    AdamWConfig, EvalReport, Event, Freeze, Observer, Precision, SchedulePolicy, StartFrom, TrainConfig, TrainData, TrainError, Trainer,
 };
 use actionclip::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, TowerWeights, VisionConfig, VisualPrompt};
 use anyhow::{bail, Context, Result};
@@ -362,7 +362,8 @@ fn apply_args(s: &mut Settings, a: &Args) {
     s.evaluate_only |= a.evaluate_only;
 }
 
-/// The demo: 8 synthetic motion classes, a tiny model from scratch.
+/// The demo: 8 synthetic motion classes, a tiny model from scratch (or from `--weights`, e.g. a demo run's
+/// `best`, to evaluate it).
 fn demo_settings(s: &mut Settings, a: &Args) {
     s.arch = "demo-tiny".into();
     s.scratch = true;
@@ -647,7 +648,7 @@ fn main() -> Result<()> {
 
     // ---- model ----
     let prompt = VisualPrompt { joint: s.joint, temporal_shift: s.tsm, post: post_network(&s.sim_header, args.demo.then_some(demo_env("DEMO_HL", 1)))? };
-    let (model_cfg, start) = if args.demo {
+    let (model_cfg, start) = if args.demo && s.weights.is_none() {
         (demo_model(s.frames, prompt), StartFrom::Scratch)
     } else if s.scratch && s.weights.is_none() {
         (ActionClipConfig { clip: ClipConfig::by_name(&s.arch)?, frames: s.frames, prompt }, StartFrom::Scratch)
@@ -730,15 +731,25 @@ fn main() -> Result<()> {
         let mut console = Console::new(Arc::new(AtomicBool::new(false)));
         for (name, l) in [("test", data.test.as_ref()), ("test_multiview", data.multi_view.as_ref())] {
             let Some(l) = l else { continue };
-            console.event(&Event::EvalStarted { epoch: 0, batches: l.num_batches(), multi_view: name != "test" });
-            let bar = console.eval.clone();
-            let report = trainer.evaluate_with(tower_weights, l, &mut |done, _| {
-                if let Some(b) = &bar {
-                    b.set_position(done as u64)
+            let mut evaluate = |format: TowerWeights| -> Result<EvalReport> {
+                console.event(&Event::EvalStarted { epoch: 0, batches: l.num_batches(), multi_view: name != "test" });
+                let bar = console.eval.clone();
+                let report = trainer.evaluate_with(format, l, &mut |done, _| {
+                    if let Some(b) = &bar {
+                        b.set_position(done as u64)
+                    }
+                })?;
+                if let Some(b) = console.eval.take() {
+                    b.finish_and_clear();
                 }
-            })?;
-            if let Some(b) = console.eval.take() {
-                b.finish_and_clear();
+                Ok(report)
+            };
+            let report = evaluate(tower_weights)?;
+            if tower_weights != TowerWeights::Full {
+                // The same clips with f32 weights, to say how often the quantized model agrees.
+                let full = evaluate(TowerWeights::Full)?;
+                let agreement = report.top1_agreement(&full).map_or("n/a".into(), |a| format!("{:.2}%", 100.0 * a));
+                println!("{name}: f32 weights top-1 {:.2}% ({:.1} s); {tower_weights:?} weights agree with f32 on the top-1 class of {agreement} of the clips", 100.0 * full.top1, full.seconds);
             }
             println!("{name}: top-1 {:.2}%  top-5 {:.2}%  mean class {:.2}%  ({} clips, {} views, {:.1} s)", 100.0 * report.top1, 100.0 * report.top5, 100.0 * report.mean_class_accuracy, report.samples, report.views, report.seconds);
             let path = s.output.join(format!("eval_{name}.json"));

@@ -6,7 +6,7 @@ use actionclip::data::synthetic::{write_dataset, SyntheticConfig, SyntheticForma
 use actionclip::data::{ClipPipeline, Loader, LoaderConfig, Storage, Subset, VideoDataset, VideoSample};
 use actionclip::train::metrics::{read_records, Record};
 use actionclip::train::{
-    AdamWConfig, Event, Freeze, LossScaleConfig, Observer, Precision, Silent, StartFrom, TrainConfig, TrainData, TrainError, Trainer,
+    AdamWConfig, EvalReport, Event, Freeze, LossScaleConfig, Observer, Precision, Silent, StartFrom, TrainConfig, TrainData, TrainError, Trainer,
 };
 use actionclip::{ActionClip, ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
 use candle_core::{DType, Device, Tensor};
@@ -152,6 +152,9 @@ fn end_to_end_run_writes_every_output() {
         assert!((0.0..=1.0).contains(&e.top1) && (0.0..=1.0).contains(&e.top5) && e.top5 >= e.top1);
         assert_eq!(e.samples, 3, "every test clip is scored");
     }
+    let last: EvalReport = serde_json::from_str(&std::fs::read_to_string(dir.join("eval_last.json")).unwrap()).unwrap();
+    assert_eq!(last.predictions.len(), last.samples, "one top-1 class per scored clip");
+    assert_eq!(last.predictions.iter().filter(|&&p| p < last.confusion.len()).count(), last.samples);
     // Raw JSON lines carry top1/top5 fields on evaluation lines.
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     assert!(text.lines().filter(|l| l.contains("\"type\":\"eval\"")).all(|l| l.contains("\"top1\":") && l.contains("\"top5\":")));

@@ -31,6 +31,9 @@ pub struct EvalReport {
     pub class_counts: Vec<usize>,
     /// `confusion[true][predicted]` counts.
     pub confusion: Vec<Vec<usize>>,
+    /// The top-1 class of every scored video, in the loader's order.
+    #[serde(default)]
+    pub predictions: Vec<usize>,
     /// Clips the loader could not read (left out or replaced, see the loader's policy).
     pub failed_clips: usize,
     /// Seconds the evaluation took.
@@ -50,9 +53,22 @@ impl EvalReport {
             per_class: vec![0.0; classes],
             class_counts: vec![0; classes],
             confusion: vec![vec![0; classes]; classes],
+            predictions: Vec::new(),
             failed_clips: 0,
             seconds: 0.0,
         }
+    }
+}
+
+impl EvalReport {
+    /// The fraction of videos whose top-1 class is the same in both reports (of the same test set, in the
+    /// same order: f32 against int8 weights, say); `None` when they scored different numbers of videos.
+    pub fn top1_agreement(&self, other: &EvalReport) -> Option<f64> {
+        if self.predictions.len() != other.predictions.len() || self.predictions.is_empty() {
+            return None;
+        }
+        let same = self.predictions.iter().zip(&other.predictions).filter(|(a, b)| a == b).count();
+        Some(same as f64 / self.predictions.len() as f64)
     }
 }
 
@@ -131,6 +147,7 @@ pub fn evaluate(
             top1 += (pred == label) as usize;
             top5 += ranked.iter().any(|(i, _)| *i == label) as usize;
             report.confusion[label][pred] += 1;
+            report.predictions.push(pred);
             report.class_counts[label] += 1;
         }
         report.samples += labels.len();
@@ -153,4 +170,22 @@ pub fn evaluate(
     report.mean_class_accuracy = if seen > 0 { sum / seen as f64 } else { 0.0 };
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(predictions: Vec<usize>) -> EvalReport {
+        EvalReport { samples: predictions.len(), predictions, ..EvalReport::new(3, 0, 0, 1) }
+    }
+
+    #[test]
+    fn top1_agreement_counts_matching_predictions() {
+        let a = report(vec![0, 1, 2, 2]);
+        assert_eq!(a.top1_agreement(&a), Some(1.0));
+        assert_eq!(a.top1_agreement(&report(vec![0, 1, 1, 0])), Some(0.5));
+        assert_eq!(a.top1_agreement(&report(vec![0, 1, 2])), None, "different test sets");
+        assert_eq!(report(vec![]).top1_agreement(&report(vec![])), None);
+    }
 }
