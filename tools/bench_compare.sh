@@ -1,26 +1,59 @@
 #!/usr/bin/env bash
-# Runs our criterion video benches and the PyTorch script on the same shapes, one after the other on the
-# same machine, and prints videos/s and the ratio ours / PyTorch for each case.
-#   tools/bench_compare.sh [ARCH] [PYTHON]     (ARCH: ViT-B-16 (default) or ViT-B-32)
+# Runs our criterion benches and the PyTorch script on the same shapes, one after the other on the same
+# machine, and prints items/s (videos, sentences or labels) and the ratio ours / PyTorch for every pair.
+#   tools/bench_compare.sh [FILTER] [PYTHON]
+# FILTER is a criterion filter over `benches/encoders.rs` and `benches/train.rs` (default
+# `video/ViT-B-16/meanP`; others: `video/ViT-B-32/meanP`, `train/`, `text/encode`, `zero_shot/ViT-B-32`);
+# the PyTorch cases run are those of the same kind (and architecture).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-arch=${1:-ViT-B-16}
+filter=${1:-video/ViT-B-16/meanP}
 python=${2:-python3}
-cargo bench --bench encoders -- "video/$arch/meanP/" 2>&1 | grep -E "^video|thrpt" || true
-"$python" tools/bench_pytorch.py --filter "video/$arch/" --json target/pytorch_bench.json >/dev/null
-"$python" - "$arch" <<'PY'
-import json, pathlib, sys
-arch = sys.argv[1]
+kind=${filter%%/*}
+case $kind in
+  video | zero_shot) rest=${filter#*/}; torch_filter="$kind/${rest%%/*}/" ;;
+  *) torch_filter="$kind/" ;;
+esac
+stamp=$(mktemp)
+benches="--bench encoders"
+[[ $kind == train ]] && benches="--bench train"
+# shellcheck disable=SC2086
+cargo bench $benches -- "$filter" 2>&1 | grep -E "^[a-z_]+/|thrpt" || true
+"$python" tools/bench_pytorch.py --filter "$torch_filter" --json target/pytorch_bench.json >/dev/null
+"$python" - "$stamp" <<'PY'
+import json, os, pathlib, sys
+
+since = os.path.getmtime(sys.argv[1])
 torch = json.load(open("target/pytorch_bench.json"))["results"]
-print(f"{'case':<34} {'ours videos/s':>14} {'PyTorch videos/s':>17} {'ratio':>6}")
-for batch in (1, 4):
-    est = pathlib.Path(f"target/criterion/video_{arch}/meanP/b{batch}/new/estimates.json")
-    if not est.exists():
+IMPLS = ("hf-eager", "hf-sdpa", "openai")
+
+
+def pytorch_cases(full_id):
+    """The PyTorch cases a criterion bench (by its full id) pairs with."""
+    parts = full_id.split("/")
+    base = parts[2].split("-")[0] if len(parts) > 2 else ""  # `meanP-int8` -> `meanP`
+    if parts[0] == "video" and base == "meanP":
+        return [f"video/{parts[1]}/{impl}/f32/{parts[3]}" for impl in IMPLS]
+    if parts[0] == "text" and parts[1] == "encode":
+        return [f"text/{impl}/f32/encode/{parts[2]}" for impl in IMPLS]
+    if parts[0] == "zero_shot":
+        return [f"zero_shot/{parts[1]}/openai/f32/{base}/{parts[3]}"]
+    if parts[0] == "train":
+        return [f"train/{parts[1]}/openai/f32/{parts[2]}"]
+    return []
+
+
+print(f"{'ours':<34} {'items/s':>9}   {'PyTorch':<40} {'items/s':>9} {'ratio':>6}")
+for bench_file in sorted(pathlib.Path("target/criterion").glob("**/new/benchmark.json")):
+    est = bench_file.parent / "estimates.json"
+    if not est.exists() or est.stat().st_mtime < since:
         continue
-    ours = batch / (json.load(open(est))["mean"]["point_estimate"] / 1e9)
-    for impl in ("hf-eager", "hf-sdpa", "openai"):
-        for dtype in ("f32", "bf16"):
-            ref = torch.get(f"video/{arch}/{impl}/{dtype}/b{batch}")
-            if ref:
-                print(f"{arch} b{batch} vs {impl} {dtype:<5} {ours:>14.3f} {ref['videos_per_s']:>17.3f} {ours / ref['videos_per_s']:>6.2f}")
+    bench = json.load(open(bench_file))
+    items = (bench.get("throughput") or {}).get("Elements", 1)
+    ours = items / (json.load(open(est))["mean"]["point_estimate"] / 1e9)
+    for case in pytorch_cases(bench["full_id"]):
+        if case in torch:
+            ref = torch[case]["per_s"]
+            print(f"{bench['full_id']:<34} {ours:>9.3f}   {case:<40} {ref:>9.3f} {ours / ref:>6.2f}")
 PY
+rm -f "$stamp"
