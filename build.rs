@@ -47,7 +47,7 @@ fn compile_cuda_kernels(manifest_dir: &Path, out_dir: &Path) -> Result<(), Box<d
     let nvcc = std::env::var_os("NVCC").map(PathBuf::from).unwrap_or_else(|| {
         ["CUDA_ROOT", "CUDA_PATH", "CUDA_HOME"]
             .iter()
-            .filter_map(|v| std::env::var_os(v))
+            .filter_map(std::env::var_os)
             .map(|root| PathBuf::from(root).join("bin").join("nvcc"))
             .find(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("nvcc"))

@@ -11,19 +11,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-const FRAMES: usize = 8;
+mod common;
+use common::device;
 
-fn device() -> Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
-    }
-    #[cfg(feature = "metal")]
-    if let Ok(d) = Device::new_metal(0) {
-        return d;
-    }
-    Device::Cpu
-}
+const FRAMES: usize = 8;
 
 fn random_model(clip: ClipConfig, prompt: VisualPrompt, device: &Device) -> ActionClip {
     let varmap = VarMap::new();

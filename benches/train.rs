@@ -6,23 +6,14 @@
 //! runs the same step in PyTorch (the openai-clip model, `torch.optim.AdamW`).
 use actionclip::train::{StartFrom, TrainConfig, Trainer};
 use actionclip::{prompts, ActionClipConfig, ClipConfig, Tokenizer, VisualPrompt};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+mod common;
+use common::device;
 
 const FRAMES: usize = 8;
 const BATCH: usize = 4;
-
-fn device() -> Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
-    }
-    #[cfg(feature = "metal")]
-    if let Ok(d) = Device::new_metal(0) {
-        return d;
-    }
-    Device::Cpu
-}
 
 fn train_step(c: &mut Criterion) {
     let dev = device();

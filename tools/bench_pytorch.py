@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import pathlib
+import re
 import time
 
 import torch
@@ -31,14 +32,8 @@ ARCHS = {
     "ViT-B-32": (32, 224, 768, 12, 512, 512, 8, 12),
     "ViT-B-16": (16, 224, 768, 12, 512, 512, 8, 12),
 }
-# The 16 ActionCLIP templates, as in src/prompts.rs.
-TEMPLATES = [
-    "a photo of action {}", "a picture of action {}", "Human action of {}", "{}, an action",
-    "{} this is an action", "{}, a video of action", "Playing action of {}", "{}",
-    "Playing a kind of action, {}", "Doing a kind of action, {}", "Look, the human is {}",
-    "Can you recognize the action of {}?", "Video classification of {}", "A video of {}",
-    "The man is {}", "The woman is {}",
-]
+# The 16 ActionCLIP templates, read from src/prompts.rs.
+TEMPLATES = re.findall(r'Template::\w+\(Cow::Borrowed\("(.*?)"\)\)', (ROOT / "src" / "prompts.rs").read_text())[:16]
 
 
 def timeit(fn, min_time=3.0, min_iters=3):
@@ -99,8 +94,6 @@ class Tokenizer:
 
 def ucf101_labels():
     """The 101 class names as our benches humanize them: `ApplyEyeMakeup` -> `apply eye makeup`."""
-    import re
-
     names = (ROOT / "weights" / "ucf101_classes.txt").read_text().split()
     return [re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", n).replace("_", " ").lower() for n in names]
 

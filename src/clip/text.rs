@@ -116,7 +116,7 @@ impl TextEncoder {
 
     /// The same encoder with the linear weights of its tower's blocks held as `format` says.
     pub fn with_tower_weights(&self, format: TowerWeights) -> Result<Self> {
-        Ok(Self { tower: self.tower.with_block_weights(format)?, tokenizer: self.tokenizer.clone() })
+        Ok(Self { tower: self.tower.with_block_weights(format)?, tokenizer: self.tokenizer })
     }
 
     /// The tower.

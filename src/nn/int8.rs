@@ -187,7 +187,7 @@ impl Kernel {
     /// `tile[r][j] = sum_k (a[r, k] - ZERO) * b[j, k]` for `TILE_ROWS` rows of `a` (`k_padded` bytes each)
     /// and one packed panel `b`; `correction` is the panel's `ZERO * sum_k b[j, k]`.
     fn tile_product(self, a: &[u8], b: &[i8], correction: &[i32], k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
-        assert!(a.len() == TILE_ROWS * k_padded && b.len() == PANEL * k_padded && correction.len() == PANEL && k_padded % 4 == 0);
+        assert!(a.len() == TILE_ROWS * k_padded && b.len() == PANEL * k_padded && correction.len() == PANEL && k_padded.is_multiple_of(4));
         match self {
             // SAFETY: `detect` chose these kernels on a CPU with their features; the lengths they read are
             // asserted above.
