@@ -261,8 +261,8 @@ unsafe fn tile_product_vnni(a: *const u8, b: *const i8, correction: *const i32, 
     }
 }
 
-/// [`Kernel::tile_product`] with AVX2, 16 columns by 3 rows at a time (6 accumulators, no spills): per
-/// (row, 4 inputs) the activation bytes are broadcast and turned back into signed `q`; per 8 columns
+/// [`Kernel::tile_product`] with AVX2, 32 columns by 2 rows at a time (8 accumulators): per (row, 4
+/// inputs) the activation bytes are broadcast and turned back into signed `q` once for four vectors; per 8 columns
 /// `vpmaddubsw(|q|, sign(w, q))` gives pairs `q w` in i16 (at most 2 x 127 x 128 in magnitude, below
 /// i16's limit) and `vpmaddwd` by ones adds the pairs into the i32 accumulators.
 ///
