@@ -7,7 +7,7 @@ use crate::{
     config::VisionConfig,
     nn::{
         params::{join, Params},
-        forward_blocks_at, LayerNorm, ResidualAttentionBlock, TowerWeights,
+        forward_blocks_at, LayerNorm, Linear, ResidualAttentionBlock, TowerWeights,
     },
     Error, Result,
 };
@@ -21,8 +21,8 @@ pub const SHIFT_FOLD_DIV: usize = 8;
 #[derive(Clone, Debug)]
 pub struct VisionTransformer {
     cfg: VisionConfig,
-    /// `conv1.weight` [W, 3, p, p] flattened to [W, 3*p*p]: patchify is one GEMM.
-    patch_weight: Tensor,
+    /// `conv1.weight` [W, 3, p, p] flattened to a bias-free linear layer [W, 3*p*p]: patchify is one GEMM.
+    patch_embedding: Linear,
     conv1_weight: Tensor,
     class_embedding: Tensor,
     positional_embedding: Tensor,
@@ -40,7 +40,7 @@ impl VisionTransformer {
         let (w, p) = (cfg.width, cfg.patch_size);
         let scale = Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) };
         let conv1_weight = vb.get_with_hints((w, 3, p, p), "conv1.weight", crate::nn::WEIGHT_INIT)?;
-        let patch_weight = conv1_weight.reshape((w, 3 * p * p))?;
+        let patch_embedding = Linear::from_tensors(conv1_weight.reshape((w, 3 * p * p))?, None);
         let blocks = (0..cfg.layers)
             .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), w, cfg.heads, CLIP_LN_EPS))
             .collect::<Result<Vec<_>>>()?;
@@ -50,7 +50,7 @@ impl VisionTransformer {
         };
         Ok(Self {
             cfg: cfg.clone(),
-            patch_weight,
+            patch_embedding,
             conv1_weight,
             class_embedding: vb.get_with_hints(w, "class_embedding", scale)?,
             positional_embedding: vb.get_with_hints((cfg.tokens(), w), "positional_embedding", scale)?,
@@ -75,16 +75,16 @@ impl VisionTransformer {
 
     /// Patch tokens, class token and positional embedding of every image.
     // [N, 3, H, W] -> [N, 1 + g*g, W]
-    fn embed(&self, images: &Tensor) -> Result<Tensor> {
+    fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         let (n, _, _, _) = images.dims4()?;
         let (g, p, w) = (self.cfg.grid(), self.cfg.patch_size, self.cfg.width);
-        let dtype = self.patch_weight.dtype();
+        let dtype = self.conv1_weight.dtype();
         let patches = images
             .to_dtype(dtype)?
             .reshape((n, 3, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((n * g * g, 3 * p * p))?;
-        let tokens = patches.matmul(&self.patch_weight.t()?)?.reshape((n, g * g, w))?;
+        let tokens = self.patch_embedding.forward_t(&patches, train)?.reshape((n, g * g, w))?;
         let cls = self.class_embedding.reshape((1, 1, w))?.broadcast_as((n, 1, w))?;
         Ok(crate::nn::add_broadcast(&Tensor::cat(&[&cls, &tokens], 1)?, &self.positional_embedding)?)
     }
@@ -116,7 +116,7 @@ impl VisionTransformer {
     /// videos and the temporal shift runs before every block.
     // [N, 3, H, W] -> [N, D]
     pub fn forward_t(&self, images: &Tensor, shift_frames: Option<usize>, train: bool) -> Result<Tensor> {
-        let x = self.ln_pre.forward_t(&self.embed(images)?, train)?;
+        let x = self.ln_pre.forward_t(&self.embed(images, train)?, train)?;
         self.head(&self.class_token(&x, shift_frames, train)?, train)
     }
 
@@ -130,7 +130,7 @@ impl VisionTransformer {
         let (n, w) = (images.dim(0)?, self.cfg.width);
         let (b, l) = (n / frames, self.cfg.tokens());
         // [B, T, L, W]
-        let x = self.embed(images)?.reshape((b, frames, l, w))?;
+        let x = self.embed(images, train)?.reshape((b, frames, l, w))?;
         let cls = x.narrow(1, 0, 1)?.narrow(2, 0, 1)?.reshape((b, 1, w))?;
         let patches = x.narrow(2, 1, l - 1)?.broadcast_add(&time.reshape((1, frames, 1, w))?.to_dtype(x.dtype())?)?;
         let seq = Tensor::cat(&[&cls, &patches.reshape((b, frames * (l - 1), w))?], 1)?;

@@ -2,7 +2,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::{
-    fused,
+    fused, fused_train,
     linear::{Linear, TowerWeights},
     params::{join, Params},
 };
@@ -58,7 +58,11 @@ impl MultiHeadAttention {
         let qkv = self.in_proj.forward_t(x, train)?.reshape(shape)?;
         let mask = if causal { Some(causal_mask(l, x.dtype(), x.device())?) } else { None };
         // [N, L, W]
-        let out = if train { attention_plain(&qkv, mask.as_ref(), true)? } else { fused::attention(&qkv, mask.as_ref())? };
+        let out = match (train, fused_train::applies(&qkv)) {
+            (true, true) => fused_train::attention(&qkv, causal)?,
+            (true, false) => attention_plain(&qkv, mask.as_ref(), true)?,
+            (false, _) => fused::attention(&qkv, mask.as_ref())?,
+        };
         Ok(out)
     }
 
@@ -117,8 +121,13 @@ pub(crate) fn gather_rows(x: &Tensor, rows: &Tensor) -> candle_core::Result<Tens
 /// Additive causal mask: 0 on and below the diagonal, -inf above.
 // -> [L, L]
 pub(crate) fn causal_mask(l: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
-    Tensor::from_vec(mask, (l, l), device)?.to_dtype(dtype)
+    Tensor::from_vec(causal_mask_values(l), (l, l), device)?.to_dtype(dtype)
+}
+
+/// The values of [`causal_mask`], row-major.
+// -> [L * L]
+pub(crate) fn causal_mask_values(l: usize) -> Vec<f32> {
+    (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect()
 }
 
 /// Scaled dot-product attention on plain candle ops from `qkv` [N, L, 3, H, hd] with an optional additive

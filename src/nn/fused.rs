@@ -85,7 +85,7 @@ fn check_bounds(layout: &Layout, len: usize, what: &str) -> candle_core::Result<
 }
 
 /// A contiguous f32 view of a storage, or an error naming `what`.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
         None => bail!("{what} must be contiguous"),
@@ -94,7 +94,7 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core:
 
 /// A `*mut f32` that may cross threads; every user writes a region no other thread touches.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY (both impls): only used for writes to disjoint regions (see the users), the buffer outliving
 // the parallel loop.
 unsafe impl Send for SendPtr {}
@@ -102,22 +102,25 @@ unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Rows per parallel chunk of an elementwise pass over rows of `cols` values (~64 KiB per chunk).
-fn chunk_rows(cols: usize) -> usize {
+pub(super) fn chunk_rows(cols: usize) -> usize {
     (16384 / cols.max(1)).max(1)
 }
 
-struct LinearOp {
-    gelu: bool,
+/// The fused linear kernel: `x @ weight^T (+ bias)`, then QuickGELU when `gelu`.
+pub(super) struct LinearOp {
+    /// Whether QuickGELU follows the bias.
+    pub(super) gelu: bool,
 }
 
 impl LinearOp {
-    fn cpu(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    /// The kernel on CPU storages: `x` [rows, in] and the weight [out, in] through their layouts.
+    pub(super) fn cpu(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (xs.as_slice::<f32>()?, ws.as_slice::<f32>()?);
         let (rows, k) = xl.shape().dims2()?;
         let (n, k2) = wl.shape().dims2()?;
@@ -201,10 +204,12 @@ impl CustomOp3 for LinearOp {
     }
 }
 
-struct AttentionOp;
+/// The fused attention kernel (see [`attention`]).
+pub(super) struct AttentionOp;
 
 impl AttentionOp {
-    fn cpu(&self, s: &CpuStorage, l: &Layout, mask: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    /// The kernel on a contiguous qkv storage [N, L, 3, H, hd] with an optional additive mask [L, L].
+    pub(super) fn cpu(&self, s: &CpuStorage, l: &Layout, mask: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = contiguous_f32(s, l, "attention qkv")?;
         let (n, len, _, heads, hd) = l.shape().dims5()?;
         let w = heads * hd;
@@ -274,7 +279,7 @@ impl CustomOp2 for AttentionOp {
 /// `e^x` for f32 without branches (Cephes `expf` polynomial, ~1 ulp), so loops over it vectorise;
 /// 0 below -87.3 (including -inf), +inf above 88.7, NaN for NaN.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12582912.0; // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
     let xc = x.clamp(-87.3, 88.7);
@@ -327,9 +332,10 @@ macro_rules! multiversion {
         }
     };
 }
+pub(super) use multiversion;
 
 multiversion!(pub(super) bias_quick_gelu => bias_quick_gelu_generic(row: &mut [f32], bias: Option<&[f32]>));
-multiversion!(softmax_inplace => softmax_generic(row: &mut [f32]));
+multiversion!(pub(super) softmax_inplace => softmax_generic(row: &mut [f32]));
 multiversion!(pub(super) quantize_row => quantize_row_generic(row: &[f32], q: &mut [u8]) -> f32);
 
 /// Quantizes `row` symmetric to -127..=127 with the scale `max |x| / 127` (1 for an all-zero row) and

@@ -1,7 +1,10 @@
 use candle_core::{DType, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use super::params::{join, Params};
+use super::{
+    fused_train,
+    params::{join, Params},
+};
 use crate::Result;
 
 /// LayerNorm over the last dimension, computed in f32 whatever the activation dtype (as CLIP does).
@@ -20,12 +23,16 @@ impl LayerNorm {
         Ok(Self { weight, bias, eps })
     }
 
-    /// Normalises `x` [..., dim]; `train` selects the differentiable path.
+    /// Normalises `x` [..., dim]; `train` selects a differentiable path (one fused op with its own backward
+    /// for f32 on the CPU).
     // [..., dim] -> [..., dim]
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if super::cuda::handles(x) && super::cuda::layer_norm_fits(self.weight.elem_count()) {
             return Ok(super::cuda::layer_norm(x, &self.weight, &self.bias, self.eps)?);
+        }
+        if train && fused_train::applies(x) && self.weight.dtype() == DType::F32 && self.bias.dtype() == DType::F32 {
+            return Ok(fused_train::layer_norm(x, &self.weight, &self.bias, self.eps)?);
         }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;

@@ -4,7 +4,7 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::{
-    fused,
+    fused, fused_train,
     int8::{Int8Linear, Int8Weight},
     params::{join, Params},
 };
@@ -175,15 +175,24 @@ impl Linear {
 }
 
 impl Linear {
-    /// Applies the layer to `x` [..., in]; `train = false` on the CPU runs the fused inference kernel
-    /// (one multi-threaded GEMM with the bias folded in, no backward).
+    /// Applies the layer to `x` [..., in]. On the CPU both modes run one multi-threaded GEMM with the bias
+    /// folded in: `train = false` the inference kernel (no backward), `train = true` with f32 tensors the
+    /// differentiable one ([`fused_train::linear`]).
     // [..., in] -> [..., out]
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // The fused kernel is the CPU's; other devices run the plain forward (bias kernel on CUDA).
-        if train || !x.device().is_cpu() {
-            Ok(self.forward(x)?)
-        } else {
-            self.forward_inference(x, false)
+        // The fused kernels are the CPU's; other devices run the plain forward (bias kernel on CUDA).
+        if !x.device().is_cpu() {
+            return Ok(self.forward(x)?);
+        }
+        if !train {
+            return self.forward_inference(x, false);
+        }
+        match &self.weight {
+            Weight::Dense(w) if fused_train::applies(x) && w.dtype() == DType::F32 && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32) => {
+                let (x2, out_dims) = self.flatten(x)?;
+                Ok(fused_train::linear(&x2, w, self.bias.as_ref())?.reshape(out_dims)?)
+            }
+            _ => Ok(self.forward(x)?),
         }
     }
 

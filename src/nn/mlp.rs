@@ -2,6 +2,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{
+    fused_train,
     linear::{Linear, TowerWeights},
     params::{join, Params},
 };
@@ -38,12 +39,17 @@ impl Mlp {
     }
 
     /// Applies the MLP; `train = false` runs the fused inference kernels (QuickGELU in the `c_fc` GEMM
-    /// epilogue, no backward).
+    /// epilogue, no backward), `train = true` the fused training ops for f32 on the CPU, candle's plain
+    /// ops elsewhere.
     // [..., width] -> [..., width]
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if let Some(h) = self.hidden_cuda(x)? {
             return Ok(self.c_proj.forward_t(&h, train)?);
+        }
+        if train && fused_train::applies(x) {
+            let h = fused_train::quick_gelu(&self.c_fc.forward_t(x, true)?)?;
+            return self.c_proj.forward_t(&h, true);
         }
         if train {
             return self.forward(x);

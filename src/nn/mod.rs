@@ -2,7 +2,8 @@
 //! the QuickGELU MLP and the pre-LN residual block.
 //!
 //! Every forward takes `train`: `false` uses fused kernels (candle's and [`fused`]'s: fast, no backward),
-//! `true` uses only differentiable ops so gradients reach every parameter. With the `cuda` feature,
+//! `true` uses differentiable ops so gradients reach every parameter: on f32 CPU tensors fused ops with
+//! their own backward (`fused_train`), elsewhere candle's plain ops. With the `cuda` feature,
 //! half-precision and f32 CUDA tensors take [`cuda`]'s fused kernels in both modes (they have backward
 //! passes).
 mod attention;
@@ -10,6 +11,7 @@ mod block;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fused;
+mod fused_train;
 pub mod int8;
 mod layer_norm;
 mod linear;
