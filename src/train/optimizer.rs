@@ -135,6 +135,75 @@ pub struct Param {
     exp_avg_sq: Tensor,
 }
 
+/// One parameter's AdamW update with this step's constants (f32 arithmetic in PyTorch's order).
+struct Update {
+    /// `1 - lr * weight_decay`, when the parameter decays.
+    decay: Option<f64>,
+    beta1: f64,
+    beta2: f64,
+    /// `lr / (1 - beta1^t)`.
+    step_size: f64,
+    /// `1 / sqrt(1 - beta2^t)`.
+    inv_bias_correction2_sqrt: f64,
+    eps: f64,
+}
+
+impl Update {
+    /// The updated weight, first and second moments on candle ops (any device).
+    fn plain(&self, w: &Tensor, g: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let w = match self.decay {
+            Some(factor) => w.affine(factor, 0.0)?,
+            None => w.clone(),
+        };
+        // exp_avg.lerp_(grad, 1 - beta1)
+        let exp_avg = (exp_avg + (g - exp_avg)?.affine(1.0 - self.beta1, 0.0)?)?;
+        // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value = 1 - beta2)
+        let exp_avg_sq = (exp_avg_sq.affine(self.beta2, 0.0)? + (g.affine(1.0 - self.beta2, 0.0)? * g)?)?;
+        let denom = exp_avg_sq.sqrt()?.affine(self.inv_bias_correction2_sqrt, self.eps)?;
+        let w = (w - (&exp_avg / denom)?.affine(self.step_size, 0.0)?)?;
+        Ok((w, exp_avg, exp_avg_sq))
+    }
+
+    /// [`Update::plain`] in one parallel pass over contiguous f32 CPU tensors, with the same f32
+    /// operations in the same order (so the same values); `None` for other tensors.
+    fn fused(&self, w: &Tensor, g: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        use candle_core::{Storage, Storage::Cpu};
+        use rayon::prelude::*;
+        /// The values of a contiguous f32 CPU storage.
+        fn values<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
+            let (Cpu(cpu), Some((start, end))) = (storage, layout.contiguous_offsets()) else { return None };
+            cpu.as_slice::<f32>().ok().map(|v| &v[start..end])
+        }
+        let tensors = [w, g, exp_avg, exp_avg_sq];
+        let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+        let Some(slices) = guards.iter().map(|(s, l)| values(s, l)).collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let [w0, g, m0, v0] = slices[..] else { return Ok(None) };
+        if [g.len(), m0.len(), v0.len()].iter().any(|&n| n != w0.len()) {
+            return Ok(None);
+        }
+        let f = |x: f64| x as f32;
+        let (decay, b1, b2) = (self.decay.map(f), f(1.0 - self.beta1), (f(self.beta2), f(1.0 - self.beta2)));
+        let (step_size, inv_bc2, eps) = (f(self.step_size), f(self.inv_bias_correction2_sqrt), f(self.eps));
+        let n = w0.len();
+        let (mut w, mut m, mut v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        const CHUNK: usize = 1 << 14;
+        w.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((w, m), v))| {
+            let range = c * CHUNK..(c * CHUNK + w.len());
+            let inputs = w0[range.clone()].iter().zip(&g[range.clone()]).zip(&m0[range.clone()]).zip(&v0[range]);
+            for (((w, m), v), (((&w0, &g), &m0), &v0)) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(inputs) {
+                let decayed = decay.map_or(w0, |d| w0 * d);
+                *m = m0 + (g - m0) * b1;
+                *v = v0 * b2.0 + g * b2.1 * g;
+                *w = decayed - *m / (v.sqrt() * inv_bc2 + eps) * step_size;
+            }
+        });
+        drop(guards);
+        let shape = tensors[0].shape().clone();
+        let device = &candle_core::Device::Cpu;
+        Ok(Some((Tensor::from_vec(w, shape.clone(), device)?, Tensor::from_vec(m, shape.clone(), device)?, Tensor::from_vec(v, shape, device)?)))
+    }
+}
+
 /// AdamW with parameter groups, as `torch.optim.AdamW` (single-tensor path): per step and parameter
 /// `p *= 1 - lr*wd`, `m = lerp(m, g, 1-beta1)`, `v = beta2*v + (1-beta2)*g*g`,
 /// `p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)`.
@@ -202,17 +271,20 @@ impl AdamW {
             // Detached: gradients can carry backprop links to the step's graph, and the moments must not
             // chain them from step to step.
             let g = g.detach().to_dtype(DType::F32)?;
-            let mut w = p.var.as_tensor().detach().to_dtype(DType::F32)?;
-            if p.decay && self.cfg.weight_decay != 0.0 {
-                w = w.affine(1.0 - lr * self.cfg.weight_decay, 0.0)?;
-            }
-            // exp_avg.lerp_(grad, 1 - beta1)
-            p.exp_avg = (&p.exp_avg + (&g - &p.exp_avg)?.affine(1.0 - b1, 0.0)?)?;
-            // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value = 1 - beta2)
-            p.exp_avg_sq = (p.exp_avg_sq.affine(b2, 0.0)? + (g.affine(1.0 - b2, 0.0)? * &g)?)?;
-            let step_size = lr / bias_correction1;
-            let denom = p.exp_avg_sq.sqrt()?.affine(1.0 / bias_correction2_sqrt, self.cfg.eps)?;
-            let w = (w - (&p.exp_avg / denom)?.affine(step_size, 0.0)?)?;
+            let w = p.var.as_tensor().detach().to_dtype(DType::F32)?;
+            let update = Update {
+                decay: if p.decay && self.cfg.weight_decay != 0.0 { Some(1.0 - lr * self.cfg.weight_decay) } else { None },
+                beta1: b1,
+                beta2: b2,
+                step_size: lr / bias_correction1,
+                inv_bias_correction2_sqrt: 1.0 / bias_correction2_sqrt,
+                eps: self.cfg.eps,
+            };
+            let (w, exp_avg, exp_avg_sq) = match update.fused(&w, &g, &p.exp_avg, &p.exp_avg_sq)? {
+                Some(updated) => updated,
+                None => update.plain(&w, &g, &p.exp_avg, &p.exp_avg_sq)?,
+            };
+            (p.exp_avg, p.exp_avg_sq) = (exp_avg, exp_avg_sq);
             p.var.set(&w.to_dtype(p.var.dtype())?)?;
         }
         Ok(())
@@ -303,6 +375,21 @@ mod tests {
         }
         for decayed in ["visual.proj", "text_projection", "visual.transformer.resblocks.0.attn.in_proj_weight", "fusion_model.lstm_visual.weight_ih_l0"] {
             assert!(!is_decay_exempt(decayed), "{decayed}");
+        }
+    }
+
+    /// The fused CPU pass gives exactly the plain candle ops' values, with and without weight decay.
+    #[test]
+    fn fused_update_equals_plain() {
+        let values = |seed: u32| Tensor::from_vec((0..40_000u32).map(|i| ((i * 7919 + seed) % 1000) as f32 / 250.0 - 2.0).collect::<Vec<_>>(), (200, 200), &Device::Cpu).unwrap();
+        let (w, g, m, v) = (values(1), values(2), values(3), values(4).abs().unwrap());
+        for decay in [None, Some(0.998)] {
+            let update = Update { decay, beta1: 0.9, beta2: 0.999, step_size: 0.013, inv_bias_correction2_sqrt: 1.7, eps: 1e-8 };
+            let fused = update.fused(&w, &g, &m, &v).unwrap().expect("f32 CPU tensors take the fused pass");
+            let plain = update.plain(&w, &g, &m, &v).unwrap();
+            for (a, b) in [(&fused.0, &plain.0), (&fused.1, &plain.1), (&fused.2, &plain.2)] {
+                assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
         }
     }
 
