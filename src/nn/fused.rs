@@ -129,45 +129,42 @@ impl LinearOp {
         }
         check_bounds(xl, x.len(), "linear x")?;
         check_bounds(wl, w.len(), "linear weight")?;
-        let mut dst = vec![0f32; rows * n];
-        if dst.is_empty() {
+        let len = rows * n;
+        // Filled below by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
+        let mut dst: Vec<f32> = Vec::with_capacity(len);
+        if len == 0 {
             return Ok((CpuStorage::F32(dst), Shape::from((rows, n))));
         }
         // Without an epilogue the bias goes into dst before the GEMM accumulates onto it; with QuickGELU
-        // it is added in the epilogue pass, which reads every value anyway.
+        // it is added in the epilogue pass, which reads every value anyway. An empty product (k = 0) is 0.
         let prefill = bias.filter(|_| !self.gelu);
-        if let Some(b) = prefill {
-            dst.par_chunks_mut(chunk_rows(n) * n).for_each(|c| c.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)));
+        let mut fill = |row: &[f32]| {
+            let rows_per_chunk = chunk_rows(n);
+            dst.spare_capacity_mut()[..len].par_chunks_mut(rows_per_chunk * n).for_each(|c| {
+                c.chunks_exact_mut(n).for_each(|r| r.iter_mut().zip(row).for_each(|(d, &v)| _ = d.write(v)))
+            })
+        };
+        match prefill {
+            Some(b) => fill(b),
+            None if k == 0 => fill(&vec![0f32; n]),
+            None => {}
         }
         let (xs0, xs1) = (xl.stride()[0] as isize, xl.stride()[1] as isize);
         let (ws0, ws1) = (wl.stride()[0] as isize, wl.stride()[1] as isize);
         // dst = 1 * dst + 1 * x @ weight^T (dst read only when pre-filled with the bias).
-        // SAFETY: dst holds rows*n elements written with row stride n; x is read at
+        // SAFETY: dst has capacity for rows*n elements written with row stride n; x is read at
         // start + i*xs0 + c*xs1 for i < rows, c < k and the weight at start + j*ws0 + c*ws1 for j < n,
         // c < k, both inside their buffers by `check_bounds`. rhs (k x n) = weight^T, so its column
-        // stride is ws0 and its row stride ws1.
+        // stride is ws0 and its row stride ws1. Every element of dst is initialised before `set_len`: by
+        // the fill above (the bias, or zeros when k = 0) that the GEMM accumulates onto, or by the GEMM
+        // alone, which writes every output without reading dst when `read_dst` is false.
         unsafe {
-            gemm(
-                rows,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                prefill.is_some(),
-                x.as_ptr().add(xl.start_offset()),
-                xs1,
-                xs0,
-                w.as_ptr().add(wl.start_offset()),
-                ws0,
-                ws1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(rayon::current_num_threads()),
-            )
+            if k > 0 {
+                let (x, w) = (x.as_ptr().add(xl.start_offset()), w.as_ptr().add(wl.start_offset()));
+                let threads = Parallelism::Rayon(rayon::current_num_threads());
+                gemm(rows, n, k, dst.as_mut_ptr(), 1, n as isize, prefill.is_some(), x, xs1, xs0, w, ws0, ws1, 1.0, 1.0, false, false, false, threads);
+            }
+            dst.set_len(len);
         }
         if self.gelu {
             dst.par_chunks_mut(chunk_rows(n) * n).for_each(|c| c.chunks_exact_mut(n).for_each(|r| bias_quick_gelu(r, bias)));
@@ -216,8 +213,9 @@ impl AttentionOp {
         if mask.is_some_and(|m| m.len() != len * len) {
             bail!("attention: mask must hold {len}x{len} values")
         }
-        let mut out = vec![0f32; n * len * w];
-        if out.is_empty() {
+        // Written below, block by block, by the parallel items (not zeroed first).
+        let mut out: Vec<f32> = Vec::with_capacity(n * len * w);
+        if n * len * w == 0 {
             return Ok((CpuStorage::F32(out), Shape::from((n, len, w))));
         }
         let scale = (hd as f32).powf(-0.5);
@@ -252,6 +250,9 @@ impl AttentionOp {
                 }
             },
         );
+        // SAFETY: the items (b, h) for b < n, h < heads each wrote their rows b*len..(b+1)*len, columns
+        // h*hd..(h+1)*hd of out [n*len, w] (the second gemm, which does not read dst): every element.
+        unsafe { out.set_len(n * len * w) };
         Ok((CpuStorage::F32(out), Shape::from((n, len, w))))
     }
 }
