@@ -54,15 +54,16 @@ impl MultiHeadAttention {
             let qkv = self.in_proj.forward_unbiased(x)?.reshape(shape)?;
             return Ok(super::cuda::attention(&qkv, bias, causal, train)?);
         }
+        // [N, L, 3W]
+        let qkv = self.in_proj.forward_t(x, train)?;
+        if train && fused_train::applies(&qkv) {
+            return Ok(fused_train::attention(&qkv, self.heads, causal)?);
+        }
         // [N, L, 3W] -> [N, L, 3, H, hd] (a view)
-        let qkv = self.in_proj.forward_t(x, train)?.reshape(shape)?;
+        let qkv = qkv.reshape(shape)?;
         let mask = if causal { Some(causal_mask(l, x.dtype(), x.device())?) } else { None };
         // [N, L, W]
-        let out = match (train, fused_train::applies(&qkv)) {
-            (true, true) => fused_train::attention(&qkv, causal)?,
-            (true, false) => attention_plain(&qkv, mask.as_ref(), true)?,
-            (false, _) => fused::attention(&qkv, mask.as_ref())?,
-        };
+        let out = if train { attention_plain(&qkv, mask.as_ref(), true)? } else { fused::attention(&qkv, mask.as_ref())? };
         Ok(out)
     }
 

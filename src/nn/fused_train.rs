@@ -24,9 +24,12 @@ pub(crate) fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-/// `x @ weight^T + bias`, differentiable: `x` [rows, in], `weight` [out, in] (any strides), `bias` [out].
-// [rows, in] -> [rows, out]
+/// `x @ weight^T + bias` over the last dimension of `x` [..., in], differentiable: `weight` [out, in] (any
+/// strides), `bias` [out]. Takes every leading dimension as rows of one GEMM, without reshape nodes (each
+/// would cost the backward a zero-filled gradient and an add).
+// [..., in] -> [..., out]
 pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let x = x.contiguous()?;
     match bias {
         Some(b) => x.apply_op3(weight, &b.contiguous()?, TrainLinear),
         None => x.apply_op2(weight, TrainLinear),
@@ -45,12 +48,40 @@ pub(crate) fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(QuickGelu)
 }
 
-/// Multi-head attention from the fused qkv [N, L, 3, H, hd] as [`fused::attention`] computes it, causal
-/// or not, differentiable.
-// [N, L, 3, H, hd] -> [N, L, H*hd]
-pub(crate) fn attention(qkv: &Tensor, causal: bool) -> candle_core::Result<Tensor> {
-    qkv.dims5()?;
-    qkv.contiguous()?.apply_op1(TrainAttention { causal })
+/// Multi-head attention of `heads` heads from the fused qkv [N, L, 3W] (q, k, v of head h at
+/// `[n, l, 0|1|2, h, :]` once viewed as [N, L, 3, H, hd]) as [`fused::attention`] computes it, causal or
+/// not, differentiable.
+// [N, L, 3W] -> [N, L, W]
+pub(crate) fn attention(qkv: &Tensor, heads: usize, causal: bool) -> candle_core::Result<Tensor> {
+    let (_, _, three_w) = qkv.dims3()?;
+    if heads == 0 || !three_w.is_multiple_of(3 * heads) {
+        bail!("attention: {three_w} qkv features do not split into 3 x {heads} heads")
+    }
+    qkv.contiguous()?.apply_op1(TrainAttention { heads, causal })
+}
+
+/// The contiguous layout of `l` seen as `dims` (same element count), or an error naming `what`.
+fn view(l: &Layout, dims: &[usize], what: &str) -> candle_core::Result<Layout> {
+    if !l.is_contiguous() || l.shape().elem_count() != dims.iter().product::<usize>() {
+        bail!("{what}: a contiguous {:?} cannot be viewed as {dims:?}", l.shape())
+    }
+    Ok(Layout::contiguous_with_offset(dims, l.start_offset()))
+}
+
+/// `l`'s leading dimensions as rows: ([rows, last] layout, rows, last).
+fn as_rows(l: &Layout, what: &str) -> candle_core::Result<(Layout, usize, usize)> {
+    let last = l.dims().last().copied().unwrap_or(1);
+    let rows = l.shape().elem_count() / last.max(1);
+    Ok((view(l, &[rows, last], what)?, rows, last))
+}
+
+/// `dims` with the last one replaced by `last`.
+fn with_last(dims: &[usize], last: usize) -> Shape {
+    let mut dims = dims.to_vec();
+    if let Some(d) = dims.last_mut() {
+        *d = last;
+    }
+    Shape::from(dims)
 }
 
 /// Sums of `x` [rows, n] over its rows, blocks of rows in parallel, added in a fixed order.
@@ -63,12 +94,22 @@ fn column_sums(x: &Tensor) -> candle_core::Result<Tensor> {
 struct TrainLinear;
 
 impl TrainLinear {
-    /// Gradients of `x @ w^T (+ b)` from `grad` [rows, out]: `grad @ w` for `x` (none when `x` needs
+    /// The forward on CPU storages: `x` [..., in] (contiguous) as rows of one GEMM.
+    fn cpu(xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, _, _) = as_rows(xl, "linear input")?;
+        let (y, shape) = LinearOp { gelu: false }.cpu(xs, &rows, ws, wl, bias)?;
+        Ok((y, with_last(xl.dims(), shape.dims()[1])))
+    }
+
+    /// Gradients of `x @ w^T (+ b)` from `grad` [..., out]: `grad @ w` for `x` (none when `x` needs
     /// none), `grad^T @ x` for `w`, column sums for the bias.
     fn grads(x: &Tensor, w: &Tensor, grad: &Tensor, bias: bool) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let dx = if x.track_op() { Some(grad.matmul(&w.contiguous()?)?) } else { None };
-        let dw = grad.t()?.matmul(&x.contiguous()?)?;
+        let (out, k) = w.dims2()?;
+        // [rows, out], [rows, in]
+        let grad = grad.contiguous()?.reshape(((), out))?;
+        let x2 = x.reshape(((), k))?;
+        let dx = if x.track_op() { Some(grad.matmul(&w.contiguous()?)?.reshape(x.shape())?) } else { None };
+        let dw = grad.t()?.matmul(&x2)?;
         let db = if bias { Some(column_sums(&grad)?) } else { None };
         Ok((dx, Some(dw), db))
     }
@@ -80,7 +121,7 @@ impl CustomOp2 for TrainLinear {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        LinearOp { gelu: false }.cpu(xs, xl, ws, wl, None)
+        Self::cpu(xs, xl, ws, wl, None)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -103,7 +144,7 @@ impl CustomOp3 for TrainLinear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        LinearOp { gelu: false }.cpu(xs, xl, ws, wl, Some(contiguous_f32(bs, bl, "linear bias")?))
+        Self::cpu(xs, xl, ws, wl, Some(contiguous_f32(bs, bl, "linear bias")?))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -330,13 +371,16 @@ fn quick_gelu_backward_generic(x: &[f32], g: &[f32], dx: &mut [f32]) {
 
 /// [`attention`]'s op: the forward is [`AttentionOp`]'s kernel.
 struct TrainAttention {
+    heads: usize,
     causal: bool,
 }
 
 impl TrainAttention {
-    /// The additive mask of a sequence of `len` tokens, if causal.
-    fn mask(&self, len: usize) -> Option<Vec<f32>> {
-        self.causal.then(|| causal_mask_values(len))
+    /// The qkv layout [N, L, 3W] as [N, L, 3, H, hd], with L, and the additive mask of L tokens if causal.
+    fn view(&self, l: &Layout) -> candle_core::Result<(Layout, usize, Option<Vec<f32>>)> {
+        let (n, len, three_w) = l.shape().dims3()?;
+        let five = view(l, &[n, len, 3, self.heads, three_w / (3 * self.heads)], "attention qkv")?;
+        Ok((five, len, self.causal.then(|| causal_mask_values(len))))
     }
 }
 
@@ -346,19 +390,17 @@ impl CustomOp1 for TrainAttention {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, len, _, _, _) = l.shape().dims5()?;
-        AttentionOp.cpu(s, l, self.mask(len).as_deref())
+        let (five, _, mask) = self.view(l)?;
+        AttentionOp.cpu(s, &five, mask.as_deref())
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &AttentionBackward { causal: self.causal })?))
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &AttentionBackward(TrainAttention { ..*self }))?))
     }
 }
 
-/// The attention backward: from (qkv [N, L, 3, H, hd], grad [N, L, H*hd]) to the gradient of qkv.
-struct AttentionBackward {
-    causal: bool,
-}
+/// The attention backward: from (qkv [N, L, 3W], grad [N, L, W]) to the gradient of qkv.
+struct AttentionBackward(TrainAttention);
 
 impl CustomOp2 for AttentionBackward {
     fn name(&self) -> &'static str {
@@ -367,12 +409,12 @@ impl CustomOp2 for AttentionBackward {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (qkv, d_out) = (contiguous_f32(s, l, "attention qkv")?, contiguous_f32(gs, gl, "attention gradient")?);
-        let (n, len, _, heads, hd) = l.shape().dims5()?;
+        let (five, _, mask) = self.0.view(l)?;
+        let (n, len, _, heads, hd) = five.shape().dims5()?;
         let w = heads * hd;
         if gl.dims() != [n, len, w] {
             bail!("attention backward: qkv {:?}, gradient {:?}", l.shape(), gl.shape())
         }
-        let mask = TrainAttention { causal: self.causal }.mask(len);
         let mut d_qkv = vec![0f32; qkv.len()];
         let dst = SendPtr(d_qkv.as_mut_ptr());
         let scale = (hd as f32).powf(-0.5);
@@ -464,6 +506,9 @@ mod tests {
         let inputs = [random(&[37, 20], 1), random(&[11, 20], 2), random(&[11], 3)];
         same_gradients(&inputs, |t| linear(&t[0], &t[1], Some(&t[2])), |t| t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2]));
         same_gradients(&inputs[..2], |t| linear(&t[0], &t[1], None), |t| t[0].matmul(&t[1].t()?));
+        // Leading dimensions as rows; a strided weight (a transposed view).
+        let inputs = [random(&[3, 5, 20], 4), random(&[20, 11], 5)];
+        same_gradients(&inputs, |t| linear(&t[0], &t[1].t()?, None), |t| t[0].broadcast_matmul(&t[1]));
     }
 
     #[test]
@@ -498,7 +543,7 @@ mod tests {
         let inputs = [random(&[2, 13, 3, 3, 8], 8)];
         for causal in [false, true] {
             let mask = causal.then(|| causal_mask(13, DType::F32, &Device::Cpu).unwrap());
-            same_gradients(&inputs, |t| attention(&t[0], causal), |t| attention_plain(&t[0], mask.as_ref(), true));
+            same_gradients(&inputs, |t| attention(&t[0].reshape((2, 13, 72))?, 3, causal), |t| attention_plain(&t[0], mask.as_ref(), true));
         }
     }
 }

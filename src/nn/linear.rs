@@ -189,8 +189,7 @@ impl Linear {
         }
         match &self.weight {
             Weight::Dense(w) if fused_train::applies(x) && w.dtype() == DType::F32 && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32) => {
-                let (x2, out_dims) = self.flatten(x)?;
-                Ok(fused_train::linear(&x2, w, self.bias.as_ref())?.reshape(out_dims)?)
+                Ok(fused_train::linear(x, w, self.bias.as_ref())?)
             }
             _ => Ok(self.forward(x)?),
         }
