@@ -337,20 +337,6 @@ pub(super) use multiversion;
 
 multiversion!(pub(super) bias_quick_gelu => bias_quick_gelu_generic(row: &mut [f32], bias: Option<&[f32]>));
 multiversion!(pub(super) softmax_inplace => softmax_generic(row: &mut [f32]));
-multiversion!(pub(super) quantize_row => quantize_row_generic(row: &[f32], q: &mut [u8]) -> f32);
-
-/// Quantizes `row` symmetric to -127..=127 with the scale `max |x| / 127` (1 for an all-zero row) and
-/// stores `q + 128` in `q` (as long as `row`); returns the scale.
-#[inline(always)]
-fn quantize_row_generic(row: &[f32], q: &mut [u8]) -> f32 {
-    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
-    let inv = 1.0 / scale;
-    for (q, &v) in q.iter_mut().zip(row) {
-        *q = ((v * inv).round().clamp(-127.0, 127.0) + 128.0) as u8;
-    }
-    scale
-}
 
 /// QuickGELU `v * sigmoid(1.702 v)` of `row + bias` in place (`bias` as long as `row`).
 #[inline(always)]

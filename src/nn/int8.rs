@@ -4,10 +4,12 @@
 //! `y[m, n] = (sum_k q[m, k] w[n, k]) * row_scale[m] * weight_scale[n] + bias[n]`.
 //!
 //! Activation rows quantized to `q` in -127..=127 are stored as bytes `q + 128` (what `vpdpbusd` wants).
-use std::ops::Range;
+use std::{mem::MaybeUninit, ops::Range};
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
+
+use super::fused::{exp, multiversion};
 
 /// Output columns per packed panel (four 16-lane i32 vectors).
 const PANEL: usize = 64;
@@ -17,6 +19,8 @@ const TILE_ROWS: usize = 6;
 const BLOCK_ROWS: usize = 96;
 /// The zero point of quantized activations.
 const ZERO: i32 = 128;
+/// The bias of a layer without one (`PANEL` columns of it at a time).
+static NO_BIAS: [f32; PANEL] = [0.0; PANEL];
 
 /// A weight matrix [out, in] quantized to int8 per output channel and packed for the GEMM.
 #[derive(Debug)]
@@ -94,14 +98,16 @@ impl Int8Weight {
             bail!("int8 matmul: {} values for {rows} rows of {k}, columns {cols:?} of {}, bias {:?}", x.len(), self.out_features, bias.map(<[f32]>::len))
         }
         let width = cols.len();
-        let mut out = vec![0f32; rows * width];
-        if out.is_empty() {
+        let len = rows * width;
+        let mut out = Vec::with_capacity(len);
+        if len == 0 {
             return Ok(out);
         }
         let (a, row_scales) = quantize_rows(x, rows, k, self.k_padded);
         let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
         let kernel = Kernel::detect();
-        out.par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(block, dst)| {
+        // Each block of rows is written (first touched) by the worker that computes it.
+        out.spare_capacity_mut()[..len].par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(block, dst)| {
             let first_row = block * BLOCK_ROWS;
             let block_rows = dst.len() / width;
             let mut tile = [[0i32; PANEL]; TILE_ROWS];
@@ -113,20 +119,18 @@ impl Int8Weight {
                 for t in (0..block_rows).step_by(TILE_ROWS) {
                     let a_tile = &a[(first_row + t) * self.k_padded..(first_row + t + TILE_ROWS) * self.k_padded];
                     kernel.tile_product(a_tile, b, correction, self.k_padded, &mut tile);
+                    let scales = &self.scales[lo..hi];
+                    let bias = bias.map_or(&NO_BIAS[..hi - lo], |b| &b[lo - cols.start..hi - cols.start]);
                     for (r, acc) in tile.iter().enumerate().take(block_rows - t) {
-                        let row_scale = row_scales[first_row + t + r];
                         let y = &mut dst[(t + r) * width + lo - cols.start..(t + r) * width + hi - cols.start];
-                        for (j, v) in y.iter_mut().enumerate() {
-                            let c = lo + j;
-                            *v = acc[c - panel * PANEL] as f32 * row_scale * self.scales[c] + bias.map_or(0.0, |b| b[c - cols.start]);
-                        }
-                        if quick_gelu {
-                            super::fused::bias_quick_gelu(y, None);
-                        }
+                        dequantize(y, &acc[lo - panel * PANEL..hi - panel * PANEL], row_scales[first_row + t + r], scales, bias, quick_gelu);
                     }
                 }
             }
         });
+        // SAFETY: every element of `out` is written above: each block covers its rows, every row of a
+        // block gets a tile row, and the panels' column ranges `lo..hi` tile `cols` without gaps.
+        unsafe { out.set_len(len) };
         Ok(out)
     }
 }
@@ -203,13 +207,52 @@ impl Kernel {
 /// Rows of `x` [rows, k] quantized symmetric per row to `q + ZERO` bytes, `k_padded` per row, the rows
 /// padded to a multiple of `TILE_ROWS` (padding bytes stand for 0); and each row's scale.
 fn quantize_rows(x: &[f32], rows: usize, k: usize, k_padded: usize) -> (Vec<u8>, Vec<f32>) {
-    let padded_rows = rows.div_ceil(TILE_ROWS) * TILE_ROWS;
-    let mut a = vec![ZERO as u8; padded_rows * k_padded];
-    let mut scales = vec![0f32; rows];
-    a.par_chunks_mut(k_padded).zip(scales.par_iter_mut()).zip(x.par_chunks(k)).for_each(|((q, scale), row)| {
-        *scale = super::fused::quantize_row(row, &mut q[..k]);
-    });
+    let len = rows.div_ceil(TILE_ROWS) * TILE_ROWS * k_padded;
+    let mut a = Vec::with_capacity(len);
+    let mut scales = Vec::new();
+    a.spare_capacity_mut()[..len]
+        .par_chunks_mut(k_padded)
+        .enumerate()
+        .map(|(r, q)| quantize_row(x.get(r * k..(r + 1) * k).unwrap_or_default(), q))
+        .collect_into_vec(&mut scales);
+    // SAFETY: `quantize_row` wrote every byte of every row, the padding rows (quantized from no values) included.
+    unsafe { a.set_len(len) };
+    scales.truncate(rows);
     (a, scales)
+}
+
+multiversion!(quantize_row => quantize_row_generic(row: &[f32], q: &mut [MaybeUninit<u8>]) -> f32);
+multiversion!(dequantize => dequantize_generic(y: &mut [MaybeUninit<f32>], acc: &[i32], row_scale: f32, scales: &[f32], bias: &[f32], quick_gelu: bool));
+
+/// Quantizes `row` symmetric to -127..=127 with the scale `max |x| / 127` (1 for an all-zero or empty row)
+/// and stores `q + ZERO` in `q`, then `ZERO` (q = 0) in the rest of `q` (the padding); returns the scale.
+#[inline(always)]
+fn quantize_row_generic(row: &[f32], q: &mut [MaybeUninit<u8>]) -> f32 {
+    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
+    let inv = 1.0 / scale;
+    let (values, padding) = q.split_at_mut(row.len());
+    for (q, &v) in values.iter_mut().zip(row) {
+        q.write(((v * inv).round().clamp(-127.0, 127.0) + ZERO as f32) as u8);
+    }
+    padding.fill(MaybeUninit::new(ZERO as u8));
+    scale
+}
+
+/// The epilogue of one row of a tile: `y[j] = acc[j] * row_scale * scales[j] + bias[j]` (then QuickGELU
+/// `v * sigmoid(1.702 v)` when `quick_gelu`); all slices as long as `y`.
+#[inline(always)]
+fn dequantize_generic(y: &mut [MaybeUninit<f32>], acc: &[i32], row_scale: f32, scales: &[f32], bias: &[f32], quick_gelu: bool) {
+    let values = acc.iter().zip(scales).zip(bias).map(|((&a, &s), &b)| a as f32 * row_scale * s + b);
+    if quick_gelu {
+        y.iter_mut().zip(values).for_each(|(y, v)| {
+            y.write(v / (1.0 + exp(-1.702 * v)));
+        });
+    } else {
+        y.iter_mut().zip(values).for_each(|(y, v)| {
+            y.write(v);
+        });
+    }
 }
 
 /// [`Kernel::tile_product`] in plain integer code.
