@@ -3,7 +3,7 @@
 //! the best kernel the CPU has (see [`Kernel`]; every kernel gives the same integers, so the same results):
 //! `y[m, n] = (sum_k q[m, k] w[n, k]) * row_scale[m] * weight_scale[n] + bias[n]`.
 //!
-//! Activation rows quantized to `q` in -127..=127 are stored as bytes `q + 128` (what `vpdpbusd` wants).
+//! Activation rows quantized to `q` in -127..=127 are stored in the layout of the kernel (see [`RowLayout`]).
 use std::{mem::MaybeUninit, ops::Range};
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
@@ -103,9 +103,10 @@ impl Int8Weight {
         if len == 0 {
             return Ok(out);
         }
-        let (a, row_scales) = quantize_rows(x, rows, k, self.k_padded);
-        let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
         let kernel = Kernel::detect();
+        let row_bytes = kernel.layout().row_bytes(self.k_padded);
+        let (a, row_scales) = quantize_rows(kernel.layout(), x, rows, k, self.k_padded);
+        let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
         // Each block of rows is written (first touched) by the worker that computes it.
         out.spare_capacity_mut()[..len].par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(block, dst)| {
             let first_row = block * BLOCK_ROWS;
@@ -117,7 +118,7 @@ impl Int8Weight {
                 let panel_cols = panel * PANEL..((panel + 1) * PANEL).min(self.out_features);
                 let (lo, hi) = (panel_cols.start.max(cols.start), panel_cols.end.min(cols.end));
                 for t in (0..block_rows).step_by(TILE_ROWS) {
-                    let a_tile = &a[(first_row + t) * self.k_padded..(first_row + t + TILE_ROWS) * self.k_padded];
+                    let a_tile = &a[(first_row + t) * row_bytes..(first_row + t + TILE_ROWS) * row_bytes];
                     kernel.tile_product(a_tile, b, correction, self.k_padded, &mut tile);
                     let scales = &self.scales[lo..hi];
                     let bias = bias.map_or(&NO_BIAS[..hi - lo], |b| &b[lo - cols.start..hi - cols.start]);
@@ -167,7 +168,7 @@ enum Kernel {
     /// at a time; the zero point's surplus is subtracted per column at the end.
     Vnni,
     /// AVX2: `vpmaddubsw` on `|q|` and the weight with `q`'s sign (pairs of products stay below 2^15, so
-    /// nothing saturates), then `vpmaddwd` by ones into i32.
+    /// nothing saturates), then `vpmaddwd` by ones into i32; reads rows stored [`RowLayout::SignSplit`].
     Avx2,
     /// Plain integer code, for other CPUs and as the tests' reference.
     Portable,
@@ -188,10 +189,20 @@ impl Kernel {
         Self::Portable
     }
 
-    /// `tile[r][j] = sum_k (a[r, k] - ZERO) * b[j, k]` for `TILE_ROWS` rows of `a` (`k_padded` bytes each)
-    /// and one packed panel `b`; `correction` is the panel's `ZERO * sum_k b[j, k]`.
+    /// How this kernel reads activation rows.
+    fn layout(self) -> RowLayout {
+        match self {
+            Self::Avx2 => RowLayout::SignSplit,
+            Self::Vnni | Self::Portable => RowLayout::Biased,
+        }
+    }
+
+    /// `tile[r][j] = sum_k q[r, k] * b[j, k]` for `TILE_ROWS` rows of `q` (stored in `a` in this kernel's
+    /// [`RowLayout`], `k_padded` inputs each) and one packed panel `b`; `correction` is the panel's
+    /// `ZERO * sum_k b[j, k]`.
     fn tile_product(self, a: &[u8], b: &[i8], correction: &[i32], k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
-        assert!(a.len() == TILE_ROWS * k_padded && b.len() == PANEL * k_padded && correction.len() == PANEL && k_padded.is_multiple_of(4));
+        let row_bytes = self.layout().row_bytes(k_padded);
+        assert!(a.len() == TILE_ROWS * row_bytes && b.len() == PANEL * k_padded && correction.len() == PANEL && k_padded.is_multiple_of(4));
         match self {
             // SAFETY: `detect` chose these kernels on a CPU with their features; the lengths they read are
             // asserted above.
@@ -204,16 +215,36 @@ impl Kernel {
     }
 }
 
-/// Rows of `x` [rows, k] quantized symmetric per row to `q + ZERO` bytes, `k_padded` per row, the rows
-/// padded to a multiple of `TILE_ROWS` (padding bytes stand for 0); and each row's scale.
-fn quantize_rows(x: &[f32], rows: usize, k: usize, k_padded: usize) -> (Vec<u8>, Vec<f32>) {
-    let len = rows.div_ceil(TILE_ROWS) * TILE_ROWS * k_padded;
+/// How a quantized activation row of `k_padded` inputs (`q` in -127..=127, 0 in the padding) is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowLayout {
+    /// `q + ZERO` per input, the unsigned bytes `vpdpbusd` multiplies.
+    Biased,
+    /// `|q|` per input, then `q` per input as signed bytes: the operands of `vpmaddubsw` and `vpsignb`,
+    /// ready to broadcast.
+    SignSplit,
+}
+
+impl RowLayout {
+    /// Bytes per row of `k_padded` inputs.
+    fn row_bytes(self, k_padded: usize) -> usize {
+        match self {
+            Self::Biased => k_padded,
+            Self::SignSplit => 2 * k_padded,
+        }
+    }
+}
+
+/// Rows of `x` [rows, k] quantized symmetric per row and stored in `layout`, `k_padded` inputs per row, the
+/// rows padded to a multiple of `TILE_ROWS` (padding inputs and rows stand for 0); and each row's scale.
+fn quantize_rows(layout: RowLayout, x: &[f32], rows: usize, k: usize, k_padded: usize) -> (Vec<u8>, Vec<f32>) {
+    let len = rows.div_ceil(TILE_ROWS) * TILE_ROWS * layout.row_bytes(k_padded);
     let mut a = Vec::with_capacity(len);
     let mut scales = Vec::new();
     a.spare_capacity_mut()[..len]
-        .par_chunks_mut(k_padded)
+        .par_chunks_mut(layout.row_bytes(k_padded))
         .enumerate()
-        .map(|(r, q)| quantize_row(x.get(r * k..(r + 1) * k).unwrap_or_default(), q))
+        .map(|(r, q)| quantize_row(x.get(r * k..(r + 1) * k).unwrap_or_default(), q, layout))
         .collect_into_vec(&mut scales);
     // SAFETY: `quantize_row` wrote every byte of every row, the padding rows (quantized from no values) included.
     unsafe { a.set_len(len) };
@@ -221,21 +252,38 @@ fn quantize_rows(x: &[f32], rows: usize, k: usize, k_padded: usize) -> (Vec<u8>,
     (a, scales)
 }
 
-multiversion!(quantize_row => quantize_row_generic(row: &[f32], q: &mut [MaybeUninit<u8>]) -> f32);
+multiversion!(quantize_row => quantize_row_generic(row: &[f32], q: &mut [MaybeUninit<u8>], layout: RowLayout) -> f32);
 multiversion!(dequantize => dequantize_generic(y: &mut [MaybeUninit<f32>], acc: &[i32], row_scale: f32, scales: &[f32], bias: &[f32], quick_gelu: bool));
 
 /// Quantizes `row` symmetric to -127..=127 with the scale `max |x| / 127` (1 for an all-zero or empty row)
-/// and stores `q + ZERO` in `q`, then `ZERO` (q = 0) in the rest of `q` (the padding); returns the scale.
+/// and stores it in `q` (one row of `layout`, at least as many inputs as `row`), the inputs past `row` (the
+/// padding) as 0; returns the scale.
 #[inline(always)]
-fn quantize_row_generic(row: &[f32], q: &mut [MaybeUninit<u8>]) -> f32 {
+fn quantize_row_generic(row: &[f32], q: &mut [MaybeUninit<u8>], layout: RowLayout) -> f32 {
     let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
     let inv = 1.0 / scale;
-    let (values, padding) = q.split_at_mut(row.len());
-    for (q, &v) in values.iter_mut().zip(row) {
-        q.write(((v * inv).round().clamp(-127.0, 127.0) + ZERO as f32) as u8);
+    let biased = row.iter().map(|&v| ((v * inv).round().clamp(-127.0, 127.0) + ZERO as f32) as u8);
+    match layout {
+        RowLayout::Biased => {
+            let (values, padding) = q.split_at_mut(row.len());
+            values.iter_mut().zip(biased).for_each(|(q, b)| {
+                q.write(b);
+            });
+            padding.fill(MaybeUninit::new(ZERO as u8));
+        }
+        RowLayout::SignSplit => {
+            let (magnitudes, signed) = q.split_at_mut(q.len() / 2);
+            magnitudes.iter_mut().zip(signed.iter_mut()).zip(biased).for_each(|((m, s), b)| {
+                // `q + ZERO` xor 0x80 is `q` as a signed byte.
+                let q = (b ^ ZERO as u8) as i8;
+                m.write(q.unsigned_abs());
+                s.write(q as u8);
+            });
+            magnitudes[row.len()..].fill(MaybeUninit::new(0));
+            signed[row.len()..].fill(MaybeUninit::new(0));
+        }
     }
-    padding.fill(MaybeUninit::new(ZERO as u8));
     scale
 }
 
@@ -255,7 +303,7 @@ fn dequantize_generic(y: &mut [MaybeUninit<f32>], acc: &[i32], row_scale: f32, s
     }
 }
 
-/// [`Kernel::tile_product`] in plain integer code.
+/// [`Kernel::tile_product`] in plain integer code, on rows stored [`RowLayout::Biased`].
 fn tile_product_portable(a: &[u8], b: &[i8], k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
     for (r, acc) in tile.iter_mut().enumerate() {
         acc.fill(0);
@@ -270,8 +318,8 @@ fn tile_product_portable(a: &[u8], b: &[i8], k_padded: usize, tile: &mut [[i32; 
     }
 }
 
-/// [`Kernel::tile_product`] with AVX-512 VNNI: 6 rows x 64 columns of i32 accumulators in 24 registers,
-/// one `vpdpbusd` per (row, 16 columns, 4 inputs).
+/// [`Kernel::tile_product`] with AVX-512 VNNI on rows stored [`RowLayout::Biased`]: 6 rows x 64 columns
+/// of i32 accumulators in 24 registers, one `vpdpbusd` per (row, 16 columns, 4 inputs).
 ///
 /// # Safety
 /// The CPU must have AVX-512F, AVX-512BW and AVX-512VNNI; `a` must hold `TILE_ROWS * k_padded` bytes, `b`
@@ -304,13 +352,13 @@ unsafe fn tile_product_vnni(a: *const u8, b: *const i8, correction: *const i32, 
     }
 }
 
-/// [`Kernel::tile_product`] with AVX2, 32 columns by 2 rows at a time (8 accumulators): per (row, 4
-/// inputs) the activation bytes are broadcast and turned back into signed `q` once for four vectors; per 8 columns
-/// `vpmaddubsw(|q|, sign(w, q))` gives pairs `q w` in i16 (at most 2 x 127 x 128 in magnitude, below
-/// i16's limit) and `vpmaddwd` by ones adds the pairs into the i32 accumulators.
+/// [`Kernel::tile_product`] with AVX2 on rows stored [`RowLayout::SignSplit`], 32 columns by 2 rows at a
+/// time (8 accumulators): per (row, 4 inputs) `|q|` and `q` are broadcast once for four vectors; per 8
+/// columns `vpmaddubsw(|q|, sign(w, q))` gives pairs `q w` in i16 (at most 2 x 128 x 127 in magnitude,
+/// below i16's limit) and `vpmaddwd` by ones adds the pairs into the i32 accumulators.
 ///
 /// # Safety
-/// The CPU must have AVX2; `a` must hold `TILE_ROWS * k_padded` bytes and `b` `PANEL * k_padded`.
+/// The CPU must have AVX2; `a` must hold `TILE_ROWS * 2 * k_padded` bytes and `b` `PANEL * k_padded`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn tile_product_avx2(a: *const u8, b: *const i8, k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
@@ -318,7 +366,6 @@ unsafe fn tile_product_avx2(a: *const u8, b: *const i8, k_padded: usize, tile: &
     const COLS: usize = 32;
     const ROWS: usize = 2;
     let ones = _mm256_set1_epi16(1);
-    let zero_point = _mm256_set1_epi8(ZERO as u8 as i8);
     for block in 0..PANEL / COLS {
         for first_row in (0..TILE_ROWS).step_by(ROWS) {
             let mut acc = [[_mm256_setzero_si256(); COLS / 8]; ROWS];
@@ -326,10 +373,9 @@ unsafe fn tile_product_avx2(a: *const u8, b: *const i8, k_padded: usize, tile: &
                 let group = b.add(g * PANEL * 4 + block * COLS * 4);
                 let w: [__m256i; COLS / 8] = std::array::from_fn(|i| _mm256_loadu_si256(group.add(32 * i) as *const _));
                 for (r, acc_row) in acc.iter_mut().enumerate() {
-                    let bytes = _mm256_set1_epi32((a.add((first_row + r) * k_padded + 4 * g) as *const i32).read_unaligned());
-                    // (q + 128) xor 0x80 is q as a signed byte.
-                    let q = _mm256_xor_si256(bytes, zero_point);
-                    let q_abs = _mm256_abs_epi8(q);
+                    let magnitudes = a.add((first_row + r) * 2 * k_padded + 4 * g);
+                    let q_abs = _mm256_set1_epi32((magnitudes as *const i32).read_unaligned());
+                    let q = _mm256_set1_epi32((magnitudes.add(k_padded) as *const i32).read_unaligned());
                     for (acc_v, w_v) in acc_row.iter_mut().zip(&w) {
                         let pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(*w_v, q));
                         *acc_v = _mm256_add_epi32(*acc_v, _mm256_madd_epi16(pairs, ones));
@@ -360,27 +406,34 @@ mod tests {
             .collect()
     }
 
-    /// Every kernel this CPU runs gives the portable kernel's integers, the extremes -127 and 127 included.
+    /// Every kernel this CPU runs gives the portable kernel's integers from the rows quantized in its own
+    /// layout, the extremes -127 and 127 and the padding of `k` to `k_padded` included.
     #[test]
     fn kernels_agree() {
-        let k_padded = 40;
-        let mut a: Vec<u8> = random(TILE_ROWS * k_padded, 1).iter().map(|v| (v * 127.0).round() as i32 + ZERO).map(|v| v as u8).collect();
+        let (k, k_padded) = (38, 40);
+        // Whole numbers with 127 in every row quantize with scale 1 to themselves.
+        let mut x: Vec<f32> = random(TILE_ROWS * k, 1).iter().map(|v| (v * 127.0).round()).collect();
+        x.chunks_exact_mut(k).for_each(|row| row[k - 1] = 127.0);
+        x[..8].copy_from_slice(&[-127.0, 127.0, -127.0, 127.0, 127.0, 127.0, -127.0, -127.0]);
         let mut b: Vec<i8> = random(PANEL * k_padded, 2).iter().map(|v| (v * 127.0).round() as i8).collect();
-        a[..8].copy_from_slice(&[1, 255, 1, 255, 255, 255, 1, 1]);
         b[..8].copy_from_slice(&[-127, 127, 127, -127, 127, 127, -127, -127]);
         let mut correction = [0i32; PANEL];
         for (j, c) in correction.iter_mut().enumerate() {
             *c = ZERO * (0..k_padded).map(|k| b[(k / 4) * PANEL * 4 + j * 4 + k % 4] as i32).sum::<i32>();
         }
-        let mut portable = [[0i32; PANEL]; TILE_ROWS];
-        Kernel::Portable.tile_product(&a, &b, &correction, k_padded, &mut portable);
-        assert_eq!(portable[0][0], (0..k_padded).map(|k| (a[k] as i32 - ZERO) * b[(k / 4) * PANEL * 4 + k % 4] as i32).sum::<i32>());
-        let mut fast = [[0i32; PANEL]; TILE_ROWS];
+        let product = |kernel: Kernel| {
+            let (a, scales) = quantize_rows(kernel.layout(), &x, TILE_ROWS, k, k_padded);
+            assert_eq!(scales, [1.0; TILE_ROWS]);
+            let mut tile = [[0i32; PANEL]; TILE_ROWS];
+            kernel.tile_product(&a, &b, &correction, k_padded, &mut tile);
+            tile
+        };
+        let portable = product(Kernel::Portable);
+        assert_eq!(portable[0][0], (0..k).map(|i| x[i] as i32 * b[(i / 4) * PANEL * 4 + i % 4] as i32).sum::<i32>());
         #[cfg(target_arch = "x86_64")]
         for (kernel, present) in [(Kernel::Vnni, Kernel::detect() == Kernel::Vnni), (Kernel::Avx2, is_x86_feature_detected!("avx2"))] {
             if present {
-                kernel.tile_product(&a, &b, &correction, k_padded, &mut fast);
-                assert_eq!(fast, portable, "{kernel:?}");
+                assert_eq!(product(kernel), portable, "{kernel:?}");
             }
         }
     }
