@@ -263,7 +263,16 @@ fn quantize_row_generic(row: &[f32], q: &mut [MaybeUninit<u8>], layout: RowLayou
     let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
     let inv = 1.0 / scale;
-    let biased = row.iter().map(|&v| ((v * inv).round().clamp(-127.0, 127.0) + ZERO as f32) as u8);
+    let biased = row.iter().map(|&v| {
+        // `b` is a whole number in 1..=255, or NaN (for NaN in `row`), stored as `b as u8` would store it (NaN as
+        // 0) but vectorisable: `b + 2^23` holds `b` exactly in its low mantissa bits.
+        let b = (v * inv).round().clamp(-127.0, 127.0) + ZERO as f32;
+        if b.is_nan() {
+            0
+        } else {
+            (b + 8_388_608.0).to_bits() as u8
+        }
+    });
     match layout {
         RowLayout::Biased => {
             let (values, padding) = q.split_at_mut(row.len());
@@ -435,6 +444,21 @@ mod tests {
             if present {
                 assert_eq!(product(kernel), portable, "{kernel:?}");
             }
+        }
+    }
+
+    /// Rows quantize to the nearest integer, ties away from zero, in both layouts (NaN as -128, as ever).
+    #[test]
+    fn quantize_row_layouts() {
+        let row = [127.0, 0.5, -0.5, 1.5, -2.5, f32::NAN];
+        let q = [127i8, 1, -1, 2, -3, -128, 0, 0];
+        for (layout, want) in [
+            (RowLayout::Biased, q.iter().map(|&q| (q as i32 + ZERO) as u8).collect::<Vec<_>>()),
+            (RowLayout::SignSplit, q.iter().map(|q| q.unsigned_abs()).chain(q.iter().map(|&q| q as u8)).collect()),
+        ] {
+            let (a, scales) = quantize_rows(layout, &row, 1, row.len(), q.len());
+            assert_eq!(scales, [1.0]);
+            assert_eq!(a[..want.len()], want, "{layout:?}");
         }
     }
 
