@@ -113,10 +113,11 @@ fn summary(name: &str, loader: &Loader) {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut sources: Vec<(&str, Vec<PathBuf>)> = Vec::new();
-    #[cfg(feature = "video")]
-    sources.push(("avi", avi_files(dir.path())));
-    sources.push(("frames", frame_folders(dir.path())));
+    let sources: Vec<(&str, Vec<PathBuf>)> = vec![
+        #[cfg(feature = "video")]
+        ("avi", avi_files(dir.path())),
+        ("frames", frame_folders(dir.path())),
+    ];
 
     let mut g = c.benchmark_group("data");
     g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
