@@ -95,10 +95,7 @@ impl VideoEncoder {
     // [B, T, 3, H, W] -> encode([b*T, 3, H, W]) per chunk of b videos, concatenated
     fn in_video_chunks(&self, frames: &Tensor, train: bool, encode: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let (b, t) = (frames.dim(0)?, frames.dim(1)?);
-        let per_chunk = match train || !frames.device().is_cpu() {
-            true => b,
-            false => (CPU_CHUNK_TOKENS / (t * self.cfg.clip.vision.tokens())).clamp(1, b.max(1)),
-        };
+        let per_chunk = if train || !frames.device().is_cpu() { b } else { (CPU_CHUNK_TOKENS / (t * self.cfg.clip.vision.tokens())).max(1) };
         if per_chunk >= b {
             return encode(&frames.flatten_to(1)?);
         }

@@ -342,12 +342,15 @@ multiversion!(pub(super) softmax_inplace => softmax_generic(row: &mut [f32]));
 #[inline(always)]
 fn bias_quick_gelu_generic(row: &mut [f32], bias: Option<&[f32]>) {
     match bias {
-        Some(b) => row.iter_mut().zip(b).for_each(|(v, b)| {
-            let x = *v + b;
-            *v = x / (1.0 + exp(-1.702 * x));
-        }),
-        None => row.iter_mut().for_each(|v| *v /= 1.0 + exp(-1.702 * *v)),
+        Some(b) => row.iter_mut().zip(b).for_each(|(v, b)| *v = quick_gelu_value(*v + b)),
+        None => row.iter_mut().for_each(|v| *v = quick_gelu_value(*v)),
     }
+}
+
+/// QuickGELU `v * sigmoid(1.702 v)` of one value, as `v / (1 + e^(-1.702 v))` with the vectorisable [`exp`].
+#[inline(always)]
+pub(super) fn quick_gelu_value(v: f32) -> f32 {
+    v / (1.0 + exp(-1.702 * v))
 }
 
 /// Softmax of one row in place: max-subtracted, f32 accumulation.

@@ -9,7 +9,7 @@ use std::{mem::MaybeUninit, ops::Range};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{exp, multiversion};
+use super::fused::{multiversion, quick_gelu_value};
 
 /// Output columns per packed panel (four 16-lane i32 vectors).
 const PANEL: usize = 64;
@@ -303,7 +303,7 @@ fn dequantize_generic(y: &mut [MaybeUninit<f32>], acc: &[i32], row_scale: f32, s
     let values = acc.iter().zip(scales).zip(bias).map(|((&a, &s), &b)| a as f32 * row_scale * s + b);
     if quick_gelu {
         y.iter_mut().zip(values).for_each(|(y, v)| {
-            y.write(v / (1.0 + exp(-1.702 * v)));
+            y.write(quick_gelu_value(v));
         });
     } else {
         y.iter_mut().zip(values).for_each(|(y, v)| {
