@@ -1,8 +1,9 @@
 //! Fused f32 CPU kernels for inference (no backward: use them only when not training).
 //!
 //! - [`linear`] / [`linear_quick_gelu`]: one multi-threaded GEMM per linear layer reading the weight
-//!   in place through its strides, the bias pre-broadcast into the output (no separate bias pass), or,
-//!   with QuickGELU, bias + QuickGELU in one parallel in-place pass right after the GEMM.
+//!   through its strides. On AVX-512 CPUs it is [`super::sgemm`]'s kernel with bias and QuickGELU in its
+//!   epilogue; elsewhere the `gemm` crate's, the bias pre-broadcast into the output (no separate bias
+//!   pass), or, with QuickGELU, bias + QuickGELU in one parallel in-place pass right after the GEMM.
 //! - [`attention`]: scaled dot-product attention read straight from the fused in_proj output
 //!   `[N, L, 3, H, hd]` (no permute copies), parallel over (frame, head), with the mask add folded into the
 //!   score GEMM and a vectorisable softmax.
@@ -133,6 +134,14 @@ impl LinearOp {
         // Filled below by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
         let mut dst: Vec<f32> = Vec::with_capacity(len);
         if len == 0 {
+            return Ok((CpuStorage::F32(dst), Shape::from((rows, n))));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm::available() {
+            use super::sgemm::{Epilogue, Matrix};
+            super::sgemm::linear(rows, n, k, Matrix::of(x, xl), Matrix::of(w, wl), Epilogue { bias, gelu: self.gelu }, &mut dst.spare_capacity_mut()[..len]);
+            // SAFETY: `sgemm::linear` wrote all rows * n values.
+            unsafe { dst.set_len(len) };
             return Ok((CpuStorage::F32(dst), Shape::from((rows, n))));
         }
         // Without an epilogue the bias goes into dst before the GEMM accumulates onto it; with QuickGELU

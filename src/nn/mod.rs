@@ -17,6 +17,8 @@ mod layer_norm;
 mod linear;
 mod mlp;
 pub(crate) mod params;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 
 pub use attention::MultiHeadAttention;
 pub use block::ResidualAttentionBlock;

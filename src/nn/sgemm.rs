@@ -1,0 +1,398 @@
+//! An f32 GEMM for linear layers on AVX-512 CPUs: `y = x @ w^T (+ bias)`, QuickGELU optionally applied.
+//!
+//! The `gemm` crate (candle's CPU matmul, and [`super::fused`]'s fallback) runs AVX2 kernels with 16
+//! registers even where AVX-512 gives 32. Here a 12 x 32 output tile lives in 24 zmm accumulators over
+//! the whole reduction, so each output is written once with its bias and activation applied. The
+//! activations are packed per call into 12-row panels (k-major, zero-padded); the weight in blocks of
+//! 4 x 32 outputs (k-major, zero-padded) by the thread that consumes the block, which then streams every
+//! row panel past it. Blocks of outputs, and ranges of rows when there are too few blocks, spread over
+//! the rayon pool. On a 2-core Zen 4 the four ViT-B/16 layer shapes (1576 rows) run at ~205-215 GFLOP/s
+//! against `gemm`'s ~190 (peak 232).
+use std::{arch::x86_64::*, cell::RefCell, thread::LocalKey};
+
+use rayon::prelude::*;
+
+use super::fused::{quick_gelu_value, SendPtr};
+
+/// Rows of the register tile.
+const MR: usize = 12;
+/// Columns of the register tile (two zmm vectors).
+const NR: usize = 32;
+/// Tiles of outputs (`NR` wide) packed together into one weight block.
+const BLOCK_PANELS: usize = 4;
+/// Most activation values packed at once (32 MiB of f32): larger inputs run in row chunks.
+const PACK_BUDGET: usize = 8 << 20;
+/// Reduction steps summed in registers before they join the tile's running sums.
+const KC: usize = 128;
+/// How far ahead (in k steps) the tile prefetches its packed operands.
+const PREFETCH_STEPS: usize = 24;
+
+thread_local! {
+    /// The calling thread's packed activations, kept between calls (up to `PACK_BUDGET` values).
+    static PACKED_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A worker's packed weight block, kept between calls.
+    static WEIGHT_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer `key`, or on a fresh one when an outer call on this thread
+/// holds it (a rayon worker may start another GEMM while waiting inside one).
+fn with_scratch<R>(key: &'static LocalKey<RefCell<Vec<f32>>>, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => f(&mut buffer),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// A strided f32 matrix inside a slice: element (i, j) at `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub(super) struct Matrix<'a> {
+    /// The values, starting at element (0, 0).
+    data: &'a [f32],
+    /// Distance between rows.
+    row_stride: usize,
+    /// Distance between columns.
+    col_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// The 2-D matrix `layout` addresses in `data`.
+    pub(super) fn of(data: &'a [f32], layout: &candle_core::Layout) -> Self {
+        Self { data: &data[layout.start_offset()..], row_stride: layout.stride()[0], col_stride: layout.stride()[1] }
+    }
+}
+
+/// What follows the product: a bias [n] added per output, then QuickGELU when `gelu`.
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    /// The bias of every output.
+    pub(super) bias: Option<&'a [f32]>,
+    /// Whether QuickGELU `v * sigmoid(1.702 v)` follows the bias.
+    pub(super) gelu: bool,
+}
+
+/// Whether this CPU runs the kernel (AVX-512F, detected at run time).
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+/// `dst = x @ w^T`, then the epilogue: `x` [rows, k], `w` [n, k] (element (j, c) the weight of output j,
+/// input c), `dst` [rows, n] row-major, every element written.
+///
+/// # Panics
+/// If `x` or `w` does not hold a `rows x k` / `n x k` matrix at its strides, the bias is not `n` long or
+/// `dst` is shorter than `rows * n`, or if the CPU lacks AVX-512F ([`available`]).
+pub(super) fn linear(rows: usize, n: usize, k: usize, x: Matrix, w: Matrix, epilogue: Epilogue, dst: &mut [std::mem::MaybeUninit<f32>]) {
+    assert!(available(), "sgemm::linear needs AVX-512F");
+    assert!(epilogue.bias.is_none_or(|b| b.len() == n) && dst.len() >= rows * n, "sgemm::linear: bias or output of the wrong size");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    // Checked here once so the packers may index freely: the last element of each operand is inside.
+    let last = |m: &Matrix, r: usize| (r - 1) * m.row_stride + k.saturating_sub(1) * m.col_stride;
+    assert!(k == 0 || (last(&x, rows) < x.data.len() && last(&w, n) < w.data.len()), "sgemm::linear: operands shorter than their shapes");
+    let chunk_rows = (PACK_BUDGET / k.max(1) / MR * MR).max(MR);
+    let out = SendPtr(dst.as_mut_ptr().cast::<f32>());
+    for r0 in (0..rows).step_by(chunk_rows) {
+        let m = chunk_rows.min(rows - r0);
+        with_scratch(&PACKED_ROWS, |packed_x| {
+            pack_rows(&x, r0, m, k, packed_x);
+            // SAFETY: rows r0..r0 + m of dst start at r0 * n and hold m * n values, inside dst (checked above).
+            unsafe { multiply_chunk(m, n, k, packed_x, &w, epilogue, SendPtr(out.get().add(r0 * n))) }
+        });
+    }
+}
+
+/// Rows `r0..r0 + m` of `x` into `packed` as `ceil(m / MR)` panels of [k][MR] values (rows past `m` zero).
+fn pack_rows(x: &Matrix, r0: usize, m: usize, k: usize, packed: &mut Vec<f32>) {
+    let len = m.div_ceil(MR) * MR * k;
+    packed.clear();
+    packed.reserve(len);
+    packed.spare_capacity_mut()[..len].par_chunks_mut((MR * k).max(1)).enumerate().with_min_len(4).for_each(|(p, panel)| {
+        let rows = MR.min(m - p * MR);
+        let row = |r: usize| (r < rows).then(|| &x.data[(r0 + p * MR + r) * x.row_stride..]);
+        // SAFETY: `linear` checked that rows r0..r0 + m of k values lie inside `x.data` and the CPU has AVX-512F.
+        unsafe { pack_panel::<MR>(row, x.col_stride, k, panel) }
+    });
+    // SAFETY: every panel was written whole by `pack_panel`.
+    unsafe { packed.set_len(len) };
+}
+
+/// Weight rows (outputs) `NR * p0..` for `panels` tiles into `block` as [panels][k][NR] (outputs past
+/// `n` zero).
+fn pack_weight_block(w: &Matrix, n: usize, k: usize, p0: usize, panels: usize, block: &mut Vec<f32>) {
+    let len = panels * k * NR;
+    block.clear();
+    block.reserve(len);
+    for (p, panel) in block.spare_capacity_mut()[..len].chunks_mut((k * NR).max(1)).enumerate() {
+        let row = |c: usize| ((p0 + p) * NR + c < n).then(|| &w.data[((p0 + p) * NR + c) * w.row_stride..]);
+        // SAFETY: `linear` checked that the n weight rows of k values lie inside `w.data`; AVX-512F present.
+        unsafe { pack_panel::<NR>(row, w.col_stride, k, panel) }
+    }
+    // SAFETY: every panel was written whole by `pack_panel`.
+    unsafe { block.set_len(len) };
+}
+
+/// Packs `R` rows (`row(r)`: the row's values at stride `col_stride`, `None` for a zero row) of `k`
+/// values into `panel` [k][R], k-major: 16 x 16 blocks transposed in registers when the rows are
+/// contiguous, element by element otherwise.
+///
+/// # Safety
+/// Every row `row` returns holds `(k - 1) * col_stride + 1` values at least; the CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_panel<'a, const R: usize>(row: impl Fn(usize) -> Option<&'a [f32]>, col_stride: usize, k: usize, panel: &mut [std::mem::MaybeUninit<f32>]) {
+    let rows: [Option<&[f32]>; R] = std::array::from_fn(row);
+    if col_stride != 1 {
+        for (c, step) in panel.chunks_exact_mut(R).enumerate() {
+            for (d, row) in step.iter_mut().zip(&rows) {
+                d.write(row.map_or(0.0, |r| r[c * col_stride]));
+            }
+        }
+        return;
+    }
+    let out = panel.as_mut_ptr().cast::<f32>();
+    for k0 in (0..k).step_by(16) {
+        let steps = 16.min(k - k0);
+        let lanes: __mmask16 = ((1u32 << steps) - 1) as __mmask16;
+        for g in (0..R).step_by(16) {
+            let width = 16.min(R - g);
+            let mut block = [_mm512_setzero_ps(); 16];
+            for (v, r) in block.iter_mut().zip(&rows[g..g + width]) {
+                if let Some(r) = r {
+                    *v = _mm512_maskz_loadu_ps(lanes, r.as_ptr().add(k0));
+                }
+            }
+            transpose16(&mut block);
+            let keep: __mmask16 = ((1u32 << width) - 1) as __mmask16;
+            for (s, v) in block.iter().take(steps).enumerate() {
+                _mm512_mask_storeu_ps(out.add((k0 + s) * R + g), keep, *v);
+            }
+        }
+    }
+}
+
+/// Transposes the 16 x 16 matrix held in 16 vectors (row i in `m[i]`) in place.
+#[target_feature(enable = "avx512f")]
+fn transpose16(m: &mut [__m512; 16]) {
+    let mut t = [_mm512_setzero_ps(); 16];
+    // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved (low / high halves of each 128-bit lane).
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(m[2 * i], m[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(m[2 * i], m[2 * i + 1]);
+    }
+    // m[4i + j]: column j (mod 4) of rows 4i..4i+4, one column group per 128-bit lane.
+    for i in 0..4 {
+        m[4 * i] = _mm512_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+        m[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * i], t[4 * i + 2]);
+        m[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+        m[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * i + 1], t[4 * i + 3]);
+    }
+    // Gather the 128-bit lanes: first across row groups (0, 1) and (2, 3), then across the pairs.
+    for i in 0..4 {
+        t[i] = _mm512_shuffle_f32x4::<0x88>(m[i], m[i + 4]);
+        t[i + 4] = _mm512_shuffle_f32x4::<0xDD>(m[i], m[i + 4]);
+        t[i + 8] = _mm512_shuffle_f32x4::<0x88>(m[i + 8], m[i + 12]);
+        t[i + 12] = _mm512_shuffle_f32x4::<0xDD>(m[i + 8], m[i + 12]);
+    }
+    for i in 0..8 {
+        m[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
+        m[i + 8] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[i + 8]);
+    }
+}
+
+/// The product of `m` packed rows with every weight block, written to `out` [m, n] (row stride n).
+///
+/// # Safety
+/// `out` must address `m * n` writable values that no one else touches during the call.
+unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &Matrix, epilogue: Epilogue, out: SendPtr) {
+    let row_panels = m.div_ceil(MR);
+    let blocks = n.div_ceil(NR).div_ceil(BLOCK_PANELS);
+    // Split the rows too when there are fewer blocks than two per thread, so every thread has work.
+    let row_parts = (2 * rayon::current_num_threads()).div_ceil(blocks).clamp(1, row_panels);
+    (0..blocks * row_parts).into_par_iter().for_each(|item| {
+        with_scratch(&WEIGHT_BLOCK, |block| {
+            let (b, part) = (item / row_parts, item % row_parts);
+            let p0 = b * BLOCK_PANELS;
+            let panels = BLOCK_PANELS.min(n.div_ceil(NR) - p0);
+            pack_weight_block(w, n, k, p0, panels, block);
+            for rp in row_panels * part / row_parts..row_panels * (part + 1) / row_parts {
+                let rows = MR.min(m - rp * MR);
+                for p in 0..panels {
+                    let col = (p0 + p) * NR;
+                    let cols = NR.min(n - col);
+                    let tile = Tile { rows, cols, bias: epilogue.bias.map(|b| &b[col..col + cols]), gelu: epilogue.gelu };
+                    // SAFETY: the tile's rows rp*MR.. and columns col..col+cols lie inside out [m, n]
+                    // (rows <= m - rp*MR, cols <= n - col) and belong to this item alone; the packed
+                    // panels hold k steps of MR and NR values; the CPU has AVX-512F (`linear` checked).
+                    unsafe { tile_avx512(k, packed_x[rp * MR * k..].as_ptr(), block[p * k * NR..].as_ptr(), out.get().add(rp * MR * n + col), n, &tile) }
+                }
+            }
+        })
+    });
+}
+
+/// Adds the products of `steps` packed k steps (`a` [steps][MR], `b` [steps][NR]) to `sums`, summing in
+/// registers first. Not inlined, so `sums` stays in memory and the 24 accumulators keep their registers.
+///
+/// # Safety
+/// The CPU has AVX-512F; `a` and `b` hold `steps * MR` and `steps * NR` values.
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn accumulate_chunk(steps: usize, a: *const f32, b: *const f32, sums: &mut [__m512; 2 * MR]) {
+    let mut acc = [_mm512_setzero_ps(); 2 * MR];
+    for step in 0..steps {
+        let (a, b) = (a.add(step * MR), b.add(step * NR));
+        let (b0, b1) = (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)));
+        // Prefetches past the end of a panel touch no memory they must not (a hint, never a fault).
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH_STEPS * NR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH_STEPS * NR + 16).cast());
+        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(2 * PREFETCH_STEPS * MR).cast());
+        for i in 0..MR {
+            let ai = _mm512_set1_ps(*a.add(i));
+            acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+            acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
+        }
+    }
+    for (s, v) in sums.iter_mut().zip(acc) {
+        *s = _mm512_add_ps(*s, v);
+    }
+}
+
+/// Where a register tile lands and what its epilogue adds.
+struct Tile<'a> {
+    /// Valid rows (<= MR).
+    rows: usize,
+    /// Valid columns (<= NR).
+    cols: usize,
+    /// The bias of those columns.
+    bias: Option<&'a [f32]>,
+    /// Whether QuickGELU follows the bias.
+    gelu: bool,
+}
+
+/// One 12 x 32 tile over all `k`: `a` packed [k][MR], `b` packed [k][NR], the result (bias, QuickGELU)
+/// written to the tile's rows and columns of `out` (row stride `ldo`). The reduction runs in chunks of
+/// `KC` steps whose partial sums add up in memory, as blocked GEMMs do: the rounding error grows with
+/// `KC + k / KC` rather than with `k`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `a` and `b` hold `k * MR` and `k * NR` values; `out` addresses `tile.rows` rows
+/// of `tile.cols` writable values at stride `ldo`.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512(k: usize, a: *const f32, b: *const f32, out: *mut f32, ldo: usize, tile: &Tile) {
+    let mut sums = [_mm512_setzero_ps(); 2 * MR];
+    for k0 in (0..k).step_by(KC) {
+        accumulate_chunk(KC.min(k - k0), a.add(k0 * MR), b.add(k0 * NR), &mut sums);
+    }
+    let acc = sums;
+    // Lanes of the two vectors that hold valid columns.
+    let mask = |half: usize| -> __mmask16 { (((1u32 << tile.cols.saturating_sub(16 * half).min(16)) - 1) & 0xffff) as __mmask16 };
+    let (m0, m1) = (mask(0), mask(1));
+    let (bias0, bias1) = match tile.bias {
+        Some(bias) => (_mm512_maskz_loadu_ps(m0, bias.as_ptr()), _mm512_maskz_loadu_ps(m1, bias.as_ptr().wrapping_add(16))),
+        None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+    };
+    for i in 0..MR {
+        if i == tile.rows {
+            break;
+        }
+        let (mut v0, mut v1) = (_mm512_add_ps(acc[2 * i], bias0), _mm512_add_ps(acc[2 * i + 1], bias1));
+        if tile.gelu {
+            // A fixed-length pass over the row so it vectorises whole.
+            let mut values = [0f32; NR];
+            _mm512_storeu_ps(values.as_mut_ptr(), v0);
+            _mm512_storeu_ps(values.as_mut_ptr().add(16), v1);
+            values.iter_mut().for_each(|v| *v = quick_gelu_value(*v));
+            (v0, v1) = (_mm512_loadu_ps(values.as_ptr()), _mm512_loadu_ps(values.as_ptr().add(16)));
+        }
+        let row = out.add(i * ldo);
+        _mm512_mask_storeu_ps(row, m0, v0);
+        _mm512_mask_storeu_ps(row.wrapping_add(16), m1, v1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random value in [-1, 1) for index `i`.
+    fn value(i: usize) -> f32 {
+        ((i.wrapping_mul(2654435761) >> 7) % 2001) as f32 / 1000.0 - 1.0
+    }
+
+    /// `x @ w^T + bias`, QuickGELU'd when `gelu`, summed in f64.
+    fn reference(rows: usize, n: usize, k: usize, x: &Matrix, w: &Matrix, bias: Option<&[f32]>, gelu: bool) -> Vec<f32> {
+        let at = |m: &Matrix, i: usize, j: usize| m.data[i * m.row_stride + j * m.col_stride] as f64;
+        let mut y = Vec::with_capacity(rows * n);
+        for i in 0..rows {
+            for j in 0..n {
+                let v = (0..k).map(|c| at(x, i, c) * at(w, j, c)).sum::<f64>() + bias.map_or(0.0, |b| b[j] as f64);
+                y.push(if gelu { (v / (1.0 + (-1.702 * v).exp())) as f32 } else { v as f32 });
+            }
+        }
+        y
+    }
+
+    /// Runs `linear` on a fresh output and returns it.
+    fn run(rows: usize, n: usize, k: usize, x: Matrix, w: Matrix, bias: Option<&[f32]>, gelu: bool) -> Vec<f32> {
+        let mut dst = Vec::with_capacity(rows * n);
+        linear(rows, n, k, x, w, Epilogue { bias, gelu }, &mut dst.spare_capacity_mut()[..rows * n]);
+        // SAFETY: `linear` wrote all rows * n values.
+        unsafe { dst.set_len(rows * n) };
+        dst
+    }
+
+    #[test]
+    fn matches_the_f64_product_on_ragged_shapes_and_strides() {
+        if !available() {
+            eprintln!("skipped: no AVX-512F on this CPU");
+            return;
+        }
+        // Shapes cover partial row panels, partial output tiles and blocks, k not a multiple of 16, k = 0,
+        // and (with 200 rows x 40 outputs) several row parts per block.
+        let shapes = [(1, 1, 1), (13, 33, 17), (12, 32, 16), (25, 100, 48), (7, 129, 0), (200, 40, 70), (3, 5, 300)];
+        for (case, &(rows, n, k)) in shapes.iter().enumerate() {
+            let xs: Vec<f32> = (0..rows * k * 2 + 1).map(|i| value(i + 7 * case)).collect();
+            let ws: Vec<f32> = (0..n * k * 2 + 1).map(|i| value(i + 1000 + case)).collect();
+            let bias: Vec<f32> = (0..n).map(|i| value(i + 99)).collect();
+            // Row-major, and transposed views (column stride > 1: the element-wise packing path).
+            let views = [
+                (Matrix { data: &xs, row_stride: k, col_stride: 1 }, Matrix { data: &ws, row_stride: k, col_stride: 1 }),
+                (Matrix { data: &xs, row_stride: 1, col_stride: rows }, Matrix { data: &ws, row_stride: 1, col_stride: n }),
+                (Matrix { data: &xs[1..], row_stride: 2 * k + 1, col_stride: 1 }, Matrix { data: &ws, row_stride: 2 * k, col_stride: 2 }),
+            ];
+            for (x, w) in views {
+                if rows > 1 && x.row_stride == 2 * k + 1 && (rows - 1) * x.row_stride + k > x.data.len() {
+                    continue;
+                }
+                for (b, gelu) in [(None, false), (Some(bias.as_slice()), false), (Some(bias.as_slice()), true)] {
+                    let got = run(rows, n, k, x, w, b, gelu);
+                    let want = reference(rows, n, k, &x, &w, b, gelu);
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()) * (k as f32).sqrt().max(1.0), "{rows}x{n}x{k} gelu {gelu} at {i}: {g} vs {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transpose16_transposes() {
+        if !available() {
+            return;
+        }
+        let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
+        // SAFETY: AVX-512F checked above; each row reads 16 values inside `values`.
+        let out = unsafe {
+            let mut m: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(values[16 * i..].as_ptr()));
+            transpose16(&mut m);
+            let mut out = vec![0f32; 256];
+            m.iter().enumerate().for_each(|(i, v)| _mm512_storeu_ps(out[16 * i..].as_mut_ptr(), *v));
+            out
+        };
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(out[16 * i + j], values[16 * j + i]);
+            }
+        }
+    }
+}
