@@ -8,7 +8,7 @@
 //! row panel past it. Blocks of outputs, and ranges of rows when there are too few blocks, spread over
 //! the rayon pool. On a 2-core Zen 4 the four ViT-B/16 layer shapes (1576 rows) run at ~205-215 GFLOP/s
 //! against `gemm`'s ~190 (peak 232).
-use std::{arch::x86_64::*, cell::RefCell, thread::LocalKey};
+use std::{arch::x86_64::*, cell::RefCell, mem::MaybeUninit, thread::LocalKey};
 
 use rayon::prelude::*;
 
@@ -81,7 +81,7 @@ pub(super) fn available() -> bool {
 /// # Panics
 /// If `x` or `w` does not hold a `rows x k` / `n x k` matrix at its strides, the bias is not `n` long or
 /// `dst` is shorter than `rows * n`, or if the CPU lacks AVX-512F ([`available`]).
-pub(super) fn linear(rows: usize, n: usize, k: usize, x: Matrix, w: Matrix, epilogue: Epilogue, dst: &mut [std::mem::MaybeUninit<f32>]) {
+pub(super) fn linear(rows: usize, n: usize, k: usize, x: Matrix, w: Matrix, epilogue: Epilogue, dst: &mut [MaybeUninit<f32>]) {
     assert!(available(), "sgemm::linear needs AVX-512F");
     assert!(epilogue.bias.is_none_or(|b| b.len() == n) && dst.len() >= rows * n, "sgemm::linear: bias or output of the wrong size");
     if rows == 0 || n == 0 {
@@ -139,7 +139,7 @@ fn pack_weight_block(w: &Matrix, n: usize, k: usize, p0: usize, panels: usize, b
 /// # Safety
 /// Every row `row` returns holds `(k - 1) * col_stride + 1` values at least; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_panel<'a, const R: usize>(row: impl Fn(usize) -> Option<&'a [f32]>, col_stride: usize, k: usize, panel: &mut [std::mem::MaybeUninit<f32>]) {
+unsafe fn pack_panel<'a, const R: usize>(row: impl Fn(usize) -> Option<&'a [f32]>, col_stride: usize, k: usize, panel: &mut [MaybeUninit<f32>]) {
     let rows: [Option<&[f32]>; R] = std::array::from_fn(row);
     if col_stride != 1 {
         for (c, step) in panel.chunks_exact_mut(R).enumerate() {
@@ -230,14 +230,16 @@ unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &Mat
     });
 }
 
-/// Adds the products of `steps` packed k steps (`a` [steps][MR], `b` [steps][NR]) to `sums`, summing in
-/// registers first. Not inlined, so `sums` stays in memory and the 24 accumulators keep their registers.
+/// Adds the products of `steps` packed k steps (`a` [steps][MR], `b` [steps][NR]) to `sums` (or writes
+/// them there when `first`), summing in registers first. Not inlined, so `sums` stays in memory and the
+/// 24 accumulators keep their registers.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a` and `b` hold `steps * MR` and `steps * NR` values.
+/// The CPU has AVX-512F; `a` and `b` hold `steps * MR` and `steps * NR` values; `sums` is initialised
+/// unless `first`.
 #[target_feature(enable = "avx512f")]
 #[inline(never)]
-unsafe fn accumulate_chunk(steps: usize, a: *const f32, b: *const f32, sums: &mut [__m512; 2 * MR]) {
+unsafe fn accumulate_chunk(steps: usize, a: *const f32, b: *const f32, sums: &mut [MaybeUninit<__m512>; 2 * MR], first: bool) {
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
     for step in 0..steps {
         let (a, b) = (a.add(step * MR), b.add(step * NR));
@@ -253,7 +255,7 @@ unsafe fn accumulate_chunk(steps: usize, a: *const f32, b: *const f32, sums: &mu
         }
     }
     for (s, v) in sums.iter_mut().zip(acc) {
-        *s = _mm512_add_ps(*s, v);
+        s.write(if first { v } else { _mm512_add_ps(s.assume_init(), v) });
     }
 }
 
@@ -279,11 +281,12 @@ struct Tile<'a> {
 /// of `tile.cols` writable values at stride `ldo`.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512(k: usize, a: *const f32, b: *const f32, out: *mut f32, ldo: usize, tile: &Tile) {
-    let mut sums = [_mm512_setzero_ps(); 2 * MR];
+    let mut sums = [MaybeUninit::<__m512>::uninit(); 2 * MR];
     for k0 in (0..k).step_by(KC) {
-        accumulate_chunk(KC.min(k - k0), a.add(k0 * MR), b.add(k0 * NR), &mut sums);
+        accumulate_chunk(KC.min(k - k0), a.add(k0 * MR), b.add(k0 * NR), &mut sums, k0 == 0);
     }
-    let acc = sums;
+    // An empty reduction (k = 0) sums to zero.
+    let acc: [__m512; 2 * MR] = if k == 0 { [_mm512_setzero_ps(); 2 * MR] } else { sums.map(|s| s.assume_init()) };
     // Lanes of the two vectors that hold valid columns.
     let mask = |half: usize| -> __mmask16 { (((1u32 << tile.cols.saturating_sub(16 * half).min(16)) - 1) & 0xffff) as __mmask16 };
     let (m0, m1) = (mask(0), mask(1));
