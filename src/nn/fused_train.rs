@@ -36,10 +36,16 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> cand
     }
 }
 
-/// LayerNorm over the last dimension of `x` [..., dim] with `weight` and `bias` [dim], differentiable.
+/// LayerNorm over the last dimension of `x` [..., dim] with `weight` and `bias` [dim], differentiable
+/// when `train` (inference records no backward).
 // [..., dim] -> [..., dim]
-pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: eps as f32 })
+pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, train: bool) -> candle_core::Result<Tensor> {
+    let (x, weight, bias, op) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?, LayerNormOp { eps: eps as f32 });
+    if train {
+        x.apply_op3(&weight, &bias, op)
+    } else {
+        x.apply_op3_no_bwd(&weight, &bias, &op)
+    }
 }
 
 /// QuickGELU `x * sigmoid(1.702 x)`, differentiable.
@@ -234,9 +240,24 @@ impl CustomOp3 for LayerNormOp {
 #[inline(always)]
 fn row_statistics(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// The sum of `f(v)` over `x` in 16 independent partial sums (a float sum in order is one chain of
+/// dependent adds that does not vectorise), then across them.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    const LANES: usize = 16;
+    let mut partial = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (p, &v) in partial.iter_mut().zip(chunk) {
+            *p += f(v);
+        }
+    }
+    partial.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
 }
 
 multiversion!(layer_norm_row => layer_norm_row_generic(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]));
@@ -523,7 +544,7 @@ mod tests {
         let inputs = [(random(&[3, 70, 24], 4) * 3.0).unwrap(), random(&[24], 5), random(&[24], 6)];
         same_gradients(
             &inputs,
-            |t| layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-5, true),
             |t| {
                 let centred = t[0].broadcast_sub(&t[0].mean_keepdim(2)?)?;
                 let var = centred.sqr()?.mean_keepdim(2)?;

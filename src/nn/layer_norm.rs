@@ -23,16 +23,16 @@ impl LayerNorm {
         Ok(Self { weight, bias, eps })
     }
 
-    /// Normalises `x` [..., dim]; `train` selects a differentiable path (one fused op with its own backward
-    /// for f32 on the CPU).
+    /// Normalises `x` [..., dim]; `train` selects a differentiable path. f32 on the CPU runs one fused
+    /// parallel op in both modes (with its own backward when training).
     // [..., dim] -> [..., dim]
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if super::cuda::handles(x) && super::cuda::layer_norm_fits(self.weight.elem_count()) {
             return Ok(super::cuda::layer_norm(x, &self.weight, &self.bias, self.eps)?);
         }
-        if train && fused_train::applies(x) && self.weight.dtype() == DType::F32 && self.bias.dtype() == DType::F32 {
-            return Ok(fused_train::layer_norm(x, &self.weight, &self.bias, self.eps)?);
+        if fused_train::applies(x) && self.weight.dtype() == DType::F32 && self.bias.dtype() == DType::F32 {
+            return Ok(fused_train::layer_norm(x, &self.weight, &self.bias, self.eps, train)?);
         }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
