@@ -219,7 +219,7 @@ unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &Mat
                 for p in 0..panels {
                     let col = (p0 + p) * NR;
                     let cols = NR.min(n - col);
-                    let tile = Tile { rows, cols, bias: epilogue.bias.map(|b| &b[col..col + cols]), gelu: epilogue.gelu };
+                    let tile = Tile { rows, cols, epilogue: Epilogue { bias: epilogue.bias.map(|b| &b[col..col + cols]), ..epilogue } };
                     // SAFETY: the tile's rows rp*MR.. and columns col..col+cols lie inside out [m, n]
                     // (rows <= m - rp*MR, cols <= n - col) and belong to this item alone; the packed
                     // panels hold k steps of MR and NR values; the CPU has AVX-512F (`linear` checked).
@@ -265,10 +265,8 @@ struct Tile<'a> {
     rows: usize,
     /// Valid columns (<= NR).
     cols: usize,
-    /// The bias of those columns.
-    bias: Option<&'a [f32]>,
-    /// Whether QuickGELU follows the bias.
-    gelu: bool,
+    /// The epilogue of those columns (its bias sliced to them).
+    epilogue: Epilogue<'a>,
 }
 
 /// One 12 x 32 tile over all `k`: `a` packed [k][MR], `b` packed [k][NR], the result (bias, QuickGELU)
@@ -290,7 +288,7 @@ unsafe fn tile_avx512(k: usize, a: *const f32, b: *const f32, out: *mut f32, ldo
     // Lanes of the two vectors that hold valid columns.
     let mask = |half: usize| -> __mmask16 { (((1u32 << tile.cols.saturating_sub(16 * half).min(16)) - 1) & 0xffff) as __mmask16 };
     let (m0, m1) = (mask(0), mask(1));
-    let (bias0, bias1) = match tile.bias {
+    let (bias0, bias1) = match tile.epilogue.bias {
         Some(bias) => (_mm512_maskz_loadu_ps(m0, bias.as_ptr()), _mm512_maskz_loadu_ps(m1, bias.as_ptr().wrapping_add(16))),
         None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
     };
@@ -299,7 +297,7 @@ unsafe fn tile_avx512(k: usize, a: *const f32, b: *const f32, out: *mut f32, ldo
             break;
         }
         let (mut v0, mut v1) = (_mm512_add_ps(acc[2 * i], bias0), _mm512_add_ps(acc[2 * i + 1], bias1));
-        if tile.gelu {
+        if tile.epilogue.gelu {
             // A fixed-length pass over the row so it vectorises whole.
             let mut values = [0f32; NR];
             _mm512_storeu_ps(values.as_mut_ptr(), v0);
