@@ -1,6 +1,6 @@
 //! Encoder throughput on this machine's CPU (or a GPU with `--features cuda`/`metal`): video encoding of
 //! 8-frame clips (ViT-B/32 and ViT-B/16, batch 1 and 4, every post head, temporal shift on, and the
-//! mean-pooling model with f16 and int8 tower weights), the text encoder on 101 classes x 16 templates,
+//! mean-pooling model with f16, packed f32 and int8 tower weights), the text encoder on 101 classes x 16 templates,
 //! the tokenizer, and zero-shot classification end to end (101 UCF101 labels x 16 templates encoded once,
 //! then videos classified). Random weights of real size.
 //!
@@ -23,11 +23,11 @@ fn random_model(clip: ClipConfig, prompt: VisualPrompt, device: &Device) -> Acti
 }
 
 /// Tower weight formats benchmarked on the mean-pooling model, with the suffix of their bench id. Int8
-/// runs on the CPU only.
+/// and packed f32 are CPU formats.
 fn weight_formats(dev: &Device) -> Vec<(TowerWeights, &'static str)> {
     let mut formats = vec![(TowerWeights::Full, ""), (TowerWeights::F16, "-f16")];
     if dev.is_cpu() {
-        formats.push((TowerWeights::Int8, "-int8"));
+        formats.extend([(TowerWeights::Packed, "-packed"), (TowerWeights::Int8, "-int8")]);
     }
     formats
 }

@@ -1,6 +1,7 @@
-//! Tower weight formats (`ActionClip::with_tower_weights`): f16 and int8 weights of the tiny golden model
-//! against its f32 outputs for every visual prompt and the text tower, a full-size ViT-B/16 with random
-//! weights, saving a converted model, and the errors for uses int8 does not support.
+//! Tower weight formats (`ActionClip::with_tower_weights`): f16, int8 and packed f32 weights of the tiny
+//! golden model against its f32 outputs for every visual prompt and the text tower, a full-size ViT-B/16
+//! with random weights, saving a converted model, and the errors for uses int8 and packed weights do not
+//! support.
 mod common;
 
 use actionclip::{ActionClip, ActionClipConfig, ClipConfig, Error, PostNetwork, TowerWeights, VisualPrompt};
@@ -16,12 +17,20 @@ fn min_row_cosine(a: &Tensor, b: &Tensor) -> f32 {
     (dot / norms).unwrap().to_vec1::<f32>().unwrap().into_iter().fold(f32::INFINITY, f32::min)
 }
 
+/// Whether [`TowerWeights::Packed`] takes effect on this CPU (the AVX-512 kernel runs).
+fn packing_applies() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 fn golden_model(joint: bool, shift: bool, post: PostNetwork) -> ActionClip {
     ActionClip::new(VarBuilder::from_tensors(weights(), DType::F32, &Device::Cpu), &tiny_config(joint, shift, post)).unwrap()
 }
 
 #[test]
-fn f16_and_int8_towers_stay_close_to_f32_on_the_golden_model() {
+fn f16_int8_and_packed_towers_stay_close_to_f32_on_the_golden_model() {
     let io = io();
     let tokens = io["tokens"].to_dtype(DType::U32).unwrap();
     let variants = [
@@ -34,14 +43,15 @@ fn f16_and_int8_towers_stay_close_to_f32_on_the_golden_model() {
         let full = golden_model(joint, shift, post);
         let video = full.encode_video(&io["frames"]).unwrap();
         let text = full.encode_text(&tokens).unwrap();
-        for (format, bound) in [(TowerWeights::F16, 0.99999), (TowerWeights::Int8, 0.999)] {
+        for (format, bound) in [(TowerWeights::F16, 0.99999), (TowerWeights::Int8, 0.999), (TowerWeights::Packed, 1.0 - 1e-6)] {
             let m = full.with_tower_weights(format).unwrap();
             let (v, t) = (m.encode_video(&io["frames"]).unwrap(), m.encode_text(&tokens).unwrap());
             let (cv, ct) = (min_row_cosine(&v, &video), min_row_cosine(&t, &text));
             eprintln!("joint={joint} shift={shift} {post:?} {format:?}: video cosine >= {cv:.6}, text cosine >= {ct:.6}");
             assert!(cv >= bound && ct >= bound, "{format:?}: cosine {cv} / {ct} < {bound}");
-            // The golden weights are f16-exact, so only int8 changes them.
+            // The golden weights are f16-exact, so only int8 changes them; packed f32 runs the same sums.
             assert_eq!(max_abs_diff(&v, &video) > 0.0, format == TowerWeights::Int8);
+            assert_eq!(max_abs_diff(&t, &text) > 0.0, format == TowerWeights::Int8);
         }
     }
 }
@@ -74,7 +84,7 @@ fn int8_towers_of_a_full_size_vit_b16_keep_video_features() {
 fn converted_models_save_the_weights_they_compute_with() {
     let dir = tempfile::tempdir().unwrap();
     let io = io();
-    for format in [TowerWeights::F16, TowerWeights::Int8] {
+    for format in [TowerWeights::F16, TowerWeights::Int8, TowerWeights::Packed] {
         let m = golden_model(false, false, PostNetwork::MeanPool).with_tower_weights(format).unwrap();
         let path = dir.path().join(format!("{format:?}.safetensors"));
         m.save_safetensors(&path).unwrap();
@@ -89,12 +99,19 @@ fn converted_models_save_the_weights_they_compute_with() {
 }
 
 #[test]
-fn int8_refuses_training_and_double_conversion() {
+fn int8_and_packed_refuse_training_and_double_conversion() {
     let io = io();
-    let m = golden_model(false, false, PostNetwork::MeanPool).with_tower_weights(TowerWeights::Int8).unwrap();
-    let err = m.encode_video_t(&io["frames"], true).unwrap_err();
-    assert!(err.to_string().contains("int8"), "{err}");
-    assert!(matches!(m.with_tower_weights(TowerWeights::F16), Err(Error::Config(_))));
+    for format in [TowerWeights::Int8, TowerWeights::Packed] {
+        let m = golden_model(false, false, PostNetwork::MeanPool).with_tower_weights(format).unwrap();
+        if format == TowerWeights::Packed && !packing_applies() {
+            // Without the AVX-512 kernel packed weights stay plain f32 (trainable).
+            continue;
+        }
+        let err = m.encode_video_t(&io["frames"], true).unwrap_err();
+        assert!(err.to_string().contains("int8 and packed"), "{format:?}: {err}");
+        assert!(matches!(m.with_tower_weights(TowerWeights::F16), Err(Error::Config(_))), "{format:?}");
+    }
     assert!(matches!(TowerWeights::parse("int4"), Err(Error::Config(_))));
     assert_eq!(TowerWeights::parse("Q8").unwrap(), TowerWeights::Int8);
+    assert_eq!(TowerWeights::parse("f32-Packed").unwrap(), TowerWeights::Packed);
 }

@@ -10,11 +10,13 @@
 //!   score GEMM and a vectorisable softmax.
 //!
 //! On other devices or dtypes every function falls back to plain candle ops computing the same thing.
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::attention::attention_plain;
+#[cfg(target_arch = "x86_64")]
+use super::sgemm;
 
 /// `x @ weight^T + bias`: `x` [rows, in], `weight` [out, in] (PyTorch layout, any strides), `bias` `[out]`.
 // [rows, in] -> [rows, out]
@@ -131,18 +133,15 @@ impl LinearOp {
         }
         check_bounds(xl, x.len(), "linear x")?;
         check_bounds(wl, w.len(), "linear weight")?;
+        #[cfg(target_arch = "x86_64")]
+        if sgemm::available() {
+            let epilogue = sgemm::Epilogue { bias, gelu: self.gelu };
+            return Ok(sgemm_linear(rows, n, k, sgemm::Matrix::of(x, xl), sgemm::WeightOperand::Strided(sgemm::Matrix::of(w, wl)), epilogue));
+        }
         let len = rows * n;
         // Filled below by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
         let mut dst: Vec<f32> = Vec::with_capacity(len);
         if len == 0 {
-            return Ok((CpuStorage::F32(dst), Shape::from((rows, n))));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if super::sgemm::available() {
-            use super::sgemm::{Epilogue, Matrix};
-            super::sgemm::linear(rows, n, k, Matrix::of(x, xl), Matrix::of(w, wl), Epilogue { bias, gelu: self.gelu }, &mut dst.spare_capacity_mut()[..len]);
-            // SAFETY: `sgemm::linear` wrote all rows * n values.
-            unsafe { dst.set_len(len) };
             return Ok((CpuStorage::F32(dst), Shape::from((rows, n))));
         }
         // Without an epilogue the bias goes into dst before the GEMM accumulates onto it; with QuickGELU
@@ -180,6 +179,57 @@ impl LinearOp {
             dst.par_chunks_mut(chunk_rows(n) * n).for_each(|c| c.chunks_exact_mut(n).for_each(|r| bias_quick_gelu(r, bias)));
         }
         Ok((CpuStorage::F32(dst), Shape::from((rows, n))))
+    }
+}
+
+/// [`sgemm::linear`] into a new storage [rows, n] (operands checked by the caller).
+#[cfg(target_arch = "x86_64")]
+fn sgemm_linear(rows: usize, n: usize, k: usize, x: sgemm::Matrix, w: sgemm::WeightOperand, epilogue: sgemm::Epilogue) -> (CpuStorage, Shape) {
+    let len = rows * n;
+    // Filled by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
+    let mut dst: Vec<f32> = Vec::with_capacity(len);
+    sgemm::linear(rows, n, k, x, w, epilogue, &mut dst.spare_capacity_mut()[..len]);
+    // SAFETY: `sgemm::linear` wrote all rows * n values.
+    unsafe { dst.set_len(len) };
+    (CpuStorage::F32(dst), Shape::from((rows, n)))
+}
+
+/// A linear layer whose weight was packed at load ([`sgemm::PackedWeight`]) as a candle op on an f32
+/// CPU tensor [rows, in], any strides (inference only): the kernel of [`LinearOp`] without the per-call
+/// weight packing.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct PackedLinearOp<'a> {
+    /// The packed weight of the whole layer.
+    pub(super) weight: &'a sgemm::PackedWeight,
+    /// The outputs computed (starting at a multiple of [`sgemm::PackedWeight::OUTPUT_ALIGN`]).
+    pub(super) outputs: std::ops::Range<usize>,
+    /// The bias of those outputs.
+    pub(super) bias: Option<Vec<f32>>,
+    /// Whether QuickGELU follows the bias.
+    pub(super) gelu: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CustomOp1 for PackedLinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = xs.as_slice::<f32>()?;
+        let (rows, k) = xl.shape().dims2()?;
+        let (n, end) = (self.outputs.len(), self.outputs.end);
+        if k != self.weight.in_features() || end > self.weight.out_features() || self.bias.as_ref().is_some_and(|b| b.len() != n) {
+            bail!("packed linear: x {:?}, weight {}x{}, outputs {:?}, bias {:?} do not fit", xl.shape(), self.weight.out_features(), k, self.outputs, self.bias.as_ref().map(Vec::len))
+        }
+        let Some(w) = self.weight.outputs_from(self.outputs.start) else {
+            bail!("packed linear: outputs must start at a multiple of {}, got {}", sgemm::PackedWeight::OUTPUT_ALIGN, self.outputs.start)
+        };
+        if !sgemm::available() {
+            bail!("packed linear: the packed weight layout needs an AVX-512F CPU")
+        }
+        check_bounds(xl, x.len(), "packed linear x")?;
+        Ok(sgemm_linear(rows, n, k, sgemm::Matrix::of(x, xl), w, sgemm::Epilogue { bias: self.bias.as_deref(), gelu: self.gelu }))
     }
 }
 
@@ -267,7 +317,7 @@ impl AttentionOp {
     }
 }
 
-impl candle_core::CustomOp1 for AttentionOp {
+impl CustomOp1 for AttentionOp {
     fn name(&self) -> &'static str {
         "fused-attention"
     }

@@ -8,6 +8,8 @@ use super::{
     int8::{Int8Linear, Int8Weight},
     params::{join, Params},
 };
+#[cfg(target_arch = "x86_64")]
+use super::sgemm::{self, PackedWeight};
 use crate::Result;
 
 /// Initialiser of new linear weights (ActionCLIP: N(0, 0.02)); biases start at 0.
@@ -26,16 +28,22 @@ pub enum TowerWeights {
     /// ([`super::int8`]; CPU and f32 activations only, inference only): a quarter of the memory, the
     /// fastest CPU path.
     Int8,
+    /// f32, laid out once in the panels the CPU's AVX-512 GEMM reads (CPU and f32 activations only,
+    /// inference only): the results of `Full` bit for bit without re-packing every weight on every call.
+    /// Where that kernel does not run (another device, no AVX-512F, or not x86-64) the weights stay as
+    /// `Full`, so this is the fastest exact f32 choice anywhere.
+    Packed,
 }
 
 impl TowerWeights {
-    /// Parses `full`/`f32`, `f16` or `int8`/`q8`.
+    /// Parses `full`/`f32`, `f16`, `int8`/`q8` or `packed`/`f32-packed`.
     pub fn parse(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "full" | "f32" => Ok(Self::Full),
             "f16" => Ok(Self::F16),
             "int8" | "q8" => Ok(Self::Int8),
-            other => Err(crate::Error::Config(format!("unknown tower weight format '{other}' (expected full, f16 or int8)"))),
+            "packed" | "f32-packed" => Ok(Self::Packed),
+            other => Err(crate::Error::Config(format!("unknown tower weight format '{other}' (expected full, f16, int8 or packed)"))),
         }
     }
 }
@@ -58,6 +66,10 @@ enum Weight {
     /// Int8, packed for the CPU GEMM (inference only); the layer computes the output columns `cols`
     /// of the packed matrix (a view made by [`Linear::outputs`]).
     Int8 { packed: Arc<Int8Weight>, cols: Range<usize> },
+    /// f32 packed for the AVX-512 GEMM (inference only); the layer computes the outputs `cols`, which
+    /// start at a multiple of [`PackedWeight::OUTPUT_ALIGN`].
+    #[cfg(target_arch = "x86_64")]
+    Packed { packed: Arc<PackedWeight>, cols: Range<usize> },
 }
 
 /// A linear layer in PyTorch layout (`weight` [out, in], optional `bias` [out]) that always runs as one
@@ -89,12 +101,12 @@ impl Linear {
     }
 
     /// The same layer with its weights cast to `dtype` (a no-op, graph included, when already `dtype`;
-    /// int8 weights stay int8).
+    /// int8 and packed weights stay as they are).
     pub fn to_dtype(&self, dtype: candle_core::DType) -> Result<Self> {
         let bias = self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?;
         let weight = match &self.weight {
             Weight::Dense(w) => Weight::Dense(w.to_dtype(dtype)?),
-            int8 => int8.clone(),
+            packed => packed.clone(),
         };
         Ok(Self { weight, bias })
     }
@@ -103,7 +115,7 @@ impl Linear {
     /// weight. The bias keeps its dtype.
     pub fn with_weights(&self, format: TowerWeights) -> Result<Self> {
         let Weight::Dense(w) = &self.weight else {
-            return Err(crate::Error::Config("this linear layer already holds int8 weights".into()));
+            return Err(crate::Error::Config("this linear layer already holds int8 or packed weights".into()));
         };
         let weight = match format {
             TowerWeights::Full => Weight::Dense(w.clone()),
@@ -116,6 +128,7 @@ impl Linear {
                 let cols = 0..packed.out_features();
                 Weight::Int8 { packed: Arc::new(packed), cols }
             }
+            TowerWeights::Packed => pack_for_cpu(w)?,
         };
         Ok(Self { weight, bias: self.bias.clone() })
     }
@@ -126,21 +139,26 @@ impl Linear {
         let bias = self.bias.as_ref().map(|b| b.narrow(0, start, len)).transpose()?;
         let weight = match &self.weight {
             Weight::Dense(w) => Weight::Dense(w.narrow(0, start, len)?),
-            Weight::Int8 { packed, cols } => {
-                if start + len > cols.len() {
-                    return Err(crate::Error::Config(format!("outputs {start}..{} of a layer with {} outputs", start + len, cols.len())));
+            Weight::Int8 { packed, cols } => Weight::Int8 { packed: packed.clone(), cols: sub_range(cols, start, len)? },
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed { packed, cols } => {
+                let cols = sub_range(cols, start, len)?;
+                if cols.start % PackedWeight::OUTPUT_ALIGN == 0 {
+                    Weight::Packed { packed: packed.clone(), cols }
+                } else {
+                    // Panels cannot start mid-way: these outputs run as a dense weight.
+                    Weight::Dense(unpacked(packed)?.narrow(0, cols.start, cols.len())?)
                 }
-                Weight::Int8 { packed: packed.clone(), cols: cols.start + start..cols.start + start + len }
             }
         };
         Ok(Self { weight, bias })
     }
 
-    /// The weight [out, in], unless it is packed as int8.
+    /// The weight [out, in], unless it is packed (int8 or [`TowerWeights::Packed`]).
     pub fn weight(&self) -> Option<&Tensor> {
         match &self.weight {
             Weight::Dense(w) => Some(w),
-            Weight::Int8 { .. } => None,
+            _ => None,
         }
     }
 
@@ -154,19 +172,22 @@ impl Linear {
         match &self.weight {
             Weight::Dense(w) => w.dims().first().copied().unwrap_or(0),
             Weight::Int8 { cols, .. } => cols.len(),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed { cols, .. } => cols.len(),
         }
     }
 
-    /// Reports the weight and bias under the names `weight_key` and `bias_key` (int8 weights
-    /// dequantized to f32: the values the layer computes with).
+    /// Reports the weight and bias under the names `weight_key` and `bias_key` (packed weights as the
+    /// f32 matrix the layer computes with: int8 dequantized).
     pub(crate) fn visit_as(&self, weight_key: String, bias_key: String, f: &mut dyn FnMut(String, &Tensor)) {
-        match &self.weight {
-            Weight::Dense(w) => f(weight_key, w),
-            Weight::Int8 { packed, cols } => {
-                if let Ok(w) = packed.dequantize().and_then(|w| w.narrow(0, cols.start, cols.len())) {
-                    f(weight_key, &w);
-                }
-            }
+        let unpacked = match &self.weight {
+            Weight::Dense(w) => Ok(w.clone()),
+            Weight::Int8 { packed, cols } => packed.dequantize().and_then(|w| w.narrow(0, cols.start, cols.len())),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed { packed, cols } => unpacked(packed).and_then(|w| w.narrow(0, cols.start, cols.len())),
+        };
+        if let Ok(w) = unpacked {
+            f(weight_key, &w);
         }
         if let Some(b) = &self.bias {
             f(bias_key, b);
@@ -209,21 +230,32 @@ impl Linear {
                 }
             }
             Weight::Int8 { packed, cols } => {
-                if !x.device().is_cpu() || x.dtype() != DType::F32 {
-                    return Err(crate::Error::Config(format!("int8 weights take f32 activations on the CPU, got {:?} on {:?}", x.dtype(), x.device())));
-                }
-                let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+                let bias = self.packed_input_bias(x)?;
                 x2.contiguous()?.apply_op1_no_bwd(&Int8Linear { weight: packed, cols: cols.clone(), bias, quick_gelu })?
+            }
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed { packed, cols } => {
+                let bias = self.packed_input_bias(x)?;
+                x2.apply_op1_no_bwd(&super::fused::PackedLinearOp { weight: packed, outputs: cols.clone(), bias, gelu: quick_gelu })?
             }
         };
         Ok(y.reshape(out_dims)?)
+    }
+
+    /// The bias as f32 values for a packed weight's kernel, after checking that `x` is what those kernels
+    /// take: f32 on the CPU.
+    fn packed_input_bias(&self, x: &Tensor) -> Result<Option<Vec<f32>>> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 {
+            return Err(crate::Error::Config(format!("int8 and packed weights take f32 activations on the CPU, got {:?} on {:?}", x.dtype(), x.device())));
+        }
+        Ok(self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?)
     }
 
     /// `x @ weight^T` without the bias, as one 2-D GEMM (differentiable; dense weights only).
     // [..., in] -> [..., out]
     pub(crate) fn forward_unbiased(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let Weight::Dense(w) = &self.weight else {
-            candle_core::bail!("int8 weights are for inference on the CPU (Linear::forward_t with train = false)")
+            candle_core::bail!("int8 and packed weights are for inference on the CPU (Linear::forward_t with train = false)")
         };
         let (x2, out_dims) = self.flatten(x)?;
         x2.matmul(&w.to_dtype(x.dtype())?.t()?)?.reshape(out_dims)
@@ -242,6 +274,32 @@ impl Linear {
     }
 }
 
+/// Outputs `start..start + len` of the outputs `cols`, or an error when they reach past them.
+fn sub_range(cols: &Range<usize>, start: usize, len: usize) -> Result<Range<usize>> {
+    if start + len > cols.len() {
+        return Err(crate::Error::Config(format!("outputs {start}..{} of a layer with {} outputs", start + len, cols.len())));
+    }
+    Ok(cols.start + start..cols.start + start + len)
+}
+
+/// `w` [out, in] as f32 panels for the AVX-512 GEMM, or unchanged where that kernel does not run.
+fn pack_for_cpu(w: &Tensor) -> Result<Weight> {
+    #[cfg(target_arch = "x86_64")]
+    if w.device().is_cpu() && sgemm::available() {
+        let (n, k) = w.dims2()?;
+        let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let packed = PackedWeight::pack(sgemm::Matrix::row_major(&values, k), n, k);
+        return Ok(Weight::Packed { packed: Arc::new(packed), cols: 0..n });
+    }
+    Ok(Weight::Dense(w.clone()))
+}
+
+/// The f32 matrix [out, in] of a packed weight, on the CPU.
+#[cfg(target_arch = "x86_64")]
+fn unpacked(packed: &PackedWeight) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(packed.unpack(), (packed.out_features(), packed.in_features()), &candle_core::Device::Cpu)
+}
+
 impl Module for Linear {
     /// The differentiable forward on plain candle ops (training); see [`Linear::forward_t`].
     // [..., in] -> [..., out]
@@ -257,5 +315,33 @@ impl Module for Linear {
 impl Params for Linear {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
         self.visit_as(join(prefix, "weight"), join(prefix, "bias"), f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn packed_views_at_any_output_match_the_dense_layer() -> Result<()> {
+        // Width 40: the outputs 40..120 do not start on a panel boundary and run dense; 64.. does.
+        let (out, width) = (120, 40);
+        let weight = Tensor::randn(0f32, 1., (out, width), &Device::Cpu)?;
+        let full = Linear::from_tensors(weight, Some(Tensor::randn(0f32, 1., out, &Device::Cpu)?));
+        let packed = full.with_weights(TowerWeights::Packed)?;
+        let x = Tensor::randn(0f32, 1., (3, 5, width), &Device::Cpu)?;
+        for (start, len) in [(0, out), (width, 2 * width), (64, 56)] {
+            let want = full.outputs(start, len)?.forward_inference(&x, true)?;
+            let got = packed.outputs(start, len)?.forward_inference(&x, true)?;
+            assert_eq!(got.dims(), [3, 5, len]);
+            assert_eq!((got - want)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0, "outputs {start}..{}", start + len);
+        }
+        assert!(packed.outputs(100, 40).is_err());
+        let mut seen = Vec::new();
+        packed.visit_as("w".into(), "b".into(), &mut |name, t| seen.push((name, t.dims().to_vec())));
+        assert_eq!(seen, [("w".to_string(), vec![out, width]), ("b".to_string(), vec![out])]);
+        Ok(())
     }
 }

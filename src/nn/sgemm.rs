@@ -59,6 +59,11 @@ impl<'a> Matrix<'a> {
     pub(super) fn of(data: &'a [f32], layout: &candle_core::Layout) -> Self {
         Self { data: &data[layout.start_offset()..], row_stride: layout.stride()[0], col_stride: layout.stride()[1] }
     }
+
+    /// The row-major matrix of `cols` columns in `data`.
+    pub(super) fn row_major(data: &'a [f32], cols: usize) -> Self {
+        Self { data, row_stride: cols, col_stride: 1 }
+    }
 }
 
 /// What follows the product: a bias [n] added per output, then QuickGELU when `gelu`.
@@ -75,21 +80,34 @@ pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
-/// `dst = x @ w^T`, then the epilogue: `x` [rows, k], `w` [n, k] (element (j, c) the weight of output j,
-/// input c), `dst` [rows, n] row-major, every element written.
+/// The weight operand of [`linear`]: `n x k` (element (j, c) the weight of output j, input c).
+#[derive(Clone, Copy)]
+pub(super) enum WeightOperand<'a> {
+    /// A matrix at any strides, packed block by block during the call.
+    Strided(Matrix<'a>),
+    /// Already in the kernel's layout: `ceil(n / NR)` panels of [k][NR] ([`PackedWeight::outputs_from`]).
+    Packed(&'a [f32]),
+}
+
+/// `dst = x @ w^T`, then the epilogue: `x` [rows, k], `w` [n, k], `dst` [rows, n] row-major, every
+/// element written.
 ///
 /// # Panics
-/// If `x` or `w` does not hold a `rows x k` / `n x k` matrix at its strides, the bias is not `n` long or
-/// `dst` is shorter than `rows * n`, or if the CPU lacks AVX-512F ([`available`]).
-pub(super) fn linear(rows: usize, n: usize, k: usize, x: Matrix, w: Matrix, epilogue: Epilogue, dst: &mut [MaybeUninit<f32>]) {
+/// If `x` or `w` does not hold a `rows x k` / `n x k` matrix, the bias is not `n` long or `dst` is
+/// shorter than `rows * n`, or if the CPU lacks AVX-512F ([`available`]).
+pub(super) fn linear(rows: usize, n: usize, k: usize, x: Matrix, w: WeightOperand, epilogue: Epilogue, dst: &mut [MaybeUninit<f32>]) {
     assert!(available(), "sgemm::linear needs AVX-512F");
     assert!(epilogue.bias.is_none_or(|b| b.len() == n) && dst.len() >= rows * n, "sgemm::linear: bias or output of the wrong size");
     if rows == 0 || n == 0 {
         return;
     }
-    // Checked here once so the packers may index freely: the last element of each operand is inside.
+    // Checked here once so the packers and the kernel may index freely: every operand holds its shape.
     let last = |m: &Matrix, r: usize| (r - 1) * m.row_stride + k.saturating_sub(1) * m.col_stride;
-    assert!(k == 0 || (last(&x, rows) < x.data.len() && last(&w, n) < w.data.len()), "sgemm::linear: operands shorter than their shapes");
+    let w_fits = match w {
+        WeightOperand::Strided(w) => last(&w, n) < w.data.len(),
+        WeightOperand::Packed(panels) => panels.len() >= n.div_ceil(NR) * k * NR,
+    };
+    assert!(k == 0 || (last(&x, rows) < x.data.len() && w_fits), "sgemm::linear: operands shorter than their shapes");
     let chunk_rows = (PACK_BUDGET / k.max(1) / MR * MR).max(MR);
     let out = SendPtr(dst.as_mut_ptr().cast::<f32>());
     for r0 in (0..rows).step_by(chunk_rows) {
@@ -124,12 +142,74 @@ fn pack_weight_block(w: &Matrix, n: usize, k: usize, p0: usize, panels: usize, b
     block.clear();
     block.reserve(len);
     for (p, panel) in block.spare_capacity_mut()[..len].chunks_mut((k * NR).max(1)).enumerate() {
-        let row = |c: usize| ((p0 + p) * NR + c < n).then(|| &w.data[((p0 + p) * NR + c) * w.row_stride..]);
-        // SAFETY: `linear` checked that the n weight rows of k values lie inside `w.data`; AVX-512F present.
-        unsafe { pack_panel::<NR>(row, w.col_stride, k, panel) }
+        pack_weight_panel(w, n, k, p0 + p, panel);
     }
-    // SAFETY: every panel was written whole by `pack_panel`.
+    // SAFETY: every panel was written whole by `pack_weight_panel`.
     unsafe { block.set_len(len) };
+}
+
+/// Weight rows (outputs) `NR * p..NR * (p + 1)` into `panel` [k][NR] (outputs past `n` zero).
+///
+/// # Panics
+/// Where the CPU lacks AVX-512F (callers check [`available`]); `w` must hold `n` rows of `k` values.
+fn pack_weight_panel(w: &Matrix, n: usize, k: usize, p: usize, panel: &mut [MaybeUninit<f32>]) {
+    assert!(available(), "sgemm: packing needs AVX-512F");
+    let row = |c: usize| (p * NR + c < n).then(|| &w.data[(p * NR + c) * w.row_stride..]);
+    // SAFETY: the callers checked that the n weight rows of k values lie inside `w.data`; AVX-512F present.
+    unsafe { pack_panel::<NR>(row, w.col_stride, k, panel) }
+}
+
+/// A weight [n, k] laid out once in the kernel's packed form ([`WeightOperand::Packed`]), so inference
+/// skips the per-call packing: `ceil(n / NR)` panels of [k][NR], outputs past `n` zero.
+#[derive(Debug)]
+pub(crate) struct PackedWeight {
+    /// Outputs.
+    n: usize,
+    /// Inputs.
+    k: usize,
+    /// The panels, one after another.
+    panels: Vec<f32>,
+}
+
+impl PackedWeight {
+    /// Outputs a view may start at: whole panels.
+    pub(crate) const OUTPUT_ALIGN: usize = NR;
+
+    /// Packs the `n x k` matrix `w` (in parallel over panels).
+    ///
+    /// # Panics
+    /// If `w` does not hold `n` rows of `k` values, or the CPU lacks AVX-512F ([`available`]).
+    pub(super) fn pack(w: Matrix, n: usize, k: usize) -> Self {
+        assert!(n == 0 || k == 0 || (n - 1) * w.row_stride + (k - 1) * w.col_stride < w.data.len(), "PackedWeight: matrix shorter than {n} x {k}");
+        let len = n.div_ceil(NR) * k * NR;
+        let mut panels = Vec::with_capacity(len);
+        panels.spare_capacity_mut()[..len].par_chunks_mut((k * NR).max(1)).enumerate().for_each(|(p, panel)| pack_weight_panel(&w, n, k, p, panel));
+        // SAFETY: every panel was written whole by `pack_weight_panel`.
+        unsafe { panels.set_len(len) };
+        Self { n, k, panels }
+    }
+
+    /// Outputs (rows of the unpacked matrix).
+    pub(crate) fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs (columns of the unpacked matrix).
+    pub(crate) fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// The weight of outputs `first..` as a [`linear`] operand; `first` must be a multiple of
+    /// [`Self::OUTPUT_ALIGN`] (`None` otherwise, or past the end).
+    pub(super) fn outputs_from(&self, first: usize) -> Option<WeightOperand<'_>> {
+        (first % NR == 0 && first <= self.n).then(|| WeightOperand::Packed(&self.panels[first / NR * self.k * NR..]))
+    }
+
+    /// The matrix [n, k], row-major, as it was packed.
+    pub(crate) fn unpack(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        (0..n).flat_map(|j| (0..k).map(move |c| (j, c))).map(|(j, c)| self.panels[(j / NR * k + c) * NR + j % NR]).collect()
+    }
 }
 
 /// Packs `R` rows (`row(r)`: the row's values at stride `col_stride`, `None` for a zero row) of `k`
@@ -202,18 +282,19 @@ fn transpose16(m: &mut [__m512; 16]) {
 /// The product of `m` packed rows with every weight block, written to `out` [m, n] (row stride n).
 ///
 /// # Safety
-/// `out` must address `m * n` writable values that no one else touches during the call.
-unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &Matrix, epilogue: Epilogue, out: SendPtr) {
+/// `out` must address `m * n` writable values that no one else touches during the call; `w` holds its
+/// `n x k` matrix (`linear` checked).
+unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &WeightOperand, epilogue: Epilogue, out: SendPtr) {
     let row_panels = m.div_ceil(MR);
     let blocks = n.div_ceil(NR).div_ceil(BLOCK_PANELS);
     // Split the rows too when there are fewer blocks than two per thread, so every thread has work.
     let row_parts = (2 * rayon::current_num_threads()).div_ceil(blocks).clamp(1, row_panels);
     (0..blocks * row_parts).into_par_iter().for_each(|item| {
-        with_scratch(&WEIGHT_BLOCK, |block| {
-            let (b, part) = (item / row_parts, item % row_parts);
-            let p0 = b * BLOCK_PANELS;
-            let panels = BLOCK_PANELS.min(n.div_ceil(NR) - p0);
-            pack_weight_block(w, n, k, p0, panels, block);
+        let (b, part) = (item / row_parts, item % row_parts);
+        let p0 = b * BLOCK_PANELS;
+        let panels = BLOCK_PANELS.min(n.div_ceil(NR) - p0);
+        // The block's panels [panels][k][NR].
+        let multiply_block = |block: &[f32]| {
             for rp in row_panels * part / row_parts..row_panels * (part + 1) / row_parts {
                 let rows = MR.min(m - rp * MR);
                 for p in 0..panels {
@@ -226,7 +307,14 @@ unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &Mat
                     unsafe { tile_avx512(k, packed_x[rp * MR * k..].as_ptr(), block[p * k * NR..].as_ptr(), out.get().add(rp * MR * n + col), n, &tile) }
                 }
             }
-        })
+        };
+        match w {
+            WeightOperand::Strided(w) => with_scratch(&WEIGHT_BLOCK, |block| {
+                pack_weight_block(w, n, k, p0, panels, block);
+                multiply_block(block)
+            }),
+            WeightOperand::Packed(all) => multiply_block(&all[p0 * k * NR..(p0 + panels) * k * NR]),
+        }
     });
 }
 
@@ -283,8 +371,10 @@ unsafe fn tile_avx512(k: usize, a: *const f32, b: *const f32, out: *mut f32, ldo
     for k0 in (0..k).step_by(KC) {
         accumulate_chunk(KC.min(k - k0), a.add(k0 * MR), b.add(k0 * NR), &mut sums, k0 == 0);
     }
-    // An empty reduction (k = 0) sums to zero.
-    let acc: [__m512; 2 * MR] = if k == 0 { [_mm512_setzero_ps(); 2 * MR] } else { sums.map(|s| s.assume_init()) };
+    if k == 0 {
+        // An empty reduction sums to zero.
+        sums = [MaybeUninit::new(_mm512_setzero_ps()); 2 * MR];
+    }
     // Lanes of the two vectors that hold valid columns.
     let mask = |half: usize| -> __mmask16 { (((1u32 << tile.cols.saturating_sub(16 * half).min(16)) - 1) & 0xffff) as __mmask16 };
     let (m0, m1) = (mask(0), mask(1));
@@ -296,7 +386,8 @@ unsafe fn tile_avx512(k: usize, a: *const f32, b: *const f32, out: *mut f32, ldo
         if i == tile.rows {
             break;
         }
-        let (mut v0, mut v1) = (_mm512_add_ps(acc[2 * i], bias0), _mm512_add_ps(acc[2 * i + 1], bias1));
+        // Read in place: a `map` over the array is not inlined here and copied it through the stack.
+        let (mut v0, mut v1) = (_mm512_add_ps(sums[2 * i].assume_init(), bias0), _mm512_add_ps(sums[2 * i + 1].assume_init(), bias1));
         if tile.epilogue.gelu {
             // A fixed-length pass over the row so it vectorises whole.
             let mut values = [0f32; NR];
@@ -334,7 +425,7 @@ mod tests {
     }
 
     /// Runs `linear` on a fresh output and returns it.
-    fn run(rows: usize, n: usize, k: usize, x: Matrix, w: Matrix, bias: Option<&[f32]>, gelu: bool) -> Vec<f32> {
+    fn run(rows: usize, n: usize, k: usize, x: Matrix, w: WeightOperand, bias: Option<&[f32]>, gelu: bool) -> Vec<f32> {
         let mut dst = Vec::with_capacity(rows * n);
         linear(rows, n, k, x, w, Epilogue { bias, gelu }, &mut dst.spare_capacity_mut()[..rows * n]);
         // SAFETY: `linear` wrote all rows * n values.
@@ -366,7 +457,7 @@ mod tests {
                     continue;
                 }
                 for (b, gelu) in [(None, false), (Some(bias.as_slice()), false), (Some(bias.as_slice()), true)] {
-                    let got = run(rows, n, k, x, w, b, gelu);
+                    let got = run(rows, n, k, x, WeightOperand::Strided(w), b, gelu);
                     let want = reference(rows, n, k, &x, &w, b, gelu);
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                         assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()) * (k as f32).sqrt().max(1.0), "{rows}x{n}x{k} gelu {gelu} at {i}: {g} vs {e}");
@@ -374,6 +465,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn packed_weights_give_the_strided_results_bit_for_bit() {
+        if !available() {
+            return;
+        }
+        for (case, &(rows, n, k)) in [(13, 100, 70), (30, 64, 0), (5, 200, 300)].iter().enumerate() {
+            let xs: Vec<f32> = (0..rows * k).map(|i| value(i + case)).collect();
+            // Transposed storage: the packing reads through the strides.
+            let ws: Vec<f32> = (0..n * k).map(|i| value(i + 500 + case)).collect();
+            let bias: Vec<f32> = (0..n).map(|i| value(i + 9)).collect();
+            let (x, w) = (Matrix { data: &xs, row_stride: k, col_stride: 1 }, Matrix { data: &ws, row_stride: 1, col_stride: n });
+            let packed = PackedWeight::pack(w, n, k);
+            assert_eq!((packed.out_features(), packed.in_features()), (n, k));
+            let unpacked = packed.unpack();
+            assert!((0..n * k).all(|i| unpacked[i] == ws[i % k * n + i / k]), "unpack inverts pack");
+            let strided = run(rows, n, k, x, WeightOperand::Strided(w), Some(&bias), true);
+            let whole = packed.outputs_from(0).expect("aligned");
+            assert_eq!(run(rows, n, k, x, whole, Some(&bias), true), strided);
+            // A view from output 32 on equals the columns 32.. of the whole product.
+            let tail = packed.outputs_from(32).expect("aligned");
+            let got = run(rows, n - 32, k, x, tail, Some(&bias[32..]), true);
+            let want: Vec<f32> = strided.chunks(n).flat_map(|r| r[32..].to_vec()).collect();
+            assert_eq!(got, want);
+        }
+        let packed = PackedWeight::pack(Matrix { data: &[0.0; 6], row_stride: 3, col_stride: 1 }, 2, 3);
+        assert!(packed.outputs_from(1).is_none() && packed.outputs_from(64).is_none());
     }
 
     #[test]
