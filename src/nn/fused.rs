@@ -135,8 +135,8 @@ impl LinearOp {
         check_bounds(wl, w.len(), "linear weight")?;
         #[cfg(target_arch = "x86_64")]
         if sgemm::available() {
-            let epilogue = sgemm::Epilogue { bias, gelu: self.gelu };
-            return Ok(sgemm_linear(rows, n, k, sgemm::Matrix::of(x, xl), sgemm::WeightOperand::Strided(sgemm::Matrix::of(w, wl)), epilogue));
+            let weight = sgemm::WeightOperand::Strided(sgemm::Matrix::of(w, wl));
+            return Ok(sgemm_linear(rows, k, sgemm::Matrix::of(x, xl), sgemm::Layer { weight, outputs: n, epilogue: sgemm::Epilogue { bias, gelu: self.gelu } }));
         }
         let len = rows * n;
         // Filled below by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
@@ -184,52 +184,56 @@ impl LinearOp {
 
 /// [`sgemm::linear`] into a new storage [rows, n] (operands checked by the caller).
 #[cfg(target_arch = "x86_64")]
-fn sgemm_linear(rows: usize, n: usize, k: usize, x: sgemm::Matrix, w: sgemm::WeightOperand, epilogue: sgemm::Epilogue) -> (CpuStorage, Shape) {
-    let len = rows * n;
+fn sgemm_linear(rows: usize, k: usize, x: sgemm::Matrix, layer: sgemm::Layer) -> (CpuStorage, Shape) {
+    let n = layer.outputs;
+    // SAFETY: `sgemm::linear` writes every value of its rows x n output (stride n).
+    unsafe { new_output(rows, n, |dst| sgemm::linear(rows, k, x, layer, dst, n)) }
+}
+
+/// A new f32 storage [rows, n] that `fill` writes.
+///
+/// # Safety
+/// `fill` must write all `rows * n` values it is given.
+#[cfg(target_arch = "x86_64")]
+unsafe fn new_output(rows: usize, n: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> (CpuStorage, Shape) {
     // Filled by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
-    let mut dst: Vec<f32> = Vec::with_capacity(len);
-    sgemm::linear(rows, n, k, x, w, epilogue, &mut dst.spare_capacity_mut()[..len]);
-    // SAFETY: `sgemm::linear` wrote all rows * n values.
-    unsafe { dst.set_len(len) };
+    let mut dst: Vec<f32> = Vec::with_capacity(rows * n);
+    fill(&mut dst.spare_capacity_mut()[..rows * n]);
+    // SAFETY: `fill` wrote all rows * n values (the caller's promise).
+    unsafe { dst.set_len(rows * n) };
     (CpuStorage::F32(dst), Shape::from((rows, n)))
 }
 
-/// A linear layer whose weight was packed at load ([`sgemm::PackedWeight`]) as a candle op on an f32
-/// CPU tensor [rows, in], any strides (inference only): the kernel of [`LinearOp`] without the per-call
-/// weight packing.
+/// A linear layer, or a whole CLIP MLP (`c_fc`, QuickGELU, `c_proj`), on the AVX-512 GEMM as a candle op
+/// on an f32 CPU tensor [rows, in] at any strides (inference only). The layers borrow their weights:
+/// packed ([`sgemm::PackedWeight`]) or read from a tensor's storage held by the caller.
 #[cfg(target_arch = "x86_64")]
-pub(super) struct PackedLinearOp<'a> {
-    /// The packed weight of the whole layer.
-    pub(super) weight: &'a sgemm::PackedWeight,
-    /// The outputs computed (starting at a multiple of [`sgemm::PackedWeight::OUTPUT_ALIGN`]).
-    pub(super) outputs: std::ops::Range<usize>,
-    /// The bias of those outputs.
-    pub(super) bias: Option<Vec<f32>>,
-    /// Whether QuickGELU follows the bias.
-    pub(super) gelu: bool,
+pub(super) enum GemmOp<'a> {
+    /// One layer.
+    Linear(sgemm::Layer<'a>),
+    /// `c_fc` (its epilogue with QuickGELU) then `c_proj`, the hidden activations never leaving the op.
+    Mlp(sgemm::Layer<'a>, sgemm::Layer<'a>),
 }
 
 #[cfg(target_arch = "x86_64")]
-impl CustomOp1 for PackedLinearOp<'_> {
+impl CustomOp1 for GemmOp<'_> {
     fn name(&self) -> &'static str {
-        "packed-linear"
+        "sgemm"
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = xs.as_slice::<f32>()?;
         let (rows, k) = xl.shape().dims2()?;
-        let (n, end) = (self.outputs.len(), self.outputs.end);
-        if k != self.weight.in_features() || end > self.weight.out_features() || self.bias.as_ref().is_some_and(|b| b.len() != n) {
-            bail!("packed linear: x {:?}, weight {}x{}, outputs {:?}, bias {:?} do not fit", xl.shape(), self.weight.out_features(), k, self.outputs, self.bias.as_ref().map(Vec::len))
-        }
-        let Some(w) = self.weight.outputs_from(self.outputs.start) else {
-            bail!("packed linear: outputs must start at a multiple of {}, got {}", sgemm::PackedWeight::OUTPUT_ALIGN, self.outputs.start)
-        };
+        check_bounds(xl, x.len(), "sgemm input")?;
         if !sgemm::available() {
-            bail!("packed linear: the packed weight layout needs an AVX-512F CPU")
+            bail!("sgemm: this CPU lacks AVX-512F")
         }
-        check_bounds(xl, x.len(), "packed linear x")?;
-        Ok(sgemm_linear(rows, n, k, sgemm::Matrix::of(x, xl), w, sgemm::Epilogue { bias: self.bias.as_deref(), gelu: self.gelu }))
+        let x = sgemm::Matrix::of(x, xl);
+        Ok(match *self {
+            GemmOp::Linear(layer) => sgemm_linear(rows, k, x, layer),
+            // SAFETY: `sgemm::mlp` writes every value of its rows x n output.
+            GemmOp::Mlp(fc1, fc2) => unsafe { new_output(rows, fc2.outputs, |dst| sgemm::mlp(rows, k, x, fc1, fc2, dst)) },
+        })
     }
 }
 

@@ -220,6 +220,13 @@ impl Linear {
     // [..., in] -> [..., out]
     pub(crate) fn forward_inference(&self, x: &Tensor, quick_gelu: bool) -> Result<Tensor> {
         let (x2, out_dims) = self.flatten(x)?;
+        #[cfg(target_arch = "x86_64")]
+        if cpu_f32(x) {
+            let features = x2.dim(1)?;
+            if let Some(y) = self.with_gemm_layer(features, quick_gelu, |layer| Ok(x2.apply_op1_no_bwd(&super::fused::GemmOp::Linear(layer))?))? {
+                return Ok(y.reshape(out_dims)?);
+            }
+        }
         let y = match &self.weight {
             Weight::Dense(w) => {
                 let w = w.to_dtype(x.dtype())?;
@@ -230,25 +237,17 @@ impl Linear {
                 }
             }
             Weight::Int8 { packed, cols } => {
-                let bias = self.packed_input_bias(x)?;
+                if !x.device().is_cpu() || x.dtype() != DType::F32 {
+                    return Err(packed_activations_error(x));
+                }
+                let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
                 x2.contiguous()?.apply_op1_no_bwd(&Int8Linear { weight: packed, cols: cols.clone(), bias, quick_gelu })?
             }
+            // Packed weights that did not run above: the activations are not f32 on the CPU.
             #[cfg(target_arch = "x86_64")]
-            Weight::Packed { packed, cols } => {
-                let bias = self.packed_input_bias(x)?;
-                x2.apply_op1_no_bwd(&super::fused::PackedLinearOp { weight: packed, outputs: cols.clone(), bias, gelu: quick_gelu })?
-            }
+            Weight::Packed { .. } => return Err(packed_activations_error(x)),
         };
         Ok(y.reshape(out_dims)?)
-    }
-
-    /// The bias as f32 values for a packed weight's kernel, after checking that `x` is what those kernels
-    /// take: f32 on the CPU.
-    fn packed_input_bias(&self, x: &Tensor) -> Result<Option<Vec<f32>>> {
-        if !x.device().is_cpu() || x.dtype() != DType::F32 {
-            return Err(crate::Error::Config(format!("int8 and packed weights take f32 activations on the CPU, got {:?} on {:?}", x.dtype(), x.device())));
-        }
-        Ok(self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?)
     }
 
     /// `x @ weight^T` without the bias, as one 2-D GEMM (differentiable; dense weights only).
@@ -261,8 +260,43 @@ impl Linear {
         x2.matmul(&w.to_dtype(x.dtype())?.t()?)?.reshape(out_dims)
     }
 
+    /// Runs `f` on this layer as the AVX-512 GEMM takes it (its epilogue with QuickGELU when
+    /// `quick_gelu`), for f32 CPU activations of `features` features: f32 weights on the CPU, dense (read
+    /// in place from the tensor's storage, held for the call) or packed. `None` where that kernel does
+    /// not run; an error when `features` is not this layer's number of inputs.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn with_gemm_layer<R>(&self, features: usize, quick_gelu: bool, f: impl FnOnce(sgemm::Layer) -> Result<R>) -> Result<Option<R>> {
+        if !self.bias.as_ref().is_none_or(|b| b.device().is_cpu()) || !sgemm::available() {
+            return Ok(None);
+        }
+        let in_features = match &self.weight {
+            Weight::Dense(w) if cpu_f32(w) => w.dims2()?.1,
+            Weight::Packed { packed, .. } => packed.in_features(),
+            _ => return Ok(None),
+        };
+        if features != in_features {
+            return Err(crate::Error::Config(format!("a linear layer of {in_features} inputs applied to {features} features")));
+        }
+        let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+        let epilogue = sgemm::Epilogue { bias: bias.as_deref(), gelu: quick_gelu };
+        let outputs = self.out_features();
+        match &self.weight {
+            Weight::Packed { packed, cols } => {
+                let weight = packed.outputs_from(cols.start).ok_or_else(|| crate::Error::Config(format!("packed outputs {cols:?} do not start on a panel")))?;
+                f(sgemm::Layer { weight, outputs, epilogue }).map(Some)
+            }
+            Weight::Dense(w) => {
+                let (storage, layout) = w.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*storage else { return Ok(None) };
+                let weight = sgemm::WeightOperand::Strided(sgemm::Matrix::of(cpu.as_slice::<f32>()?, layout));
+                f(sgemm::Layer { weight, outputs, epilogue }).map(Some)
+            }
+            Weight::Int8 { .. } => Ok(None),
+        }
+    }
+
     /// `x` [..., in] as [rows, in], and the output dims [..., out].
-    fn flatten(&self, x: &Tensor) -> candle_core::Result<(Tensor, Vec<usize>)> {
+    pub(super) fn flatten(&self, x: &Tensor) -> candle_core::Result<(Tensor, Vec<usize>)> {
         let dims = x.dims();
         let in_dim = dims.last().copied().unwrap_or(1);
         let rows = x.elem_count() / in_dim.max(1);
@@ -272,6 +306,17 @@ impl Linear {
         }
         Ok((x.reshape((rows, in_dim))?, out_dims))
     }
+}
+
+/// Whether `t` holds f32 values on the CPU.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The error of packed (int8 or f32) weights given activations `x` other than f32 on the CPU.
+fn packed_activations_error(x: &Tensor) -> crate::Error {
+    crate::Error::Config(format!("int8 and packed weights take f32 activations on the CPU, got {:?} on {:?}", x.dtype(), x.device()))
 }
 
 /// Outputs `start..start + len` of the outputs `cols`, or an error when they reach past them.

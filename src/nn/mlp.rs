@@ -54,9 +54,28 @@ impl Mlp {
         if train {
             return self.forward(x);
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(y) = self.forward_sgemm(x)? {
+            return Ok(y);
+        }
         // [..., 4 width]
         let h = self.c_fc.forward_inference(x, true)?;
         self.c_proj.forward_t(&h, false)
+    }
+
+    /// The inference forward as one op on the AVX-512 GEMM (the hidden activations in a reused scratch
+    /// buffer, read in place by `c_proj`), or `None` where that kernel does not take both layers.
+    // [..., width] -> [..., width]
+    #[cfg(target_arch = "x86_64")]
+    fn forward_sgemm(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if !super::linear::cpu_f32(x) {
+            return Ok(None);
+        }
+        let (x2, out_dims) = self.c_proj.flatten(x)?;
+        let fused = self.c_fc.with_gemm_layer(x2.dim(1)?, true, |fc1| {
+            self.c_proj.with_gemm_layer(self.c_fc.out_features(), false, |fc2| Ok(x2.apply_op1_no_bwd(&super::fused::GemmOp::Mlp(fc1, fc2))?.reshape(out_dims)?))
+        })?;
+        Ok(fused.flatten())
     }
 }
 

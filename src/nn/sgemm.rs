@@ -24,6 +24,9 @@ const BLOCK_PANELS: usize = 4;
 const PACK_BUDGET: usize = 8 << 20;
 /// Reduction steps summed in registers before they join the tile's running sums.
 const KC: usize = 128;
+/// Row strides (in values) at which input rows are packed rather than read in place: rows a multiple of
+/// 4 KiB apart fall into the same L1 sets and evict one another.
+const ALIASING_STRIDE: usize = 1024;
 /// How far ahead (in k steps) the tile prefetches its packed operands.
 const PREFETCH_STEPS: usize = 24;
 
@@ -32,6 +35,8 @@ thread_local! {
     static PACKED_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A worker's packed weight block, kept between calls.
     static WEIGHT_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's MLP hidden activations ([`mlp`]), kept between calls.
+    static HIDDEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's scratch buffer `key`, or on a fresh one when an outer call on this thread
@@ -89,18 +94,32 @@ pub(super) enum WeightOperand<'a> {
     Packed(&'a [f32]),
 }
 
-/// `dst = x @ w^T`, then the epilogue: `x` [rows, k], `w` [n, k], `dst` [rows, n] row-major, every
-/// element written.
+/// A linear layer as the kernel runs it: `outputs` outputs, their weight and what follows the product.
+#[derive(Clone, Copy)]
+pub(super) struct Layer<'a> {
+    /// The weight [outputs, inputs].
+    pub(super) weight: WeightOperand<'a>,
+    /// The number of outputs.
+    pub(super) outputs: usize,
+    /// Bias and activation.
+    pub(super) epilogue: Epilogue<'a>,
+}
+
+/// `dst = x @ w^T`, then the epilogue: `x` [rows, k], the layer's weight `w` [n, k], `dst` [rows, n] at
+/// row stride `ldo` (>= n), every element of those rows written (the `ldo - n` values after each row
+/// left as they are).
 ///
 /// # Panics
-/// If `x` or `w` does not hold a `rows x k` / `n x k` matrix, the bias is not `n` long or `dst` is
-/// shorter than `rows * n`, or if the CPU lacks AVX-512F ([`available`]).
-pub(super) fn linear(rows: usize, n: usize, k: usize, x: Matrix, w: WeightOperand, epilogue: Epilogue, dst: &mut [MaybeUninit<f32>]) {
+/// If `x` or `w` does not hold a `rows x k` / `n x k` matrix, the bias is not `n` long or `dst` is too
+/// short, or if the CPU lacks AVX-512F ([`available`]).
+pub(super) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [MaybeUninit<f32>], ldo: usize) {
+    let Layer { weight: w, outputs: n, epilogue } = layer;
     assert!(available(), "sgemm::linear needs AVX-512F");
-    assert!(epilogue.bias.is_none_or(|b| b.len() == n) && dst.len() >= rows * n, "sgemm::linear: bias or output of the wrong size");
+    assert!(epilogue.bias.is_none_or(|b| b.len() == n), "sgemm::linear: bias of the wrong size");
     if rows == 0 || n == 0 {
         return;
     }
+    assert!(ldo >= n && dst.len() >= (rows - 1) * ldo + n, "sgemm::linear: output too short");
     // Checked here once so the packers and the kernel may index freely: every operand holds its shape.
     let last = |m: &Matrix, r: usize| (r - 1) * m.row_stride + k.saturating_sub(1) * m.col_stride;
     let w_fits = match w {
@@ -108,15 +127,61 @@ pub(super) fn linear(rows: usize, n: usize, k: usize, x: Matrix, w: WeightOperan
         WeightOperand::Packed(panels) => panels.len() >= n.div_ceil(NR) * k * NR,
     };
     assert!(k == 0 || (last(&x, rows) < x.data.len() && w_fits), "sgemm::linear: operands shorter than their shapes");
-    let chunk_rows = (PACK_BUDGET / k.max(1) / MR * MR).max(MR);
     let out = SendPtr(dst.as_mut_ptr().cast::<f32>());
+    if x.col_stride == 1 && x.row_stride % ALIASING_STRIDE != 0 {
+        // SAFETY: dst holds rows rows of n values at stride ldo (checked above); x holds its rows x k matrix.
+        return unsafe { multiply_chunk(rows, n, k, Rows::InPlace(x), &w, epilogue, out, ldo) };
+    }
+    let chunk_rows = (PACK_BUDGET / k.max(1) / MR * MR).max(MR);
     for r0 in (0..rows).step_by(chunk_rows) {
         let m = chunk_rows.min(rows - r0);
         with_scratch(&PACKED_ROWS, |packed_x| {
             pack_rows(&x, r0, m, k, packed_x);
-            // SAFETY: rows r0..r0 + m of dst start at r0 * n and hold m * n values, inside dst (checked above).
-            unsafe { multiply_chunk(m, n, k, packed_x, &w, epilogue, SendPtr(out.get().add(r0 * n))) }
+            // SAFETY: rows r0..r0 + m of dst start at r0 * ldo, inside dst (checked above).
+            unsafe { multiply_chunk(m, n, k, Rows::Packed(packed_x), &w, epilogue, SendPtr(out.get().add(r0 * ldo)), ldo) }
         });
+    }
+}
+
+/// `dst = fc2(fc1(x))` for `x` [rows, k] (fc1's weight [h, k], fc2's [n, h]), `dst` [rows, n]
+/// row-major: two [`linear`] calls with the hidden activations [rows, h] in this thread's scratch buffer
+/// (kept between calls), their rows padded when `h` values would be a multiple of 4 KiB so that fc2
+/// reads them in place rather than packing them.
+///
+/// # Panics
+/// As [`linear`] for either layer.
+pub(super) fn mlp(rows: usize, k: usize, x: Matrix, fc1: Layer, fc2: Layer, dst: &mut [MaybeUninit<f32>]) {
+    let h = fc1.outputs;
+    let ld = if h % ALIASING_STRIDE == 0 { h + 16 } else { h };
+    with_scratch(&HIDDEN, |hidden| {
+        hidden.clear();
+        hidden.reserve(rows * ld);
+        let buffer = &mut hidden.spare_capacity_mut()[..rows * ld];
+        linear(rows, k, x, fc1, buffer, ld);
+        buffer.chunks_exact_mut(ld).for_each(|row| row[h..].iter_mut().for_each(|v| _ = v.write(0.0)));
+        // SAFETY: fc1 wrote the first h values of every row and the padding was zeroed just above.
+        unsafe { hidden.set_len(rows * ld) };
+        linear(rows, h, Matrix::row_major(hidden, ld), fc2, dst, fc2.outputs);
+    })
+}
+
+/// The activation rows as the tiles read them.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// Panels of [k][MR] values ([`pack_rows`]).
+    Packed(&'a [f32]),
+    /// The input matrix itself (unit column stride): every tile reads its `MR` rows in place.
+    InPlace(Matrix<'a>),
+}
+
+impl Rows<'_> {
+    /// Row panel `rp` (rows `rp * MR..`) of a `k`-column operand: its first value and its row stride
+    /// (0 for a packed panel).
+    fn panel(&self, rp: usize, k: usize) -> (*const f32, usize) {
+        match self {
+            Rows::Packed(panels) => (panels[rp * MR * k..].as_ptr(), 0),
+            Rows::InPlace(x) => (x.data[rp * MR * x.row_stride..].as_ptr(), x.row_stride),
+        }
     }
 }
 
@@ -279,12 +344,13 @@ fn transpose16(m: &mut [__m512; 16]) {
     }
 }
 
-/// The product of `m` packed rows with every weight block, written to `out` [m, n] (row stride n).
+/// The product of `m` rows with every weight block, written to `out` [m, n] (row stride `ldo`).
 ///
 /// # Safety
-/// `out` must address `m * n` writable values that no one else touches during the call; `w` holds its
-/// `n x k` matrix (`linear` checked).
-unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &WeightOperand, epilogue: Epilogue, out: SendPtr) {
+/// `out` must address `m` rows of `n` writable values `ldo` apart that no one else touches during the
+/// call; `x` and `w` hold their `m x k` and `n x k` matrices (`linear` checked).
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_chunk(m: usize, n: usize, k: usize, x: Rows, w: &WeightOperand, epilogue: Epilogue, out: SendPtr, ldo: usize) {
     let row_panels = m.div_ceil(MR);
     let blocks = n.div_ceil(NR).div_ceil(BLOCK_PANELS);
     // Split the rows too when there are fewer blocks than two per thread, so every thread has work.
@@ -297,14 +363,16 @@ unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &Wei
         let multiply_block = |block: &[f32]| {
             for rp in row_panels * part / row_parts..row_panels * (part + 1) / row_parts {
                 let rows = MR.min(m - rp * MR);
+                let (a, lda) = x.panel(rp, k);
                 for p in 0..panels {
                     let col = (p0 + p) * NR;
                     let cols = NR.min(n - col);
                     let tile = Tile { rows, cols, epilogue: Epilogue { bias: epilogue.bias.map(|b| &b[col..col + cols]), ..epilogue } };
                     // SAFETY: the tile's rows rp*MR.. and columns col..col+cols lie inside out [m, n]
-                    // (rows <= m - rp*MR, cols <= n - col) and belong to this item alone; the packed
-                    // panels hold k steps of MR and NR values; the CPU has AVX-512F (`linear` checked).
-                    unsafe { tile_avx512(k, packed_x[rp * MR * k..].as_ptr(), block[p * k * NR..].as_ptr(), out.get().add(rp * MR * n + col), n, &tile) }
+                    // (rows <= m - rp*MR, cols <= n - col) and belong to this item alone; the row panel
+                    // holds `rows` rows of k values (packed: k steps of MR), the weight panel k steps of
+                    // NR values; the CPU has AVX-512F (`linear` checked).
+                    unsafe { tile_avx512(k, a, lda, block[p * k * NR..].as_ptr(), out.get().add(rp * MR * ldo + col), ldo, &tile) }
                 }
             }
         };
@@ -318,26 +386,29 @@ unsafe fn multiply_chunk(m: usize, n: usize, k: usize, packed_x: &[f32], w: &Wei
     });
 }
 
-/// Adds the products of `steps` packed k steps (`a` [steps][MR], `b` [steps][NR]) to `sums` (or writes
-/// them there when `first`), summing in registers first. Not inlined, so `sums` stays in memory and the
-/// 24 accumulators keep their registers.
+/// Adds the products of `steps` k steps of the rows `a` and the packed weight panel `b` [steps][NR] to
+/// `sums` (or writes them there when `first`), summing in registers first. Rows are a packed panel
+/// [steps][MR] or, `IN_PLACE`, row i's values at `a + row_offsets[i]` on. Not inlined, so `sums` stays in
+/// memory and the 24 accumulators keep their registers.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a` and `b` hold `steps * MR` and `steps * NR` values; `sums` is initialised
-/// unless `first`.
+/// The CPU has AVX-512F; `a` holds `steps * MR` values (packed) or `steps` values from every row offset
+/// (in place), `b` `steps * NR`; `sums` is initialised unless `first`.
 #[target_feature(enable = "avx512f")]
 #[inline(never)]
-unsafe fn accumulate_chunk(steps: usize, a: *const f32, b: *const f32, sums: &mut [MaybeUninit<__m512>; 2 * MR], first: bool) {
+unsafe fn accumulate_chunk<const IN_PLACE: bool>(steps: usize, a: *const f32, row_offsets: &[usize; MR], b: *const f32, sums: &mut [MaybeUninit<__m512>; 2 * MR], first: bool) {
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
     for step in 0..steps {
-        let (a, b) = (a.add(step * MR), b.add(step * NR));
+        let (a, b) = (a.add(if IN_PLACE { step } else { step * MR }), b.add(step * NR));
         let (b0, b1) = (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)));
         // Prefetches past the end of a panel touch no memory they must not (a hint, never a fault).
         _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH_STEPS * NR).cast());
         _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH_STEPS * NR + 16).cast());
-        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(2 * PREFETCH_STEPS * MR).cast());
+        if !IN_PLACE {
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(2 * PREFETCH_STEPS * MR).cast());
+        }
         for i in 0..MR {
-            let ai = _mm512_set1_ps(*a.add(i));
+            let ai = _mm512_set1_ps(*a.add(if IN_PLACE { row_offsets[i] } else { i }));
             acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
             acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
         }
@@ -357,19 +428,31 @@ struct Tile<'a> {
     epilogue: Epilogue<'a>,
 }
 
-/// One 12 x 32 tile over all `k`: `a` packed [k][MR], `b` packed [k][NR], the result (bias, QuickGELU)
-/// written to the tile's rows and columns of `out` (row stride `ldo`). The reduction runs in chunks of
-/// `KC` steps whose partial sums add up in memory, as blocked GEMMs do: the rounding error grows with
-/// `KC + k / KC` rather than with `k`.
+/// One 12 x 32 tile over all `k`: `a` the rows (packed [k][MR] when `lda` is 0, else `tile.rows` rows
+/// of k values `lda` apart), `b` packed [k][NR], the result (bias, QuickGELU) written to the tile's rows
+/// and columns of `out` (row stride `ldo`). The reduction runs in chunks of `KC` steps whose partial sums
+/// add up in memory, as blocked GEMMs do: the rounding error grows with `KC + k / KC` rather than with `k`.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a` and `b` hold `k * MR` and `k * NR` values; `out` addresses `tile.rows` rows
-/// of `tile.cols` writable values at stride `ldo`.
+/// The CPU has AVX-512F; `a` holds its rows as described, `b` `k * NR` values; `out` addresses
+/// `tile.rows` rows of `tile.cols` writable values at stride `ldo`.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512(k: usize, a: *const f32, b: *const f32, out: *mut f32, ldo: usize, tile: &Tile) {
+unsafe fn tile_avx512(k: usize, a: *const f32, lda: usize, b: *const f32, out: *mut f32, ldo: usize, tile: &Tile) {
     let mut sums = [MaybeUninit::<__m512>::uninit(); 2 * MR];
+    // Rows past the tile's repeat its last row (read in place, there is nothing beyond); never stored.
+    let row_offsets: [usize; MR] = std::array::from_fn(|i| i.min(tile.rows - 1) * lda);
+    // Fetch the output lines for writing now, so their misses overlap the products instead of the stores.
+    for i in 0..tile.rows {
+        _mm_prefetch::<_MM_HINT_ET0>(out.wrapping_add(i * ldo).cast());
+        _mm_prefetch::<_MM_HINT_ET0>(out.wrapping_add(i * ldo + 16).cast());
+    }
     for k0 in (0..k).step_by(KC) {
-        accumulate_chunk(KC.min(k - k0), a.add(k0 * MR), b.add(k0 * NR), &mut sums, k0 == 0);
+        let (steps, b, first) = (KC.min(k - k0), b.add(k0 * NR), k0 == 0);
+        if lda == 0 {
+            accumulate_chunk::<false>(steps, a.add(k0 * MR), &row_offsets, b, &mut sums, first);
+        } else {
+            accumulate_chunk::<true>(steps, a.add(k0), &row_offsets, b, &mut sums, first);
+        }
     }
     if k == 0 {
         // An empty reduction sums to zero.
@@ -427,7 +510,7 @@ mod tests {
     /// Runs `linear` on a fresh output and returns it.
     fn run(rows: usize, n: usize, k: usize, x: Matrix, w: WeightOperand, bias: Option<&[f32]>, gelu: bool) -> Vec<f32> {
         let mut dst = Vec::with_capacity(rows * n);
-        linear(rows, n, k, x, w, Epilogue { bias, gelu }, &mut dst.spare_capacity_mut()[..rows * n]);
+        linear(rows, k, x, Layer { weight: w, outputs: n, epilogue: Epilogue { bias, gelu } }, &mut dst.spare_capacity_mut()[..rows * n], n);
         // SAFETY: `linear` wrote all rows * n values.
         unsafe { dst.set_len(rows * n) };
         dst
@@ -440,8 +523,9 @@ mod tests {
             return;
         }
         // Shapes cover partial row panels, partial output tiles and blocks, k not a multiple of 16, k = 0,
-        // and (with 200 rows x 40 outputs) several row parts per block.
-        let shapes = [(1, 1, 1), (13, 33, 17), (12, 32, 16), (25, 100, 48), (7, 129, 0), (200, 40, 70), (3, 5, 300)];
+        // (with 200 rows x 40 outputs) several row parts per block, and rows read in place or (k = 1024,
+        // rows 4 KiB apart; and the strided views below) packed.
+        let shapes = [(1, 1, 1), (13, 33, 17), (12, 32, 16), (25, 100, 48), (7, 129, 0), (200, 40, 70), (3, 5, 300), (14, 40, 1024)];
         for (case, &(rows, n, k)) in shapes.iter().enumerate() {
             let xs: Vec<f32> = (0..rows * k * 2 + 1).map(|i| value(i + 7 * case)).collect();
             let ws: Vec<f32> = (0..n * k * 2 + 1).map(|i| value(i + 1000 + case)).collect();
@@ -493,6 +577,29 @@ mod tests {
         }
         let packed = PackedWeight::pack(Matrix { data: &[0.0; 6], row_stride: 3, col_stride: 1 }, 2, 3);
         assert!(packed.outputs_from(1).is_none() && packed.outputs_from(64).is_none());
+    }
+
+    #[test]
+    fn mlp_equals_its_two_layers_bit_for_bit() {
+        if !available() {
+            return;
+        }
+        // h = 1024: hidden rows padded (read in place); h = 100: not padded.
+        for (rows, k, h, n) in [(30, 48, 1024, 40), (13, 70, 100, 33)] {
+            let xs: Vec<f32> = (0..rows * k).map(value).collect();
+            let (w1, w2): (Vec<f32>, Vec<f32>) = ((0..h * k).map(|i| value(i + 3)).collect(), (0..n * h).map(|i| value(i + 5)).collect());
+            let (b1, b2): (Vec<f32>, Vec<f32>) = ((0..h).map(|i| value(i + 7)).collect(), (0..n).map(|i| value(i + 11)).collect());
+            let (x, w1, w2) = (Matrix::row_major(&xs, k), Matrix::row_major(&w1, k), Matrix::row_major(&w2, h));
+            let hidden = run(rows, h, k, x, WeightOperand::Strided(w1), Some(&b1), true);
+            let want = run(rows, n, h, Matrix::row_major(&hidden, h), WeightOperand::Strided(w2), Some(&b2), false);
+            let fc1 = Layer { weight: WeightOperand::Strided(w1), outputs: h, epilogue: Epilogue { bias: Some(&b1), gelu: true } };
+            let fc2 = Layer { weight: WeightOperand::Strided(w2), outputs: n, epilogue: Epilogue { bias: Some(&b2), gelu: false } };
+            let mut got = Vec::with_capacity(rows * n);
+            mlp(rows, k, x, fc1, fc2, &mut got.spare_capacity_mut()[..rows * n]);
+            // SAFETY: `mlp` wrote all rows * n values.
+            unsafe { got.set_len(rows * n) };
+            assert_eq!(got, want, "{rows}x{k} -> {h} -> {n}");
+        }
     }
 
     #[test]
