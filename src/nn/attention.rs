@@ -43,6 +43,14 @@ impl MultiHeadAttention {
         self.out_proj.forward_t(&out, train)
     }
 
+    /// The inference forward (fused kernels, no backward) with `residual` [N, L, W] added to the output
+    /// (in the output projection's epilogue on AVX-512 CPUs).
+    // [N, L, W] -> [N, L, W]
+    pub(super) fn forward_inference(&self, x: &Tensor, causal: bool, residual: &Tensor) -> Result<Tensor> {
+        let out = self.attend(x, causal, false)?;
+        self.out_proj.forward_inference(&out, false, Some(residual))
+    }
+
     /// The attention output before `out_proj`, heads concatenated per token.
     // [N, L, W] -> [N, L, W]
     pub(super) fn attend(&self, x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {

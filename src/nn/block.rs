@@ -46,6 +46,11 @@ impl ResidualAttentionBlock {
             let (x, m, m_bias) = self.fused_cuda_step(x, None, causal)?;
             return Ok(super::cuda::residual_add(&x, &m, &m_bias)?);
         }
+        if !train && x.device().is_cpu() {
+            // The residual adds happen in the output GEMMs' epilogues.
+            let x = self.attn.forward_inference(&self.ln_1.forward_t(x, false)?, causal, x)?;
+            return self.mlp.forward_inference(&self.ln_2.forward_t(&x, false)?, Some(&x));
+        }
         let x = (x + self.attn.forward_t(&self.ln_1.forward_t(x, train)?, causal, train)?)?;
         let x = (&x + self.mlp.forward_t(&self.ln_2.forward_t(&x, train)?, train)?)?;
         Ok(x)

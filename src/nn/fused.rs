@@ -136,7 +136,7 @@ impl LinearOp {
         #[cfg(target_arch = "x86_64")]
         if sgemm::available() {
             let weight = sgemm::WeightOperand::Strided(sgemm::Matrix::of(w, wl));
-            return Ok(sgemm_linear(rows, k, sgemm::Matrix::of(x, xl), sgemm::Layer { weight, outputs: n, epilogue: sgemm::Epilogue { bias, gelu: self.gelu } }));
+            return Ok(sgemm_linear(rows, k, sgemm::Matrix::of(x, xl), sgemm::Layer { weight, outputs: n, epilogue: sgemm::Epilogue { bias, gelu: self.gelu, residual: None } }));
         }
         let len = rows * n;
         // Filled below by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
@@ -205,8 +205,10 @@ unsafe fn new_output(rows: usize, n: usize, fill: impl FnOnce(&mut [std::mem::Ma
 }
 
 /// A linear layer, or a whole CLIP MLP (`c_fc`, QuickGELU, `c_proj`), on the AVX-512 GEMM as a candle op
-/// on an f32 CPU tensor [rows, in] at any strides (inference only). The layers borrow their weights:
-/// packed ([`sgemm::PackedWeight`]) or read from a tensor's storage held by the caller.
+/// on an f32 CPU tensor [rows, in] at any strides (inference only); as a binary op the second tensor
+/// [rows, out] (unit column stride) is added to the output in the GEMM's epilogue (a residual
+/// connection). The layers borrow their weights: packed ([`sgemm::PackedWeight`]) or read from a
+/// tensor's storage held by the caller.
 #[cfg(target_arch = "x86_64")]
 pub(super) enum GemmOp<'a> {
     /// One layer.
@@ -216,24 +218,67 @@ pub(super) enum GemmOp<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl CustomOp1 for GemmOp<'_> {
-    fn name(&self) -> &'static str {
-        "sgemm"
+impl GemmOp<'_> {
+    /// Applies the op to `x` [rows, in], adding `residual` [..., out] (as [rows, out]) when given.
+    // [rows, in] -> [rows, out]
+    pub(super) fn apply(&self, x: &Tensor, residual: Option<&Tensor>) -> crate::Result<Tensor> {
+        Ok(match residual {
+            Some(r) => x.apply_op2_no_bwd(&r.reshape((x.dim(0)?, self.last_layer().outputs))?, self)?,
+            None => x.apply_op1_no_bwd(self)?,
+        })
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    /// The op on `x` [rows, in], with `residual` added to the output when given.
+    fn run(&self, xs: &CpuStorage, xl: &Layout, residual: Option<(&CpuStorage, &Layout)>) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = xs.as_slice::<f32>()?;
         let (rows, k) = xl.shape().dims2()?;
         check_bounds(xl, x.len(), "sgemm input")?;
         if !sgemm::available() {
             bail!("sgemm: this CPU lacks AVX-512F")
         }
-        let x = sgemm::Matrix::of(x, xl);
+        let (mut last, x) = (self.last_layer(), sgemm::Matrix::of(x, xl));
+        if let Some((rs, rl)) = residual {
+            let r = rs.as_slice::<f32>()?;
+            if rl.shape().dims2()? != (rows, last.outputs) || rl.stride()[1] != 1 {
+                bail!("sgemm: residual {:?} (strides {:?}) is not [{rows}, {}] with unit column stride", rl.shape(), rl.stride(), last.outputs)
+            }
+            check_bounds(rl, r.len(), "sgemm residual")?;
+            last.epilogue.residual = Some(sgemm::Matrix::of(r, rl));
+        }
         Ok(match *self {
-            GemmOp::Linear(layer) => sgemm_linear(rows, k, x, layer),
+            GemmOp::Linear(_) => sgemm_linear(rows, k, x, last),
             // SAFETY: `sgemm::mlp` writes every value of its rows x n output.
-            GemmOp::Mlp(fc1, fc2) => unsafe { new_output(rows, fc2.outputs, |dst| sgemm::mlp(rows, k, x, fc1, fc2, dst)) },
+            GemmOp::Mlp(fc1, _) => unsafe { new_output(rows, last.outputs, |dst| sgemm::mlp(rows, k, x, fc1, last, dst)) },
         })
+    }
+
+    /// The layer that produces the output.
+    fn last_layer(&self) -> sgemm::Layer<'_> {
+        match *self {
+            GemmOp::Linear(layer) | GemmOp::Mlp(_, layer) => layer,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CustomOp1 for GemmOp<'_> {
+    fn name(&self) -> &'static str {
+        "sgemm"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(xs, xl, None)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CustomOp2 for GemmOp<'_> {
+    fn name(&self) -> &'static str {
+        "sgemm-residual"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, rs: &CpuStorage, rl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(xs, xl, Some((rs, rl)))
     }
 }
 

@@ -206,7 +206,7 @@ impl Linear {
             return Ok(self.forward(x)?);
         }
         if !train {
-            return self.forward_inference(x, false);
+            return self.forward_inference(x, false, None);
         }
         match &self.weight {
             Weight::Dense(w) if fused_train::applies(x) && w.dtype() == DType::F32 && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32) => {
@@ -216,14 +216,15 @@ impl Linear {
         }
     }
 
-    /// The fused inference forward, with QuickGELU applied to the output when `quick_gelu`.
+    /// The fused inference forward, with QuickGELU applied to the output when `quick_gelu`, then
+    /// `residual` [..., out] added when given (in the GEMM's epilogue on AVX-512 CPUs).
     // [..., in] -> [..., out]
-    pub(crate) fn forward_inference(&self, x: &Tensor, quick_gelu: bool) -> Result<Tensor> {
+    pub(crate) fn forward_inference(&self, x: &Tensor, quick_gelu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
         let (x2, out_dims) = self.flatten(x)?;
         #[cfg(target_arch = "x86_64")]
         if cpu_f32(x) {
-            let features = x2.dim(1)?;
-            if let Some(y) = self.with_gemm_layer(features, quick_gelu, |layer| Ok(x2.apply_op1_no_bwd(&super::fused::GemmOp::Linear(layer))?))? {
+            let op = |layer: sgemm::Layer| super::fused::GemmOp::Linear(layer).apply(&x2, residual);
+            if let Some(y) = self.with_gemm_layer(x2.dim(1)?, quick_gelu, op)? {
                 return Ok(y.reshape(out_dims)?);
             }
         }
@@ -247,7 +248,11 @@ impl Linear {
             #[cfg(target_arch = "x86_64")]
             Weight::Packed { .. } => return Err(packed_activations_error(x)),
         };
-        Ok(y.reshape(out_dims)?)
+        let y = y.reshape(out_dims)?;
+        Ok(match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        })
     }
 
     /// `x @ weight^T` without the bias, as one 2-D GEMM (differentiable; dense weights only).
@@ -278,7 +283,7 @@ impl Linear {
             return Err(crate::Error::Config(format!("a linear layer of {in_features} inputs applied to {features} features")));
         }
         let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
-        let epilogue = sgemm::Epilogue { bias: bias.as_deref(), gelu: quick_gelu };
+        let epilogue = sgemm::Epilogue { bias: bias.as_deref(), gelu: quick_gelu, residual: None };
         let outputs = self.out_features();
         match &self.weight {
             Weight::Packed { packed, cols } => {
@@ -378,8 +383,8 @@ mod tests {
         let packed = full.with_weights(TowerWeights::Packed)?;
         let x = Tensor::randn(0f32, 1., (3, 5, width), &Device::Cpu)?;
         for (start, len) in [(0, out), (width, 2 * width), (64, 56)] {
-            let want = full.outputs(start, len)?.forward_inference(&x, true)?;
-            let got = packed.outputs(start, len)?.forward_inference(&x, true)?;
+            let want = full.outputs(start, len)?.forward_inference(&x, true, None)?;
+            let got = packed.outputs(start, len)?.forward_inference(&x, true, None)?;
             assert_eq!(got.dims(), [3, 5, len]);
             assert_eq!((got - want)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0, "outputs {start}..{}", start + len);
         }

@@ -54,28 +54,27 @@ impl Mlp {
         if train {
             return self.forward(x);
         }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(y) = self.forward_sgemm(x)? {
-            return Ok(y);
-        }
-        // [..., 4 width]
-        let h = self.c_fc.forward_inference(x, true)?;
-        self.c_proj.forward_t(&h, false)
+        self.forward_inference(x, None)
     }
 
-    /// The inference forward as one op on the AVX-512 GEMM (the hidden activations in a reused scratch
-    /// buffer, read in place by `c_proj`), or `None` where that kernel does not take both layers.
+    /// The inference forward (fused kernels, no backward), with `residual` [..., width] added to the
+    /// output when given: on AVX-512 CPUs one op (the hidden activations in a reused scratch buffer, read
+    /// in place by `c_proj`, the residual added in its epilogue).
     // [..., width] -> [..., width]
-    #[cfg(target_arch = "x86_64")]
-    fn forward_sgemm(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if !super::linear::cpu_f32(x) {
-            return Ok(None);
+    pub(super) fn forward_inference(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if super::linear::cpu_f32(x) {
+            let (x2, out_dims) = self.c_proj.flatten(x)?;
+            let fused = self.c_fc.with_gemm_layer(x2.dim(1)?, true, |fc1| {
+                self.c_proj.with_gemm_layer(self.c_fc.out_features(), false, |fc2| Ok(super::fused::GemmOp::Mlp(fc1, fc2).apply(&x2, residual)?.reshape(out_dims)?))
+            })?;
+            if let Some(y) = fused.flatten() {
+                return Ok(y);
+            }
         }
-        let (x2, out_dims) = self.c_proj.flatten(x)?;
-        let fused = self.c_fc.with_gemm_layer(x2.dim(1)?, true, |fc1| {
-            self.c_proj.with_gemm_layer(self.c_fc.out_features(), false, |fc2| Ok(x2.apply_op1_no_bwd(&super::fused::GemmOp::Mlp(fc1, fc2))?.reshape(out_dims)?))
-        })?;
-        Ok(fused.flatten())
+        // [..., 4 width]
+        let h = self.c_fc.forward_inference(x, true, None)?;
+        self.c_proj.forward_inference(&h, false, residual)
     }
 }
 

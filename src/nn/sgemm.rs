@@ -71,13 +71,27 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// What follows the product: a bias [n] added per output, then QuickGELU when `gelu`.
-#[derive(Clone, Copy)]
+/// What follows the product: a bias [n] added per output, then QuickGELU when `gelu`, then a residual
+/// [rows, n] added.
+#[derive(Clone, Copy, Default)]
 pub(super) struct Epilogue<'a> {
     /// The bias of every output.
     pub(super) bias: Option<&'a [f32]>,
     /// Whether QuickGELU `v * sigmoid(1.702 v)` follows the bias.
     pub(super) gelu: bool,
+    /// Values added last, one per output element (a residual connection); unit column stride.
+    pub(super) residual: Option<Matrix<'a>>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// The epilogue of the outputs from row `row` and column `col` on: bias and residual sliced there.
+    fn at(&self, row: usize, col: usize) -> Self {
+        Self {
+            bias: self.bias.map(|b| &b[col..]),
+            gelu: self.gelu,
+            residual: self.residual.map(|r| Matrix { data: &r.data[row * r.row_stride + col..], ..r }),
+        }
+    }
 }
 
 /// Whether this CPU runs the kernel (AVX-512F, detected at run time).
@@ -120,6 +134,8 @@ pub(super) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [
         return;
     }
     assert!(ldo >= n && dst.len() >= (rows - 1) * ldo + n, "sgemm::linear: output too short");
+    let residual_fits = |r: &Matrix| r.col_stride == 1 && (rows - 1) * r.row_stride + n <= r.data.len();
+    assert!(epilogue.residual.as_ref().is_none_or(residual_fits), "sgemm::linear: residual of the wrong size or strides");
     // Checked here once so the packers and the kernel may index freely: every operand holds its shape.
     let last = |m: &Matrix, r: usize| (r - 1) * m.row_stride + k.saturating_sub(1) * m.col_stride;
     let w_fits = match w {
@@ -138,7 +154,7 @@ pub(super) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [
         with_scratch(&PACKED_ROWS, |packed_x| {
             pack_rows(&x, r0, m, k, packed_x);
             // SAFETY: rows r0..r0 + m of dst start at r0 * ldo, inside dst (checked above).
-            unsafe { multiply_chunk(m, n, k, Rows::Packed(packed_x), &w, epilogue, SendPtr(out.get().add(r0 * ldo)), ldo) }
+            unsafe { multiply_chunk(m, n, k, Rows::Packed(packed_x), &w, epilogue.at(r0, 0), SendPtr(out.get().add(r0 * ldo)), ldo) }
         });
     }
 }
@@ -367,7 +383,7 @@ unsafe fn multiply_chunk(m: usize, n: usize, k: usize, x: Rows, w: &WeightOperan
                 for p in 0..panels {
                     let col = (p0 + p) * NR;
                     let cols = NR.min(n - col);
-                    let tile = Tile { rows, cols, epilogue: Epilogue { bias: epilogue.bias.map(|b| &b[col..col + cols]), ..epilogue } };
+                    let tile = Tile { rows, cols, epilogue: epilogue.at(rp * MR, col) };
                     // SAFETY: the tile's rows rp*MR.. and columns col..col+cols lie inside out [m, n]
                     // (rows <= m - rp*MR, cols <= n - col) and belong to this item alone; the row panel
                     // holds `rows` rows of k values (packed: k steps of MR), the weight panel k steps of
@@ -424,7 +440,7 @@ struct Tile<'a> {
     rows: usize,
     /// Valid columns (<= NR).
     cols: usize,
-    /// The epilogue of those columns (its bias sliced to them).
+    /// The epilogue from the tile's first row and column on.
     epilogue: Epilogue<'a>,
 }
 
@@ -479,6 +495,12 @@ unsafe fn tile_avx512(k: usize, a: *const f32, lda: usize, b: *const f32, out: *
             values.iter_mut().for_each(|v| *v = quick_gelu_value(*v));
             (v0, v1) = (_mm512_loadu_ps(values.as_ptr()), _mm512_loadu_ps(values.as_ptr().add(16)));
         }
+        if let Some(residual) = &tile.epilogue.residual {
+            // Row i's `cols` values lie inside (`linear` checked the whole residual); masked lanes read nothing.
+            let row = residual.data.as_ptr().add(i * residual.row_stride);
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, row));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, row.wrapping_add(16)));
+        }
         let row = out.add(i * ldo);
         _mm512_mask_storeu_ps(row, m0, v0);
         _mm512_mask_storeu_ps(row.wrapping_add(16), m1, v1);
@@ -510,7 +532,7 @@ mod tests {
     /// Runs `linear` on a fresh output and returns it.
     fn run(rows: usize, n: usize, k: usize, x: Matrix, w: WeightOperand, bias: Option<&[f32]>, gelu: bool) -> Vec<f32> {
         let mut dst = Vec::with_capacity(rows * n);
-        linear(rows, k, x, Layer { weight: w, outputs: n, epilogue: Epilogue { bias, gelu } }, &mut dst.spare_capacity_mut()[..rows * n], n);
+        linear(rows, k, x, Layer { weight: w, outputs: n, epilogue: Epilogue { bias, gelu, residual: None } }, &mut dst.spare_capacity_mut()[..rows * n], n);
         // SAFETY: `linear` wrote all rows * n values.
         unsafe { dst.set_len(rows * n) };
         dst
@@ -592,13 +614,37 @@ mod tests {
             let (x, w1, w2) = (Matrix::row_major(&xs, k), Matrix::row_major(&w1, k), Matrix::row_major(&w2, h));
             let hidden = run(rows, h, k, x, WeightOperand::Strided(w1), Some(&b1), true);
             let want = run(rows, n, h, Matrix::row_major(&hidden, h), WeightOperand::Strided(w2), Some(&b2), false);
-            let fc1 = Layer { weight: WeightOperand::Strided(w1), outputs: h, epilogue: Epilogue { bias: Some(&b1), gelu: true } };
-            let fc2 = Layer { weight: WeightOperand::Strided(w2), outputs: n, epilogue: Epilogue { bias: Some(&b2), gelu: false } };
+            let fc1 = Layer { weight: WeightOperand::Strided(w1), outputs: h, epilogue: Epilogue { bias: Some(&b1), gelu: true, residual: None } };
+            let fc2 = Layer { weight: WeightOperand::Strided(w2), outputs: n, epilogue: Epilogue { bias: Some(&b2), ..Default::default() } };
             let mut got = Vec::with_capacity(rows * n);
             mlp(rows, k, x, fc1, fc2, &mut got.spare_capacity_mut()[..rows * n]);
             // SAFETY: `mlp` wrote all rows * n values.
             unsafe { got.set_len(rows * n) };
             assert_eq!(got, want, "{rows}x{k} -> {h} -> {n}");
+        }
+    }
+
+    #[test]
+    fn residual_adds_last() {
+        if !available() {
+            return;
+        }
+        // 30 rows, k = 1024: packed rows in chunks would offset the residual too; 13 x 70 reads in place.
+        for (rows, n, k) in [(30, 45, 1024), (13, 70, 20)] {
+            let xs: Vec<f32> = (0..rows * k).map(value).collect();
+            let ws: Vec<f32> = (0..n * k).map(|i| value(i + 1)).collect();
+            let bias: Vec<f32> = (0..n).map(|i| value(i + 2)).collect();
+            // The residual's rows 3 values longer than the output's.
+            let residual: Vec<f32> = (0..rows * (n + 3)).map(|i| value(i + 4)).collect();
+            let (x, w) = (Matrix::row_major(&xs, k), WeightOperand::Strided(Matrix::row_major(&ws, k)));
+            let plain = run(rows, n, k, x, w, Some(&bias), false);
+            let epilogue = Epilogue { bias: Some(&bias), gelu: false, residual: Some(Matrix::row_major(&residual, n + 3)) };
+            let mut got = Vec::with_capacity(rows * n);
+            linear(rows, k, x, Layer { weight: w, outputs: n, epilogue }, &mut got.spare_capacity_mut()[..rows * n], n);
+            // SAFETY: `linear` wrote all rows * n values.
+            unsafe { got.set_len(rows * n) };
+            let want: Vec<f32> = plain.iter().enumerate().map(|(i, v)| v + residual[i / n * (n + 3) + i % n]).collect();
+            assert_eq!(got, want, "{rows}x{n}x{k}");
         }
     }
 
