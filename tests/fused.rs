@@ -1,6 +1,6 @@
 //! The fused CPU inference kernels (`actionclip::nn::fused`) against plain candle ops on random inputs:
 //! odd sizes, strided weights, causal and random masks, and the fallback for other dtypes.
-use actionclip::nn::{fused, quick_gelu, Mlp, MultiHeadAttention};
+use actionclip::nn::{fused, quick_gelu, Mlp, MultiHeadAttention, ResidualAttentionBlock};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 
@@ -160,6 +160,14 @@ fn inference_blocks_match_training_blocks() {
         assert_close("MultiHeadAttention", &fast, &slow);
     }
     assert_close("Mlp", &mlp.forward_t(&x, false).unwrap(), &mlp.forward_t(&x, true).unwrap());
+    // Width 256: the MLP's 1024 hidden values per row are padded in the fused inference op; the block adds
+    // its residuals in the output GEMMs' epilogues.
+    let block = ResidualAttentionBlock::new(vb.pp("block"), 256, 4, 1e-5).unwrap();
+    let x = randn(&[2, 50, 256], 1.);
+    for causal in [false, true] {
+        let (fast, slow) = (block.forward_t(&x, causal, false).unwrap(), block.forward_t(&x, causal, true).unwrap());
+        assert_close("ResidualAttentionBlock", &fast, &slow);
+    }
 }
 
 /// Large inference batches are encoded in chunks of whole videos (about 2048 token rows per chunk): with
