@@ -1,12 +1,15 @@
-//! An f32 GEMM for linear layers on AVX-512 CPUs: `y = x @ w^T (+ bias)`, QuickGELU optionally applied.
+//! An f32 GEMM for linear layers on AVX-512 CPUs: `y = x @ w^T (+ bias)`, QuickGELU and a residual add
+//! optionally applied.
 //!
 //! The `gemm` crate (candle's CPU matmul, and [`super::fused`]'s fallback) runs AVX2 kernels with 16
 //! registers even where AVX-512 gives 32. Here a 12 x 32 output tile lives in 24 zmm accumulators over
-//! the whole reduction, so each output is written once with its bias and activation applied. The
-//! activations are packed per call into 12-row panels (k-major, zero-padded); the weight in blocks of
-//! 4 x 32 outputs (k-major, zero-padded) by the thread that consumes the block, which then streams every
-//! row panel past it. Blocks of outputs, and ranges of rows when there are too few blocks, spread over
-//! the rayon pool. On a 2-core Zen 4 the four ViT-B/16 layer shapes (1576 rows) run at ~205-215 GFLOP/s
+//! the whole reduction, so each output is written once with its bias, activation and residual applied.
+//! The activation rows are read in place (packed per call into 12-row panels only when rows lie a
+//! multiple of 4 KiB apart, which would make them evict one another from the L1); the weight is packed
+//! in blocks of 4 x 32 outputs (k-major, zero-padded) by the thread that consumes the block, or once at
+//! load ([`PackedWeight`]), and every row panel streams past it. Blocks of outputs, and ranges of rows
+//! when there are too few blocks, spread over the rayon pool. [`mlp`] chains two layers through a reused
+//! hidden buffer. On a 2-core Zen 4 the four ViT-B/16 layer shapes (1576 rows) run at ~210-220 GFLOP/s
 //! against `gemm`'s ~190 (peak 232).
 use std::{arch::x86_64::*, cell::RefCell, mem::MaybeUninit, thread::LocalKey};
 
@@ -457,10 +460,10 @@ unsafe fn tile_avx512(k: usize, a: *const f32, lda: usize, b: *const f32, out: *
     let mut sums = [MaybeUninit::<__m512>::uninit(); 2 * MR];
     // Rows past the tile's repeat its last row (read in place, there is nothing beyond); never stored.
     let row_offsets: [usize; MR] = std::array::from_fn(|i| i.min(tile.rows - 1) * lda);
-    // Fetch the output lines for writing now, so their misses overlap the products instead of the stores.
+    // Fetch the output lines into the L1 now, so their misses overlap the products instead of the stores.
     for i in 0..tile.rows {
-        _mm_prefetch::<_MM_HINT_ET0>(out.wrapping_add(i * ldo).cast());
-        _mm_prefetch::<_MM_HINT_ET0>(out.wrapping_add(i * ldo + 16).cast());
+        _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(i * ldo).cast());
+        _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(i * ldo + 16).cast());
     }
     for k0 in (0..k).step_by(KC) {
         let (steps, b, first) = (KC.min(k - k0), b.add(k0 * NR), k0 == 0);
