@@ -104,6 +104,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A checkpoint whose `fusion_model.` keys do not tell which post-network head they belong to.
+    #[error("{path}: cannot tell the post-network head from the keys {keys}: {reason}")]
+    UnknownHead {
+        /// The file at fault.
+        path: PathBuf,
+        /// The `fusion_model.` keys found (the first few, sorted).
+        keys: String,
+        /// What is wrong with them.
+        reason: String,
+    },
+
     /// A Hugging Face hub download or cache lookup failed.
     #[error("hub model {model}: {reason}")]
     Hub {

@@ -21,18 +21,26 @@ const CLS_HEADS: usize = 8;
 /// Feed-forward width of the `Transf_cls` encoder layers (PyTorch's default).
 const CLS_FFN: usize = 2048;
 
+/// Name of the reference's frame position embedding `[77, D]` under `fusion_model.`.
+pub(crate) const FRAME_POSITIONS: &str = "frame_position_embeddings.weight";
+
 /// A post-network head, built from a [`PostNetwork`].
 #[derive(Clone, Debug)]
-pub enum TemporalHead {
-    /// Mean over frames.
+pub struct TemporalHead {
+    pool: Pool,
+    /// The reference's `frame_position_embeddings` in a checkpoint of another head than `Transf`: its
+    /// `visual_prompt` creates the embedding for Conv_1D, LSTM and Transf_cls too but reads it only in
+    /// Transf. Kept, unread, so that saving gives the reference's layout back.
+    unused_frame_positions: Option<Tensor>,
+}
+
+/// The head's pooling, one variant per [`PostNetwork`].
+#[derive(Clone, Debug)]
+enum Pool {
     MeanPool,
-    /// Depthwise temporal convolution, residual, mean.
     Conv1d(Conv1dHead),
-    /// One-layer LSTM, residual, mean.
     Lstm(LstmHead),
-    /// Temporal transformer with frame positions, residual, mean.
     Transformer(TransformerHead),
-    /// Transformer encoder with a class token.
     TransformerCls(TransformerClsHead),
 }
 
@@ -40,26 +48,32 @@ impl TemporalHead {
     /// Builds the head described by `post` under `vb` (`fusion_model`), for features of width `dim`, with
     /// `heads` attention heads for the temporal transformer and `frames` frames for the class-token head.
     pub fn new(vb: VarBuilder, post: &PostNetwork, dim: usize, heads: usize, frames: usize) -> Result<Self> {
-        Ok(match *post {
-            PostNetwork::MeanPool => TemporalHead::MeanPool,
-            PostNetwork::Conv1d { reference_reshape } => TemporalHead::Conv1d(Conv1dHead::new(vb, dim, reference_reshape)?),
-            PostNetwork::Lstm => TemporalHead::Lstm(LstmHead::new(vb, dim)?),
-            PostNetwork::Transformer { layers } => TemporalHead::Transformer(TransformerHead::new(vb, dim, heads, layers)?),
+        let pool = match *post {
+            PostNetwork::MeanPool => Pool::MeanPool,
+            PostNetwork::Conv1d { reference_reshape } => Pool::Conv1d(Conv1dHead::new(vb.clone(), dim, reference_reshape)?),
+            PostNetwork::Lstm => Pool::Lstm(LstmHead::new(vb.clone(), dim)?),
+            PostNetwork::Transformer { layers } => Pool::Transformer(TransformerHead::new(vb.clone(), dim, heads, layers)?),
             PostNetwork::TransformerCls { layers } => {
-                TemporalHead::TransformerCls(TransformerClsHead::new(vb.pp("transformer"), dim, layers, frames)?)
+                Pool::TransformerCls(TransformerClsHead::new(vb.pp("transformer"), dim, layers, frames)?)
             }
-        })
+        };
+        let unused_frame_positions = match pool {
+            Pool::Transformer(_) => None,
+            _ if vb.contains_tensor(FRAME_POSITIONS) => Some(vb.get((CONTEXT_LENGTH, dim), FRAME_POSITIONS)?),
+            _ => None,
+        };
+        Ok(Self { pool, unused_frame_positions })
     }
 
     /// Checks that the head can take `frames` frames.
     pub fn check_frames(&self, frames: usize) -> Result<()> {
-        match self {
-            TemporalHead::Transformer(_) if frames > CONTEXT_LENGTH => Err(Error::FrameCount {
+        match &self.pool {
+            Pool::Transformer(_) if frames > CONTEXT_LENGTH => Err(Error::FrameCount {
                 part: "Transformer head",
                 found: frames,
                 reason: format!("its frame position embedding has {CONTEXT_LENGTH} rows"),
             }),
-            TemporalHead::TransformerCls(h) if frames != h.frames => Err(Error::FrameCount {
+            Pool::TransformerCls(h) if frames != h.frames => Err(Error::FrameCount {
                 part: "TransformerCls head",
                 found: frames,
                 reason: format!("its position embedding was built for exactly {} frames", h.frames),
@@ -72,24 +86,27 @@ impl TemporalHead {
     // [B, T, D] -> [B, D]
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_frames(x.dim(1)?)?;
-        Ok(match self {
-            TemporalHead::MeanPool => x.mean(1)?,
-            TemporalHead::Conv1d(h) => h.forward(x)?,
-            TemporalHead::Lstm(h) => h.forward(x)?,
-            TemporalHead::Transformer(h) => h.forward_t(x, train)?,
-            TemporalHead::TransformerCls(h) => h.forward_t(x, train)?,
+        Ok(match &self.pool {
+            Pool::MeanPool => x.mean(1)?,
+            Pool::Conv1d(h) => h.forward(x)?,
+            Pool::Lstm(h) => h.forward(x)?,
+            Pool::Transformer(h) => h.forward_t(x, train)?,
+            Pool::TransformerCls(h) => h.forward_t(x, train)?,
         })
     }
 }
 
 impl Params for TemporalHead {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        match self {
-            TemporalHead::MeanPool => {}
-            TemporalHead::Conv1d(h) => f(join(prefix, "shift.weight"), &h.weight),
-            TemporalHead::Lstm(h) => h.visit(&join(prefix, "lstm_visual."), f),
-            TemporalHead::Transformer(h) => h.visit(prefix, f),
-            TemporalHead::TransformerCls(h) => h.visit(&join(prefix, "transformer."), f),
+        if let Some(positions) = &self.unused_frame_positions {
+            f(join(prefix, FRAME_POSITIONS), positions);
+        }
+        match &self.pool {
+            Pool::MeanPool => {}
+            Pool::Conv1d(h) => f(join(prefix, "shift.weight"), &h.weight),
+            Pool::Lstm(h) => h.visit(&join(prefix, "lstm_visual."), f),
+            Pool::Transformer(h) => h.visit(prefix, f),
+            Pool::TransformerCls(h) => h.visit(&join(prefix, "transformer."), f),
         }
     }
 }
@@ -97,7 +114,7 @@ impl Params for TemporalHead {
 /// `Conv_1D`: depthwise `Conv1d(D, D, 3, padding 1, groups D, no bias)` named `shift`, plus the input,
 /// then the mean over frames.
 #[derive(Clone, Debug)]
-pub struct Conv1dHead {
+struct Conv1dHead {
     /// `shift.weight` [D, 1, 3].
     weight: Tensor,
     reference_reshape: bool,
@@ -106,7 +123,7 @@ pub struct Conv1dHead {
 impl Conv1dHead {
     /// Reads `shift.weight`; a new head starts as ActionCLIP's fixed shift (first D/4 channels tap 0,
     /// middle D/2 tap 1, last D/4 tap 2).
-    pub fn new(vb: VarBuilder, dim: usize, reference_reshape: bool) -> Result<Self> {
+    fn new(vb: VarBuilder, dim: usize, reference_reshape: bool) -> Result<Self> {
         let fresh = !vb.contains_tensor("shift.weight");
         let weight = vb.get_with_hints((dim, 1, 3), "shift.weight", Init::Const(0.))?;
         if fresh {
@@ -153,7 +170,7 @@ fn depthwise_conv3(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// `LSTM`: one-layer unidirectional batch-first LSTM (D -> D, PyTorch gate order i, f, g, o), run in
 /// f32, plus the input, then the mean over frames.
 #[derive(Clone, Debug)]
-pub struct LstmHead {
+struct LstmHead {
     input: Linear,
     hidden: Linear,
     dim: usize,
@@ -161,7 +178,7 @@ pub struct LstmHead {
 
 impl LstmHead {
     /// Reads `lstm_visual.{weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0}`.
-    pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let vb = vb.pp("lstm_visual");
         let bound = (dim as f64).powf(-0.5);
         let init = Init::Uniform { lo: -bound, up: bound };
@@ -211,16 +228,16 @@ impl Params for LstmHead {
 /// `Transf`: frame position embeddings, CLIP-style residual blocks (TF-style LayerNorm, eps 1e-12),
 /// plus the input, then the mean over frames.
 #[derive(Clone, Debug)]
-pub struct TransformerHead {
+struct TransformerHead {
     frame_position_embeddings: Tensor,
     blocks: Vec<ResidualAttentionBlock>,
 }
 
 impl TransformerHead {
     /// Reads `frame_position_embeddings.weight` [77, D] and `transformer.resblocks.*`.
-    pub fn new(vb: VarBuilder, dim: usize, heads: usize, layers: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, dim: usize, heads: usize, layers: usize) -> Result<Self> {
         let normal = Init::Randn { mean: 0., stdev: 0.02 };
-        let frame_position_embeddings = vb.get_with_hints((CONTEXT_LENGTH, dim), "frame_position_embeddings.weight", normal)?;
+        let frame_position_embeddings = vb.get_with_hints((CONTEXT_LENGTH, dim), FRAME_POSITIONS, normal)?;
         let blocks = (0..layers)
             .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), dim, heads, TRANSF_LN_EPS))
             .collect::<Result<Vec<_>>>()?;
@@ -238,7 +255,7 @@ impl TransformerHead {
 
 impl Params for TransformerHead {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        f(join(prefix, "frame_position_embeddings.weight"), &self.frame_position_embeddings);
+        f(join(prefix, FRAME_POSITIONS), &self.frame_position_embeddings);
         for (i, block) in self.blocks.iter().enumerate() {
             block.visit(&join(prefix, &format!("transformer.resblocks.{i}.")), f);
         }
@@ -288,7 +305,7 @@ impl Params for EncoderLayer {
 /// `Transf_cls`: a class token and position embeddings for exactly T frames, PyTorch transformer encoder
 /// layers and a final LayerNorm; returns the class token's output.
 #[derive(Clone, Debug)]
-pub struct TransformerClsHead {
+struct TransformerClsHead {
     cls_token: Tensor,
     pos_embed: Tensor,
     layers: Vec<EncoderLayer>,
@@ -298,7 +315,7 @@ pub struct TransformerClsHead {
 
 impl TransformerClsHead {
     /// Reads `cls_token` [1, 1, D], `pos_embed` [1, T+1, D] and `transformer_enc.{layers.i, norm}`.
-    pub fn new(vb: VarBuilder, dim: usize, layers: usize, frames: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, dim: usize, layers: usize, frames: usize) -> Result<Self> {
         let enc = vb.pp("transformer_enc");
         Ok(Self {
             cls_token: vb.get_with_hints((1, 1, dim), "cls_token", Init::Const(0.))?,

@@ -857,6 +857,6 @@ fn golden_fixtures_agree() {
     assert_eq!(cfg.clip, clip);
 
     // weights.safetensors holds every head at once: the head cannot be inferred, the frame count can.
-    assert!(matches!(openai.post_network(), Err(Error::Checkpoint { .. })));
+    assert!(matches!(openai.post_network(), Err(Error::UnknownHead { .. })));
     assert_eq!(openai.inferred_frames(), Some(4));
 }

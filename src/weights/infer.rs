@@ -11,6 +11,11 @@ pub const DEFAULT_FRAMES: usize = 8;
 
 const TRANSF_BLOCKS: &str = "fusion_model.transformer.resblocks.";
 const TRANSF_CLS_LAYERS: &str = "fusion_model.transformer.transformer_enc.layers.";
+/// Key prefixes found only in a Transf_cls head.
+const TRANSF_CLS_MARKERS: [&str; 3] =
+    ["fusion_model.transformer.cls_token", "fusion_model.transformer.pos_embed", "fusion_model.transformer.transformer_enc."];
+/// Keys named in an [`Error::UnknownHead`].
+const SHOWN_KEYS: usize = 8;
 
 fn with_path(e: Error, path: &Path) -> Error {
     match e {
@@ -58,32 +63,25 @@ impl LoadedWeights {
         }
     }
 
-    /// The post-network head told by the `fusion_model.` keys alone: none gives [`PostNetwork::MeanPool`];
-    /// layer counts come from the block indices. A Conv_1D head from a file without a config was trained by
-    /// the reference's code, so it gets `reference_reshape: true`. Keys of several heads in one file are an
-    /// error (the file does not say which one the model uses).
+    /// The post-network head told by the `fusion_model.` keys alone, from the modules that tell the heads
+    /// apart: `shift.*` (Conv_1D), `lstm_visual.*` (LSTM), `transformer.resblocks.*` (Transf) and
+    /// `transformer.{cls_token, pos_embed, transformer_enc.*}` (Transf_cls). No key gives
+    /// [`PostNetwork::MeanPool`]; layer counts come from the block indices. `frame_position_embeddings`
+    /// tells nothing by itself: the reference creates it for every head but meanP. A Conv_1D head from a
+    /// file without a config was trained by the reference's code, so it gets `reference_reshape: true`.
+    /// Keys of several heads, or `fusion_model.` keys of none, are an [`Error::UnknownHead`].
     pub fn inferred_post_network(&self) -> Result<PostNetwork> {
         let mut found = Vec::new();
-        if self.tensors.contains_key("fusion_model.shift.weight") {
+        if self.has_prefix("fusion_model.shift.") {
             found.push(PostNetwork::Conv1d { reference_reshape: self.format.is_reference() });
         }
         if self.has_prefix("fusion_model.lstm_visual.") {
             found.push(PostNetwork::Lstm);
         }
-        if self.has_prefix("fusion_model.frame_position_embeddings.") || self.has_prefix(TRANSF_BLOCKS) {
-            let layers = self.block_count(TRANSF_BLOCKS)?;
-            if layers == 0 {
-                return Err(Error::MissingKey {
-                    key: format!("{TRANSF_BLOCKS}0.attn.in_proj_weight"),
-                    hint: Some("the checkpoint has a Transf frame position embedding but no transformer blocks".into()),
-                });
-            }
-            found.push(PostNetwork::Transformer { layers });
+        if self.has_prefix(TRANSF_BLOCKS) {
+            found.push(PostNetwork::Transformer { layers: self.block_count(TRANSF_BLOCKS)? });
         }
-        if self.has_prefix("fusion_model.transformer.cls_token")
-            || self.has_prefix("fusion_model.transformer.pos_embed")
-            || self.has_prefix("fusion_model.transformer.transformer_enc.")
-        {
+        if TRANSF_CLS_MARKERS.iter().any(|m| self.has_prefix(m)) {
             let layers = self.block_count(TRANSF_CLS_LAYERS)?;
             if layers == 0 {
                 return Err(Error::MissingKey {
@@ -93,26 +91,33 @@ impl LoadedWeights {
             }
             found.push(PostNetwork::TransformerCls { layers });
         }
-        match found.len() {
-            0 if self.has_prefix(FUSION_PREFIX) => {
-                let mut keys: Vec<&str> =
-                    self.tensors.keys().filter(|k| k.starts_with(FUSION_PREFIX)).map(String::as_str).collect();
-                keys.sort_unstable();
-                keys.truncate(8);
-                Err(Error::Checkpoint {
-                    path: self.path.clone(),
-                    reason: format!("unknown post-network head keys: {}", keys.join(", ")),
-                })
-            }
-            0 => Ok(PostNetwork::MeanPool),
-            1 => Ok(found[0]),
-            _ => Err(Error::Checkpoint {
+        match found.as_slice() {
+            [] if !self.has_prefix(FUSION_PREFIX) => Ok(PostNetwork::MeanPool),
+            [head] => Ok(*head),
+            heads => Err(Error::UnknownHead {
                 path: self.path.clone(),
-                reason: format!(
-                    "the checkpoint holds the weights of several post-network heads ({}); give the head in the config",
-                    found.iter().map(|p| p.reference_name()).collect::<Vec<_>>().join(", ")
-                ),
+                keys: self.fusion_keys(),
+                reason: if heads.is_empty() {
+                    "they hold none of the modules that tell the heads apart (shift, lstm_visual, transformer)".into()
+                } else {
+                    let names: Vec<&str> = heads.iter().map(|p| p.reference_name()).collect();
+                    format!("they hold the weights of several heads ({}); give the head in the config", names.join(", "))
+                },
             }),
+        }
+    }
+
+    /// The `fusion_model.` keys, sorted, at most [`SHOWN_KEYS`] of them and a count of the rest.
+    fn fusion_keys(&self) -> String {
+        let mut keys: Vec<&str> = self.tensors.keys().filter(|k| k.starts_with(FUSION_PREFIX)).map(String::as_str).collect();
+        keys.sort_unstable();
+        let rest = keys.len().saturating_sub(SHOWN_KEYS);
+        keys.truncate(SHOWN_KEYS);
+        let shown = keys.join(", ");
+        if rest > 0 {
+            format!("{shown} and {rest} more")
+        } else {
+            shown
         }
     }
 

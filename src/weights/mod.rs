@@ -10,6 +10,8 @@
 //!   `fusion_model.shift.weight` (Conv_1D), `fusion_model.lstm_visual.*` (LSTM),
 //!   `fusion_model.frame_position_embeddings.weight` + `fusion_model.transformer.resblocks.{i}.*` (Transf),
 //!   `fusion_model.transformer.{cls_token,pos_embed,transformer_enc.*}` (Transf_cls). MeanPool has no keys.
+//!   The reference also writes `fusion_model.frame_position_embeddings.weight` for Conv_1D, LSTM and
+//!   Transf_cls, which do not read it; it is kept and saved again, so a round trip gives its layout back.
 //!
 //! # What can be read ([`load`])
 //! | Input | [`Format`] |

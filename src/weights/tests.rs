@@ -64,6 +64,23 @@ fn every_head_is_inferred_back_from_its_keys() {
 }
 
 #[test]
+fn the_references_unused_frame_positions_do_not_change_the_head() {
+    let positions = || Tensor::zeros((77, 32), DType::F32, &Device::Cpu).unwrap();
+    // An OpenAI-named file without a config comes from the reference's world: its Conv_1D takes the reference reshape.
+    for post in [PostNetwork::Conv1d { reference_reshape: true }, PostNetwork::Lstm, PostNetwork::TransformerCls { layers: 2 }] {
+        let mut tensors = zeros_for(&config(post, false, 8), DType::F32);
+        tensors.insert("fusion_model.frame_position_embeddings.weight".into(), positions());
+        assert_eq!(loaded(tensors).inferred_post_network().unwrap(), post, "{post:?}");
+    }
+    let mut tensors = zeros_for(&config(PostNetwork::MeanPool, false, 8), DType::F32);
+    tensors.insert("fusion_model.frame_position_embeddings.weight".into(), positions());
+    let err = loaded(tensors).inferred_post_network().unwrap_err();
+    assert!(matches!(err, Error::UnknownHead { .. }), "{err}");
+    let err = err.to_string();
+    assert!(err.contains("fusion_model.frame_position_embeddings.weight") && err.contains("test.safetensors"), "{err}");
+}
+
+#[test]
 fn expected_shapes_agree_with_from_shapes() {
     let cfg = config(PostNetwork::MeanPool, false, 8);
     let shapes: HashMap<String, Vec<usize>> = expected_shapes(&cfg).into_iter().collect();
@@ -89,11 +106,14 @@ fn our_conv1d_keeps_the_configs_choice() {
 fn ambiguous_or_broken_heads_are_errors() {
     let mut tensors = zeros_for(&config(PostNetwork::Lstm, false, 8), DType::F32);
     tensors.extend(zeros_for(&config(PostNetwork::Conv1d { reference_reshape: true }, false, 8), DType::F32));
-    let err = loaded(tensors).inferred_post_network().unwrap_err().to_string();
+    let err = loaded(tensors).inferred_post_network().unwrap_err();
+    assert!(matches!(err, Error::UnknownHead { .. }), "{err}");
+    let err = err.to_string();
     assert!(err.contains("Conv_1D") && err.contains("LSTM"), "{err}");
 
     let mut tensors = zeros_for(&config(PostNetwork::Transformer { layers: 3 }, false, 8), DType::F32);
     tensors.retain(|k, _| !k.starts_with("fusion_model.transformer.resblocks.1."));
+    assert!(matches!(loaded(tensors.clone()).inferred_post_network(), Err(Error::Checkpoint { .. })));
     let err = loaded(tensors).inferred_post_network().unwrap_err().to_string();
     assert!(err.contains("fusion_model.transformer.resblocks.") && err.contains("0..2"), "{err}");
 

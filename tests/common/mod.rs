@@ -12,10 +12,19 @@ pub const TOL: f32 = 1e-5;
 /// A file under tests/fixtures/tiny (`ACTIONCLIP_FIXTURES` names another fixtures folder, for test
 /// binaries run away from their checkout, as on the GPU machine).
 pub fn tiny(name: &str) -> PathBuf {
-    let root = std::env::var_os("ACTIONCLIP_FIXTURES")
+    fixtures_root().join("tiny").join(name)
+}
+
+/// A file under tests/fixtures/official: checkpoints written by the official ActionCLIP code
+/// (tools/make_official_fixtures.py).
+pub fn official(name: &str) -> PathBuf {
+    fixtures_root().join("official").join(name)
+}
+
+fn fixtures_root() -> PathBuf {
+    std::env::var_os("ACTIONCLIP_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    root.join("tiny").join(name)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
 }
 
 /// The tiny model's CLIP dimensions (tests/fixtures/tiny/config.json).
