@@ -170,7 +170,7 @@ impl FrameFolder {
             }
             cache.insert(i, self.read_one(i)?);
         }
-        Ok(super::source::gather(cache, indices))
+        Ok(super::gather::gather(cache, indices))
     }
 
     fn read_one(&self, index: usize) -> Result<RgbImage> {

@@ -29,6 +29,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 pub mod frames;
+mod gather;
 pub mod loader;
 pub mod pipeline;
 pub mod resize;
