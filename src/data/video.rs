@@ -369,7 +369,7 @@ mod imp {
                 }
                 return Err(Error::MissingFrame { path: path.to_path_buf(), index: missing, reason });
             }
-            let frames = super::gather::gather(std::mem::take(&mut state.got), indices);
+            let frames = crate::data::gather::gather(std::mem::take(&mut state.got), indices);
             if frames.len() != indices.len() {
                 return Err(video_err(path, "internal: a decoded frame was not kept"));
             }
