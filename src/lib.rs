@@ -19,6 +19,6 @@ pub mod weights;
 pub use clip::{tokenizer::Tokenizer, TextEncoder};
 pub use config::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
 pub use error::{Error, Result};
-pub use model::{ActionClip, ZeroShotClassifier};
+pub use model::{ActionClip, ActionClipOutput, ZeroShotClassifier};
 pub use nn::TowerWeights;
 pub use video::VideoEncoder;

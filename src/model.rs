@@ -136,6 +136,18 @@ impl ActionClip {
         loss::cosine_logits(video, text, &self.logit_scale.exp()?)
     }
 
+    /// The full forward: video and text embeddings, both logit matrices and, when `labels` (one per video,
+    /// the class of the sentence at the same row) are given, the symmetric KL loss. `train = true` uses
+    /// only differentiable ops.
+    // [B, T, 3, H, W], [N, 77] u32 -> ActionClipOutput (loss needs N = B)
+    pub fn forward_t(&self, frames: &Tensor, tokens: &Tensor, labels: Option<&[u32]>, train: bool) -> Result<ActionClipOutput> {
+        let video_embeds = self.encode_video_t(frames, train)?;
+        let text_embeds = self.encode_text_t(tokens, train)?;
+        let (logits_per_video, logits_per_text) = self.logits(&video_embeds, &text_embeds)?;
+        let loss = labels.map(|labels| loss::symmetric_kl_loss(&logits_per_video, &logits_per_text, labels)).transpose()?;
+        Ok(ActionClipOutput { video_embeds, text_embeds, logits_per_video, logits_per_text, loss })
+    }
+
     /// Every weight under its canonical checkpoint name.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
@@ -149,6 +161,21 @@ impl ActionClip {
         let tensors: std::collections::HashMap<_, _> = self.named_tensors().into_iter().collect();
         crate::weights::save_safetensors(&tensors, Some(&self.cfg), path.as_ref())
     }
+}
+
+/// What [`ActionClip::forward_t`] returns, for B videos and N sentences.
+#[derive(Clone, Debug)]
+pub struct ActionClipOutput {
+    /// Video features `[B, D]`, not normalised.
+    pub video_embeds: Tensor,
+    /// Text features `[N, D]`, not normalised.
+    pub text_embeds: Tensor,
+    /// `exp(logit_scale) * cos(video, text)`, `[B, N]`.
+    pub logits_per_video: Tensor,
+    /// The transpose of `logits_per_video`, `[N, B]`.
+    pub logits_per_text: Tensor,
+    /// ActionCLIP's symmetric KL loss, a scalar, when labels were given.
+    pub loss: Option<Tensor>,
 }
 
 impl Params for ActionClip {

@@ -82,6 +82,14 @@ fn logits_loss_and_ensemble_match_reference() {
     let l = loss::symmetric_kl_loss(&v2t, &t2v, &labels).unwrap();
     assert_close("loss", &l.reshape(1).unwrap(), &io["loss"]);
 
+    let out = m.forward_t(&io["frames"], &tokens(&io, "tokens"), Some(&labels), false).unwrap();
+    assert_eq!(max_abs_diff(&out.video_embeds, &video), 0.0);
+    assert_eq!(max_abs_diff(&out.text_embeds, &text), 0.0);
+    assert_eq!(max_abs_diff(&out.logits_per_video, &v2t), 0.0);
+    assert_eq!(max_abs_diff(&out.logits_per_text, &t2v), 0.0);
+    assert_close("forward loss", &out.loss.unwrap().reshape(1).unwrap(), &io["loss"]);
+    assert!(m.forward_t(&io["frames"], &tokens(&io, "tokens"), None, false).unwrap().loss.is_none());
+
     let zs_text = loss::normalize(&m.encode_text(&tokens(&io, "zs_tokens")).unwrap()).unwrap().reshape((2, 3, 64)).unwrap();
     let probs = ensemble_probabilities(&video, &zs_text).unwrap();
     assert_close("zs_probs", &probs, &io["zs_probs"]);
