@@ -198,46 +198,53 @@ fn naming_of(infos: &[TensorInfo]) -> Option<Naming> {
 }
 
 fn plan(path: &Path, archive: &mut Archive) -> Result<Plan> {
-    let mut dropped = Vec::new();
     let root = std::mem::replace(&mut archive.root, Object::None);
     let data_dir = archive.data_dir.clone();
     if archive.torchscript || is_script_module(&root) {
-        if !is_script_module(&root) {
-            return Err(Error::UnknownFormat {
-                path: path.to_path_buf(),
-                found: format!(
-                    "a TorchScript archive whose data.pkl holds {} rather than a module; load it in PyTorch and \
-                     save model.state_dict() with safetensors or torch.save",
-                    describe(&root)
-                ),
-            });
-        }
-        let mut infos = Vec::new();
-        walk_module(root, "", &data_dir, &mut infos, &mut dropped);
-        if naming_of(&infos) != Some(Naming::OpenAi) {
-            return Err(Error::UnknownFormat {
-                path: path.to_path_buf(),
-                found: format!(
-                    "a TorchScript archive without OpenAI CLIP parameters ({}); load it in PyTorch with \
-                     clip.load(..., jit=False) and save model.state_dict()",
-                    describe_keys(infos.iter().map(|i| i.name.as_str()))
-                ),
-            });
-        }
-        return Ok(Plan { format: Format::TorchScript, groups: vec![(Naming::OpenAi, infos)], dropped });
+        return plan_torchscript(path, root, &data_dir);
     }
-    let entries = match root {
-        Object::Dict(entries) => entries,
-        other => {
-            return Err(Error::UnknownFormat {
-                path: path.to_path_buf(),
-                found: format!(
-                    "a PyTorch file holding {} instead of a state dict; save model.state_dict() instead of the model",
-                    describe(&other)
-                ),
-            })
-        }
-    };
+    match root {
+        Object::Dict(entries) => plan_dict(path, entries, &data_dir),
+        other => Err(Error::UnknownFormat {
+            path: path.to_path_buf(),
+            found: format!(
+                "a PyTorch file holding {} instead of a state dict; save model.state_dict() instead of the model",
+                describe(&other)
+            ),
+        }),
+    }
+}
+
+/// The parameters of a TorchScript module tree, which must carry OpenAI CLIP names.
+fn plan_torchscript(path: &Path, root: Object, data_dir: &Path) -> Result<Plan> {
+    if !is_script_module(&root) {
+        return Err(Error::UnknownFormat {
+            path: path.to_path_buf(),
+            found: format!(
+                "a TorchScript archive whose data.pkl holds {} rather than a module; load it in PyTorch and \
+                 save model.state_dict() with safetensors or torch.save",
+                describe(&root)
+            ),
+        });
+    }
+    let mut dropped = Vec::new();
+    let mut infos = Vec::new();
+    walk_module(root, "", data_dir, &mut infos, &mut dropped);
+    if naming_of(&infos) != Some(Naming::OpenAi) {
+        return Err(Error::UnknownFormat {
+            path: path.to_path_buf(),
+            found: format!(
+                "a TorchScript archive without OpenAI CLIP parameters ({}); load it in PyTorch with \
+                 clip.load(..., jit=False) and save model.state_dict()",
+                describe_keys(infos.iter().map(|i| i.name.as_str()))
+            ),
+        });
+    }
+    Ok(Plan { format: Format::TorchScript, groups: vec![(Naming::OpenAi, infos)], dropped })
+}
+
+/// A pickled dict: an ActionCLIP training checkpoint, a plain state dict, or one under a known key.
+fn plan_dict(path: &Path, entries: Vec<(Object, Object)>, data_dir: &Path) -> Result<Plan> {
     let listing = entries
         .iter()
         .take(12)
@@ -253,61 +260,45 @@ fn plan(path: &Path, archive: &mut Archive) -> Result<Plan> {
             STATE_DICT_KEYS.join(", ")
         ),
     };
+    let mut dropped = Vec::new();
+    let (top_tensors, mut by_key): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(_, v)| is_tensor(v));
+    let mut take = |key: &str| by_key.iter().position(|(k, _)| key_string(k) == key).map(|i| by_key.swap_remove(i).1);
 
-    let mut by_key: HashMap<String, Object> = HashMap::new();
-    let mut top_tensors = Vec::new();
-    for (k, v) in entries {
-        if is_tensor(&v) {
-            top_tensors.push((k, v));
-        } else {
-            by_key.insert(key_string(&k), v);
-        }
-    }
-
-    // An ActionCLIP training checkpoint.
-    if let Some(model) = by_key.remove("model_state_dict") {
+    if let Some(model) = take("model_state_dict") {
         let Object::Dict(model) = model else { return Err(unknown("model_state_dict is not a dict")) };
-        let clip = state_dict_infos(model, &data_dir, "", &mut dropped);
+        let clip = state_dict_infos(model, data_dir, "", &mut dropped);
         let mut groups = vec![(naming_of(&clip).unwrap_or(Naming::OpenAi), clip)];
-        if let Some(fusion) = by_key.remove("fusion_model_state_dict") {
+        if let Some(fusion) = take("fusion_model_state_dict") {
             let Object::Dict(fusion) = fusion else { return Err(unknown("fusion_model_state_dict is not a dict")) };
-            groups.push((Naming::Fusion, state_dict_infos(fusion, &data_dir, "", &mut dropped)));
+            groups.push((Naming::Fusion, state_dict_infos(fusion, data_dir, "", &mut dropped)));
         }
         return Ok(Plan { format: Format::ActionClipCheckpoint, groups, dropped });
     }
-
-    // A plain state dict.
     if !top_tensors.is_empty() {
-        let infos = state_dict_infos(top_tensors, &data_dir, "", &mut dropped);
-        return match naming_of(&infos) {
-            Some(Naming::HuggingFace) => {
-                Ok(Plan { format: Format::HuggingFacePt, groups: vec![(Naming::HuggingFace, infos)], dropped })
-            }
-            Some(_) => Ok(Plan { format: Format::OpenAiPt, groups: vec![(Naming::OpenAi, infos)], dropped }),
-            None => Err(unknown("a state dict with neither OpenAI CLIP nor Hugging Face CLIP names")),
-        };
+        let infos = state_dict_infos(top_tensors, data_dir, "", &mut dropped);
+        return state_dict_plan(infos, dropped)
+            .ok_or_else(|| unknown("a state dict with neither OpenAI CLIP nor Hugging Face CLIP names"));
     }
-
-    // A state dict under a known sub-dict name.
     for key in STATE_DICT_KEYS {
-        if let Some(Object::Dict(sub)) = by_key.get(*key) {
-            if !sub.iter().any(|(_, v)| is_tensor(v)) {
-                continue;
-            }
-            let Some(Object::Dict(sub)) = by_key.remove(*key) else { continue };
-            let infos = state_dict_infos(sub, &data_dir, "", &mut dropped);
-            return match naming_of(&infos) {
-                Some(Naming::HuggingFace) => {
-                    Ok(Plan { format: Format::HuggingFacePt, groups: vec![(Naming::HuggingFace, infos)], dropped })
-                }
-                Some(_) => Ok(Plan { format: Format::OpenAiPt, groups: vec![(Naming::OpenAi, infos)], dropped }),
-                None => {
-                    Err(unknown(&format!("the {key} sub-dict has neither OpenAI CLIP nor Hugging Face CLIP names")))
-                }
-            };
+        let holds_tensors = |v: &Object| matches!(v, Object::Dict(sub) if sub.iter().any(|(_, v)| is_tensor(v)));
+        if let Some(i) = by_key.iter().position(|(k, v)| key_string(k) == *key && holds_tensors(v)) {
+            let Object::Dict(sub) = by_key.swap_remove(i).1 else { unreachable!("checked to be a dict") };
+            let infos = state_dict_infos(sub, data_dir, "", &mut dropped);
+            return state_dict_plan(infos, dropped).ok_or_else(|| {
+                unknown(&format!("the {key} sub-dict has neither OpenAI CLIP nor Hugging Face CLIP names"))
+            });
         }
     }
     Err(unknown("no state dict found"))
+}
+
+/// A plain state dict's plan, by its naming; `None` when it has neither OpenAI nor Hugging Face names.
+fn state_dict_plan(infos: Vec<TensorInfo>, dropped: Vec<String>) -> Option<Plan> {
+    let (format, naming) = match naming_of(&infos)? {
+        Naming::HuggingFace => (Format::HuggingFacePt, Naming::HuggingFace),
+        _ => (Format::OpenAiPt, Naming::OpenAi),
+    };
+    Some(Plan { format, groups: vec![(naming, infos)], dropped })
 }
 
 /// Tells the format of a zip-format PyTorch file from its pickle (no tensor data is read).
