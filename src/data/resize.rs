@@ -146,82 +146,86 @@ pub fn resize_region(
             "resize window {window:?} does not fit in the {out_w}x{out_h} output"
         )));
     }
-    let stride = iw as usize * 3;
-    let data = image.as_raw();
     let need_h = out_w != src.w;
-    let need_v = out_h != src.h;
-    let (wx0, wy0, ww, wh) = (window.x as usize, window.y as usize, window.w as usize, window.h as usize);
+    let (wy0, wh) = (window.y as usize, window.h as usize);
 
     // Vertical taps decide which source rows the horizontal pass must produce.
-    let vert = if need_v { Some(precompute(src.h as usize, out_h as usize, filter)) } else { None };
-    let (row0, row1) = match &vert {
+    let vert = (out_h != src.h).then(|| precompute(src.h as usize, out_h as usize, filter));
+    let rows = match &vert {
         Some(c) => {
             let first = c.start[wy0];
             let last = (wy0..wy0 + wh).map(|y| c.start[y] + c.len[y]).max().unwrap_or(first);
-            (first, last.max(first + 1))
+            first..last.max(first + 1)
         }
-        None => (wy0, wy0 + wh),
+        None => wy0..wy0 + wh,
     };
-
-    // Horizontal pass -> `tmp`: rows [row0, row1) of the source region, columns of the window.
-    let tmp_rows = row1 - row0;
-    let mut tmp = vec![0u8; tmp_rows * ww * 3];
-    if need_h {
-        let c = precompute(src.w as usize, out_w as usize, filter);
-        for r in 0..tmp_rows {
-            let in_row = &data[(src.y as usize + row0 + r) * stride..][..stride];
-            let out_row = &mut tmp[r * ww * 3..(r + 1) * ww * 3];
-            for (ox, o) in out_row.chunks_exact_mut(3).enumerate() {
-                let xx = wx0 + ox;
-                let (xmin, n) = (c.start[xx], c.len[xx]);
-                let k = &c.k[xx * c.ksize..xx * c.ksize + n];
-                let base = (src.x as usize + xmin) * 3;
-                let px = &in_row[base..base + n * 3];
-                let half = 1i32 << (PRECISION_BITS - 1);
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                for (p, &kv) in px.chunks_exact(3).zip(k) {
-                    s0 += p[0] as i32 * kv;
-                    s1 += p[1] as i32 * kv;
-                    s2 += p[2] as i32 * kv;
-                }
-                o[0] = clip8(s0);
-                o[1] = clip8(s1);
-                o[2] = clip8(s2);
-            }
-        }
-    } else {
-        for r in 0..tmp_rows {
-            let off = (src.y as usize + row0 + r) * stride + (src.x as usize + wx0) * 3;
-            tmp[r * ww * 3..(r + 1) * ww * 3].copy_from_slice(&data[off..off + ww * 3]);
-        }
-    }
-
-    // Vertical pass -> the window.
-    let mut out = vec![0u8; ww * wh * 3];
-    match &vert {
-        Some(c) => {
-            let half = 1i32 << (PRECISION_BITS - 1);
-            let mut acc = vec![0i32; ww * 3];
-            for oy in 0..wh {
-                let yy = wy0 + oy;
-                let (ymin, n) = (c.start[yy] - row0, c.len[yy]);
-                let k = &c.k[yy * c.ksize..yy * c.ksize + n];
-                acc.iter_mut().for_each(|a| *a = half);
-                for (y, &kv) in k.iter().enumerate() {
-                    let row = &tmp[(ymin + y) * ww * 3..(ymin + y + 1) * ww * 3];
-                    for (a, &p) in acc.iter_mut().zip(row) {
-                        *a += p as i32 * kv;
-                    }
-                }
-                for (o, &a) in out[oy * ww * 3..(oy + 1) * ww * 3].iter_mut().zip(&acc) {
-                    *o = clip8(a);
-                }
-            }
-        }
-        None => out.copy_from_slice(&tmp),
-    }
-    RgbImage::from_raw(ww as u32, wh as u32, out)
+    let horizontal = need_h.then(|| precompute(src.w as usize, out_w as usize, filter));
+    let tmp = horizontal_pass(image, src, window, rows.clone(), horizontal.as_ref());
+    let out = match &vert {
+        Some(c) => vertical_pass(&tmp, window, rows.start, c),
+        None => tmp,
+    };
+    RgbImage::from_raw(window.w, window.h, out)
         .ok_or_else(|| Error::Config("internal: resize buffer size mismatch".into()))
+}
+
+/// Rows `rows` of the `src` region, resampled along x by `coeffs` (or copied when the width is kept),
+/// columns of `window` only: `[rows.len(), window.w, 3]` bytes.
+fn horizontal_pass(image: &RgbImage, src: Rect, window: Rect, rows: std::ops::Range<usize>, coeffs: Option<&Coeffs>) -> Vec<u8> {
+    let stride = image.width() as usize * 3;
+    let data = image.as_raw();
+    let (wx0, ww) = (window.x as usize, window.w as usize);
+    let mut tmp = vec![0u8; rows.len() * ww * 3];
+    for (r, out_row) in rows.zip(tmp.chunks_exact_mut(ww * 3)) {
+        let in_row = &data[(src.y as usize + r) * stride..][..stride];
+        let Some(c) = coeffs else {
+            let off = (src.x as usize + wx0) * 3;
+            out_row.copy_from_slice(&in_row[off..off + ww * 3]);
+            continue;
+        };
+        for (ox, o) in out_row.chunks_exact_mut(3).enumerate() {
+            let xx = wx0 + ox;
+            let (xmin, n) = (c.start[xx], c.len[xx]);
+            let k = &c.k[xx * c.ksize..xx * c.ksize + n];
+            let base = (src.x as usize + xmin) * 3;
+            let half = 1i32 << (PRECISION_BITS - 1);
+            let (mut s0, mut s1, mut s2) = (half, half, half);
+            for (p, &kv) in in_row[base..base + n * 3].chunks_exact(3).zip(k) {
+                s0 += p[0] as i32 * kv;
+                s1 += p[1] as i32 * kv;
+                s2 += p[2] as i32 * kv;
+            }
+            o[0] = clip8(s0);
+            o[1] = clip8(s1);
+            o[2] = clip8(s2);
+        }
+    }
+    tmp
+}
+
+/// The rows of `window` resampled along y by `coeffs` from the horizontal pass's output `tmp`, whose first
+/// row is source row `row0`: `[window.h, window.w, 3]` bytes.
+fn vertical_pass(tmp: &[u8], window: Rect, row0: usize, c: &Coeffs) -> Vec<u8> {
+    let (wy0, ww, wh) = (window.y as usize, window.w as usize, window.h as usize);
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; ww * wh * 3];
+    let mut acc = vec![0i32; ww * 3];
+    for (oy, out_row) in out.chunks_exact_mut(ww * 3).enumerate() {
+        let yy = wy0 + oy;
+        let (ymin, n) = (c.start[yy] - row0, c.len[yy]);
+        let k = &c.k[yy * c.ksize..yy * c.ksize + n];
+        acc.iter_mut().for_each(|a| *a = half);
+        for (y, &kv) in k.iter().enumerate() {
+            let row = &tmp[(ymin + y) * ww * 3..(ymin + y + 1) * ww * 3];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * kv;
+            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    out
 }
 
 /// Resizes a whole image to `out_w x out_h` (Pillow's `image.resize((out_w, out_h), filter)`).
