@@ -506,6 +506,56 @@ mod imp {
         init();
         let err = |what: &str, e: ff::Error| video_err(path, format!("{what}: {e}"));
         let (w, h) = frames[0].dimensions();
+        let mut octx = ff::format::output(&path).map_err(|e| err("cannot create the output", e))?;
+        let global_header = octx.format().flags().contains(ff::format::Flags::GLOBAL_HEADER);
+        let tb = ff::Rational(1, opts.fps as i32);
+        let (mut enc, codec, pix) = open_encoder(path, opts, (w, h), tb, global_header)?;
+        let stream_index = {
+            let mut ost = octx.add_stream(codec).map_err(|e| err("cannot add a stream", e))?;
+            ost.set_parameters(&enc);
+            ost.set_time_base(tb);
+            ost.index()
+        };
+        octx.write_header().map_err(|e| err("cannot write the header", e))?;
+        let ost_tb = octx.stream(stream_index).map(|s| s.time_base()).unwrap_or(tb);
+        let mut scaler = scaling::Context::get(Pixel::RGB24, w, h, pix, w, h, scaling::Flags::BICUBIC)
+            .map_err(|e| err("no RGB -> YUV conversion", e))?;
+        let mut packet = ff::Packet::empty();
+        let mut flush = |enc: &mut ff::encoder::Video, octx: &mut ff::format::context::Output| -> Result<()> {
+            while enc.receive_packet(&mut packet).is_ok() {
+                packet.set_stream(stream_index);
+                // One frame per packet: without a duration, MP4 muxers drop the last frame.
+                if packet.duration() == 0 {
+                    packet.set_duration(1);
+                }
+                packet.rescale_ts(tb, ost_tb);
+                packet.write_interleaved(octx).map_err(|e| err("cannot write a packet", e))?;
+            }
+            Ok(())
+        };
+        for (i, img) in frames.iter().enumerate() {
+            let mut yuv = ff::frame::Video::empty();
+            scaler.run(&rgb_frame(img), &mut yuv).map_err(|e| err("RGB -> YUV conversion failed", e))?;
+            yuv.set_pts(Some(i as i64));
+            enc.send_frame(&yuv).map_err(|e| err("encoding failed", e))?;
+            flush(&mut enc, &mut octx)?;
+        }
+        enc.send_eof().map_err(|e| err("cannot flush the encoder", e))?;
+        flush(&mut enc, &mut octx)?;
+        octx.write_trailer().map_err(|e| err("cannot finish the file", e))?;
+        Ok(())
+    }
+
+    /// An opened encoder for `opts.codec` at `size` and time base `tb`, with the codec and the pixel format
+    /// it takes.
+    fn open_encoder(
+        path: &Path,
+        opts: &EncodeOptions,
+        (w, h): (u32, u32),
+        tb: ff::Rational,
+        global_header: bool,
+    ) -> Result<(ff::encoder::Video, ff::Codec, Pixel)> {
+        let err = |what: &str, e: ff::Error| video_err(path, format!("{what}: {e}"));
         let (codec_id, pix) = match opts.codec {
             VideoCodec::Mpeg4 => (ff::codec::Id::MPEG4, Pixel::YUV420P),
             VideoCodec::Mjpeg => (ff::codec::Id::MJPEG, Pixel::YUVJ420P),
@@ -513,9 +563,6 @@ mod imp {
         };
         let codec = ff::encoder::find(codec_id)
             .ok_or_else(|| video_err(path, format!("this FFmpeg has no {:?} encoder", opts.codec)))?;
-        let mut octx = ff::format::output(&path).map_err(|e| err("cannot create the output", e))?;
-        let global_header = octx.format().flags().contains(ff::format::Flags::GLOBAL_HEADER);
-        let tb = ff::Rational(1, opts.fps as i32);
         let mut enc = ff::codec::context::Context::new_with_codec(codec)
             .encoder()
             .video()
@@ -544,47 +591,20 @@ mod imp {
             }
         }
         enc.set_flags(flags);
-        let mut enc = enc.open_as_with(codec, dict).map_err(|e| err("cannot open the encoder", e))?;
-        let stream_index = {
-            let mut ost = octx.add_stream(codec).map_err(|e| err("cannot add a stream", e))?;
-            ost.set_parameters(&enc);
-            ost.set_time_base(tb);
-            ost.index()
-        };
-        octx.write_header().map_err(|e| err("cannot write the header", e))?;
-        let ost_tb = octx.stream(stream_index).map(|s| s.time_base()).unwrap_or(tb);
-        let mut scaler = scaling::Context::get(Pixel::RGB24, w, h, pix, w, h, scaling::Flags::BICUBIC)
-            .map_err(|e| err("no RGB -> YUV conversion", e))?;
-        let mut packet = ff::Packet::empty();
-        let mut flush = |enc: &mut ff::encoder::Video, octx: &mut ff::format::context::Output| -> Result<()> {
-            while enc.receive_packet(&mut packet).is_ok() {
-                packet.set_stream(stream_index);
-                // One frame per packet: without a duration, MP4 muxers drop the last frame.
-                if packet.duration() == 0 {
-                    packet.set_duration(1);
-                }
-                packet.rescale_ts(tb, ost_tb);
-                packet.write_interleaved(octx).map_err(|e| err("cannot write a packet", e))?;
-            }
-            Ok(())
-        };
-        for (i, img) in frames.iter().enumerate() {
-            let mut rgb = ff::frame::Video::new(Pixel::RGB24, w, h);
-            let stride = rgb.stride(0);
-            let row = w as usize * 3;
-            let dst = rgb.data_mut(0);
-            for (y, src) in img.as_raw().chunks_exact(row).enumerate() {
-                dst[y * stride..y * stride + row].copy_from_slice(src);
-            }
-            let mut yuv = ff::frame::Video::empty();
-            scaler.run(&rgb, &mut yuv).map_err(|e| err("RGB -> YUV conversion failed", e))?;
-            yuv.set_pts(Some(i as i64));
-            enc.send_frame(&yuv).map_err(|e| err("encoding failed", e))?;
-            flush(&mut enc, &mut octx)?;
+        let enc = enc.open_as_with(codec, dict).map_err(|e| err("cannot open the encoder", e))?;
+        Ok((enc, codec, pix))
+    }
+
+    /// An RGB24 FFmpeg frame holding `img` (rows copied to the frame's stride).
+    fn rgb_frame(img: &RgbImage) -> ff::frame::Video {
+        let (w, h) = img.dimensions();
+        let mut rgb = ff::frame::Video::new(Pixel::RGB24, w, h);
+        let stride = rgb.stride(0);
+        let row = w as usize * 3;
+        let dst = rgb.data_mut(0);
+        for (y, src) in img.as_raw().chunks_exact(row).enumerate() {
+            dst[y * stride..y * stride + row].copy_from_slice(src);
         }
-        enc.send_eof().map_err(|e| err("cannot flush the encoder", e))?;
-        flush(&mut enc, &mut octx)?;
-        octx.write_trailer().map_err(|e| err("cannot finish the file", e))?;
-        Ok(())
+        rgb
     }
 }
