@@ -109,38 +109,8 @@ fn class_folders(dir: &Path) -> Result<Vec<String>> {
 fn main() -> Result<()> {
     let mut args = Args::parse();
     let device = Device::Cpu;
-    let mut demo_classes = None;
-    if args.demo {
-        // A `finetune_ucf101 --demo` run keeps its synthetic dataset in RUN/data; use it with the run's weights.
-        let run_data = args.weights.as_deref().map(Path::new).and_then(|w| {
-            [Some(w), w.parent()].into_iter().flatten().map(|d| d.join("data")).find(|d| d.join("classInd.txt").is_file())
-        });
-        let root = match run_data {
-            Some(root) => {
-                eprintln!("demo: the run's synthetic dataset in {}", root.display());
-                root
-            }
-            None => {
-                let root = args.output.join("synthetic_data");
-                let cfg = data::synthetic::SyntheticConfig { clips_per_class: 4, test_clips_per_class: 1, ..Default::default() };
-                let synthetic = data::synthetic::write_dataset(&root, &cfg)?;
-                eprintln!("demo: synthetic dataset ({} classes) in {}", synthetic.classes.len(), root.display());
-                root
-            }
-        };
-        demo_classes = Some(class_folders(&root)?.join(","));
-        if args.video.is_none() && args.videos_dir.is_none() {
-            args.videos_dir = Some(root);
-        }
-    }
-    let (model, cfg) = match (&args.weights, args.demo) {
-        (Some(w), _) => ActionClip::load(w, &device, DType::F32).with_context(|| format!("loading weights {w}"))?,
-        (None, true) => {
-            eprintln!("demo: random tiny model (predictions are meaningless; pass --weights RUN_DIR for a trained one)");
-            tiny_model(&device)?
-        }
-        (None, false) => bail!("--weights PATH|HUB_ID is required (or --demo)"),
-    };
+    let demo_classes = if args.demo { Some(prepare_demo(&mut args)?) } else { None };
+    let (model, cfg) = load_model(&args, &device)?;
     let model = model.with_tower_weights(args.tower_weights)?;
     eprintln!("model: {} frames, {} px input, {:?} tower weights", cfg.frames, cfg.clip.vision.image_size, args.tower_weights);
 
@@ -157,31 +127,78 @@ fn main() -> Result<()> {
     let tokenizer = Tokenizer::new();
     let zs = ZeroShotClassifier::new(&model, &tokenizer, &labels.labels, &prompts::ACTIONCLIP_TEMPLATES)?;
     let opts = viz::VisualizeOptions { window: args.window, stride: args.stride, top_k: args.top_k, max_frames: args.max_frames, ..Default::default() };
-
-    if let Some(video) = &args.video {
-        let truth = args.truth.as_deref().map(|t| label_words(t, args.raw_labels));
-        if let Some(t) = &truth {
-            if !zs.labels().contains(t) {
-                eprintln!("warning: the truth {t:?} is not among the labels");
-            }
-        }
-        let name = viz::batch::safe_name(&video.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "video".into()));
-        let out = viz::visualize_video(&zs, video, truth.as_deref(), &args.output, &name, &opts).with_context(|| format!("visualizing {}", video.display()))?;
-        println!("{} ({} frames; {} windows of the timeline)", video.display(), out.total_frames, out.windows.len());
-        for (rank, (label, p)) in out.prediction.top.iter().enumerate() {
-            println!("  {:>2}. {:<40} {:>6.2}%", rank + 1, label, 100.0 * p);
-        }
-        println!("annotated video: {} ({:?}, {} frames of {}x{})", out.annotated.display(), out.format, out.frames_written, out.size.0, out.size.1);
-        println!("contact sheet:   {}", out.sheet.display());
-        return Ok(());
+    match (&args.video, &args.videos_dir) {
+        (Some(video), _) => visualize_one(&zs, video, &args, &opts),
+        (None, Some(dir)) => visualize_per_class(&zs, dir, &args, &opts),
+        (None, None) => bail!("give --video PATH, --videos-dir DIR or --demo"),
     }
+}
 
-    let Some(dir) = args.videos_dir.clone() else { bail!("give --video PATH, --videos-dir DIR or --demo") };
-    let clips = viz::sample_per_class(&dir, args.per_class, args.seed)?;
+/// `--demo`: the synthetic dataset of a `finetune_ucf101 --demo` run given by `--weights` (its RUN/data), or
+/// a new small one under the output folder; it becomes `--videos-dir` unless a video source was given.
+/// Returns its class names as a label list.
+fn prepare_demo(args: &mut Args) -> Result<String> {
+    let run_data = args.weights.as_deref().map(Path::new).and_then(|w| {
+        [Some(w), w.parent()].into_iter().flatten().map(|d| d.join("data")).find(|d| d.join("classInd.txt").is_file())
+    });
+    let root = match run_data {
+        Some(root) => {
+            eprintln!("demo: the run's synthetic dataset in {}", root.display());
+            root
+        }
+        None => {
+            let root = args.output.join("synthetic_data");
+            let cfg = data::synthetic::SyntheticConfig { clips_per_class: 4, test_clips_per_class: 1, ..Default::default() };
+            let synthetic = data::synthetic::write_dataset(&root, &cfg)?;
+            eprintln!("demo: synthetic dataset ({} classes) in {}", synthetic.classes.len(), root.display());
+            root
+        }
+    };
+    let classes = class_folders(&root)?.join(",");
+    if args.video.is_none() && args.videos_dir.is_none() {
+        args.videos_dir = Some(root);
+    }
+    Ok(classes)
+}
+
+/// The model of `--weights`, or the random tiny one of `--demo`.
+fn load_model(args: &Args, device: &Device) -> Result<(ActionClip, ActionClipConfig)> {
+    match (&args.weights, args.demo) {
+        (Some(w), _) => Ok(ActionClip::load(w, device, DType::F32).with_context(|| format!("loading weights {w}"))?),
+        (None, true) => {
+            eprintln!("demo: random tiny model (predictions are meaningless; pass --weights RUN_DIR for a trained one)");
+            tiny_model(device)
+        }
+        (None, false) => bail!("--weights PATH|HUB_ID is required (or --demo)"),
+    }
+}
+
+/// Single mode: one annotated video and its contact sheet.
+fn visualize_one(zs: &ZeroShotClassifier, video: &Path, args: &Args, opts: &viz::VisualizeOptions) -> Result<()> {
+    let truth = args.truth.as_deref().map(|t| label_words(t, args.raw_labels));
+    if let Some(t) = &truth {
+        if !zs.labels().contains(t) {
+            eprintln!("warning: the truth {t:?} is not among the labels");
+        }
+    }
+    let name = viz::batch::safe_name(&video.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "video".into()));
+    let out = viz::visualize_video(zs, video, truth.as_deref(), &args.output, &name, opts).with_context(|| format!("visualizing {}", video.display()))?;
+    println!("{} ({} frames; {} windows of the timeline)", video.display(), out.total_frames, out.windows.len());
+    for (rank, (label, p)) in out.prediction.top.iter().enumerate() {
+        println!("  {:>2}. {:<40} {:>6.2}%", rank + 1, label, 100.0 * p);
+    }
+    println!("annotated video: {} ({:?}, {} frames of {}x{})", out.annotated.display(), out.format, out.frames_written, out.size.0, out.size.1);
+    println!("contact sheet:   {}", out.sheet.display());
+    Ok(())
+}
+
+/// Batch mode: `--per-class` random videos of every class folder, with a report, a summary and a confusion matrix.
+fn visualize_per_class(zs: &ZeroShotClassifier, dir: &Path, args: &Args, opts: &viz::VisualizeOptions) -> Result<()> {
+    let clips = viz::sample_per_class(dir, args.per_class, args.seed)?;
     eprintln!("{} videos from {} ({} per class, seed {})", clips.len(), dir.display(), args.per_class, args.seed);
     let raw = args.raw_labels;
     let n = clips.len();
-    let batch = viz::run_batch(&zs, &clips, |c| Some(label_words(&c.class, raw)), &dir, &args.output, &opts, |i, e| {
+    let batch = viz::run_batch(zs, &clips, |c| Some(label_words(&c.class, raw)), dir, &args.output, opts, |i, e| {
         let status = match (&e.outcome, e.correct()) {
             (Err(reason), _) => format!("FAILED: {reason}"),
             (Ok(p), c) => {
