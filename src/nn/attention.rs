@@ -8,7 +8,7 @@ use super::{
 use crate::{kernels, Result};
 
 /// Multi-head self-attention in PyTorch's `nn.MultiheadAttention` layout: one fused `in_proj_weight`
-/// [3W, W] (q, k, v stacked), `in_proj_bias` [3W] and `out_proj` [W, W]. Inputs are batch-first.
+/// [3W, W] (q, k, v stacked), `in_proj_bias` \[3W\] and `out_proj` [W, W]. Inputs are batch-first.
 #[derive(Clone, Debug)]
 pub struct MultiHeadAttention {
     in_proj: Linear,

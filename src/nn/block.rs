@@ -52,7 +52,7 @@ impl ResidualAttentionBlock {
         kernels::mlp(&self.ln_2.forward_t(&x, train)?, c_fc.params(), c_proj.params(), Some(&x), train)
     }
 
-    /// The block's output at one token per sequence, `rows` [N] (u32 positions): row `rows[n]` of
+    /// The block's output at one token per sequence, `rows` \[N\] (u32 positions): row `rows[n]` of
     /// [`ResidualAttentionBlock::forward_t`], with the query, output projection and MLP of that token
     /// alone (keys and values still come from every token). A tower that pools one token runs its last
     /// block this way.

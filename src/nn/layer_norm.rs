@@ -16,7 +16,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Reads `weight` [dim] and `bias` [dim] under `vb`.
+    /// Reads `weight` \[dim\] and `bias` \[dim\] under `vb`.
     pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.))?;
         let bias = vb.get_with_hints(dim, "bias", Init::Const(0.))?;

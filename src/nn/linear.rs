@@ -51,7 +51,7 @@ impl std::str::FromStr for TowerWeights {
     }
 }
 
-/// A linear layer in PyTorch layout (`weight` [out, in], optional `bias` [out]) that always runs as one
+/// A linear layer in PyTorch layout (`weight` [out, in], optional `bias` \[out\]) that always runs as one
 /// 2-D GEMM over all leading dimensions, its weight held in any [`TowerWeights`] format.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -60,7 +60,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Reads `weight` [out, in] and `bias` [out] under `vb`.
+    /// Reads `weight` [out, in] and `bias` \[out\] under `vb`.
     pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", WEIGHT_INIT)?;
         let bias = Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.))?);
@@ -73,7 +73,7 @@ impl Linear {
         Ok(Self::from_tensors(weight, None))
     }
 
-    /// Wraps existing tensors (`weight` [out, in], `bias` [out]).
+    /// Wraps existing tensors (`weight` [out, in], `bias` \[out\]).
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight: LinearWeight::Dense(weight), bias }
     }
@@ -115,7 +115,7 @@ impl Linear {
         self.weight.dense()
     }
 
-    /// The bias [out], if any.
+    /// The bias \[out\], if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

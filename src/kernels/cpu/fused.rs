@@ -1,7 +1,7 @@
 //! Fused f32 CPU kernels for inference (no backward: use them only when not training).
 //!
 //! - [`linear`] / [`linear_quick_gelu`]: one multi-threaded GEMM per linear layer reading the weight
-//!   through its strides. On AVX-512 CPUs it is the crate's own kernel (`src/nn/sgemm.rs`) with bias and
+//!   through its strides. On AVX-512 CPUs it is the crate's own kernel ([`super::sgemm`]) with bias and
 //!   QuickGELU in its epilogue; elsewhere the `gemm` crate's, the bias pre-broadcast into the output (no
 //!   separate bias pass), or, with QuickGELU, bias + QuickGELU in one parallel in-place pass right after
 //!   the GEMM.

@@ -9,7 +9,7 @@
 //! - [`attention`]: [`super::fused::attention`]'s kernel from the fused qkv; the backward recomputes each
 //!   (sequence, head)'s softmax and writes the q, k and v gradients straight into the qkv layout.
 //!
-//! Every function takes f32 CPU tensors ([`applies`]); the layers run candle's plain ops otherwise.
+//! Every function takes f32 CPU tensors ([`applies`]); the dispatch runs candle's plain ops otherwise.
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;

@@ -147,7 +147,7 @@ pub(crate) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [
     };
     assert!(k == 0 || (last(&x, rows) < x.data.len() && w_fits), "sgemm::linear: operands shorter than their shapes");
     let out = SendPtr(dst.as_mut_ptr().cast::<f32>());
-    if x.col_stride == 1 && x.row_stride % ALIASING_STRIDE != 0 {
+    if x.col_stride == 1 && !x.row_stride.is_multiple_of(ALIASING_STRIDE) {
         // SAFETY: dst holds rows rows of n values at stride ldo (checked above); x holds its rows x k matrix.
         return unsafe { multiply_chunk(rows, n, k, Rows::InPlace(x), &w, epilogue, out, ldo) };
     }
@@ -171,7 +171,7 @@ pub(crate) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [
 /// As [`linear`] for either layer.
 pub(crate) fn mlp(rows: usize, k: usize, x: Matrix, fc1: Layer, fc2: Layer, dst: &mut [MaybeUninit<f32>]) {
     let h = fc1.outputs;
-    let ld = if h % ALIASING_STRIDE == 0 { h + 16 } else { h };
+    let ld = if h.is_multiple_of(ALIASING_STRIDE) { h + 16 } else { h };
     with_scratch(&HIDDEN, |hidden| {
         hidden.clear();
         hidden.reserve(rows * ld);
@@ -286,7 +286,7 @@ impl PackedWeight {
     /// The weight of outputs `first..` as a [`linear`] operand; `first` must be a multiple of
     /// [`Self::OUTPUT_ALIGN`] (`None` otherwise, or past the end).
     pub(crate) fn outputs_from(&self, first: usize) -> Option<WeightOperand<'_>> {
-        (first % NR == 0 && first <= self.n).then(|| WeightOperand::Packed(&self.panels[first / NR * self.k * NR..]))
+        (first.is_multiple_of(NR) && first <= self.n).then(|| WeightOperand::Packed(&self.panels[first / NR * self.k * NR..]))
     }
 
     /// The matrix [n, k], row-major, as it was packed.

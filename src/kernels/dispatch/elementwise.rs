@@ -22,7 +22,7 @@ pub(crate) fn bias_add(x: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 /// the kernels take and a width divisible by 8.
 #[cfg(feature = "cuda")]
 pub(crate) fn fuses_bias_quick_gelu(x: &Tensor, cols: usize) -> bool {
-    cuda::handles(x) && cols % 8 == 0
+    cuda::handles(x) && cols.is_multiple_of(8)
 }
 
 /// Whether [`bias_quick_gelu`] runs as one fused kernel: never without the `cuda` feature.

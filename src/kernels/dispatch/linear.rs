@@ -79,7 +79,7 @@ impl LinearWeight {
             #[cfg(target_arch = "x86_64")]
             Self::Packed { packed, cols } => {
                 let cols = sub_range(cols, start, len)?;
-                if cols.start % PackedWeight::OUTPUT_ALIGN == 0 {
+                if cols.start.is_multiple_of(PackedWeight::OUTPUT_ALIGN) {
                     Self::Packed { packed: packed.clone(), cols }
                 } else {
                     Self::Dense(unpacked(packed)?.narrow(0, cols.start, cols.len())?)
