@@ -55,7 +55,7 @@ pub(crate) fn retain_freed_memory(device: &CudaDevice) -> candle_core::Result<()
 
 /// Whether the LayerNorm kernels take rows of `cols` values.
 pub(crate) fn layer_norm_fits(cols: usize) -> bool {
-    cols % 8 == 0 && cols <= LN_MAX_COLS
+    cols.is_multiple_of(8) && cols <= LN_MAX_COLS
 }
 
 /// Whether [`attention`] takes activations like `x` with heads of `head_dim`: half precision on CUDA,
@@ -67,7 +67,7 @@ pub(crate) fn attention_fits(x: &Tensor, head_dim: usize) -> bool {
 /// The tensor itself when contiguous with an offset that keeps 16-byte vector accesses aligned, else a
 /// fresh contiguous copy.
 fn aligned(t: &Tensor) -> candle_core::Result<Tensor> {
-    if t.is_contiguous() && t.layout().start_offset() % 8 == 0 {
+    if t.is_contiguous() && t.layout().start_offset().is_multiple_of(8) {
         Ok(t.clone())
     } else {
         t.force_contiguous()
@@ -352,7 +352,6 @@ impl CustomOp3 for ResidualOp {
                 }
                 None => launch_residual_layer_norm(dev, &x, sum, None, (rows, cols), self.eps, xs.dtype())?,
             }
-            drop((s_part, y_part));
             let mut dims = if ln.is_some() { vec![2] } else { vec![] };
             dims.extend_from_slice(xl.dims());
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(dims)))

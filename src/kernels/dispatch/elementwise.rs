@@ -11,7 +11,7 @@ use crate::kernels::{cpu::fused_train, reference};
 // [..., S] + [S] -> [..., S]
 pub(crate) fn bias_add(x: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if cuda::handles(x) && b.elem_count() % 8 == 0 && x.elem_count() % b.elem_count().max(1) == 0 {
+    if cuda::handles(x) && b.elem_count().is_multiple_of(8) && x.elem_count().is_multiple_of(b.elem_count().max(1)) {
         let rows = x.elem_count() / b.elem_count().max(1);
         return cuda::bias_add(&x.reshape((rows, b.elem_count()))?, &b.flatten_all()?)?.reshape(x.shape());
     }
