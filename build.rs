@@ -2,7 +2,7 @@
 //! - decompresses the embedded CLIP BPE vocabulary (`weights/bpe_simple_vocab_16e6.txt.gz`) into
 //!   `OUT_DIR`, where `src/clip/tokenizer.rs` picks it up with `include_str!`, so the tokenizer needs no
 //!   file and no network at run time;
-//! - with the `cuda` feature, compiles `src/nn/cuda/kernels.cu` to PTX with `nvcc` (found through
+//! - with the `cuda` feature, compiles `src/kernels/cuda/kernels.cu` to PTX with `nvcc` (found through
 //!   `NVCC`, `CUDA_ROOT`/`CUDA_PATH`/`CUDA_HOME` or `PATH`) for compute capability `CUDA_COMPUTE_CAP`
 //!   (default 80: Ampere and newer; the driver compiles the PTX for the card at load time).
 use std::io::Read;
@@ -11,7 +11,7 @@ use std::process::Command;
 
 const VOCAB_GZ: &str = "weights/bpe_simple_vocab_16e6.txt.gz";
 const VOCAB_TXT: &str = "bpe_simple_vocab_16e6.txt";
-const CUDA_KERNELS: &str = "src/nn/cuda/kernels.cu";
+const CUDA_KERNELS: &str = "src/kernels/cuda/kernels.cu";
 const CUDA_PTX: &str = "actionclip_kernels.ptx";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod inference;
+mod kernels;
 pub mod loss;
 pub mod model;
 pub mod nn;

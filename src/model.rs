@@ -39,7 +39,7 @@ impl ActionClip {
         cfg.validate()?;
         #[cfg(feature = "cuda")]
         if let Device::Cuda(device) = vb.device() {
-            crate::nn::cuda::retain_freed_memory(device)?;
+            crate::kernels::retain_freed_memory(device)?;
         }
         let video = VideoEncoder::new(vb.clone(), cfg)?;
         let text = TextEncoder::new(vb.clone(), &cfg.clip.text, cfg.clip.embed_dim)?;

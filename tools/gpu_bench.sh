@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The fused CUDA path on a GPU, against PyTorch in the same run on the same card.
 #
-#   tools/gpu_bench.sh build   On a build machine (no GPU needed): builds the kernel tests
-#                              (tests/cuda_kernels.rs) and the GPU bench (benches/gpu.rs) with the CUDA 13.0
+#   tools/gpu_bench.sh build   On a build machine (no GPU needed): builds the kernel tests (the unit tests
+#                              of src/kernels/cuda, and tests/cuda_kernels.rs for the model on the GPU)
+#                              and the GPU bench (benches/gpu.rs) with the CUDA 13.0
 #                              toolchain (../shared/scripts/cuda-toolchain.sh, or $CUDA_TOOLCHAIN) and packs
 #                              them into .gpu/ with ../shared/scripts/device-pack.sh.
 #   tools/gpu_bench.sh run     On the GPU machine, from the repository root with .gpu/ beside it: runs the
@@ -28,10 +29,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["executable"])'
   }
+  cp "$(executable test --release --features cuda --lib)" "$stage/unit_tests"
   cp "$(executable test --release --features cuda --test cuda_kernels)" "$stage/cuda_kernels"
   cp "$(executable bench --features cuda --bench gpu)" "$stage/gpu_bench"
   rm -rf "$pack"
-  for bin in cuda_kernels gpu_bench; do ../shared/scripts/device-pack.sh "$stage/$bin" "$pack" >/dev/null; done
+  for bin in unit_tests cuda_kernels gpu_bench; do ../shared/scripts/device-pack.sh "$stage/$bin" "$pack" >/dev/null; done
   grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
   ls -la "$pack"
 }
@@ -43,8 +45,10 @@ run() {
   for f in "$pack"/*.gz; do gunzip -kf "$f"; chmod +x "${f%.gz}"; done
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
   echo "== kernel tests"
-  ACTIONCLIP_FIXTURES=$PWD/tests/fixtures timeout "${KERNEL_TIMEOUT:-180}" "$pack/cuda_kernels" --test-threads 1 --nocapture ${KERNEL_FILTER:-} 2>&1 | tee "$out/kernels.log" \
-    | grep -E "^test |test result|panicked|FAILED" || true
+  {
+    timeout "${KERNEL_TIMEOUT:-180}" "$pack/unit_tests" --test-threads 1 --nocapture "${KERNEL_FILTER:-kernels::cuda}"
+    ACTIONCLIP_FIXTURES=$PWD/tests/fixtures timeout "${KERNEL_TIMEOUT:-180}" "$pack/cuda_kernels" --test-threads 1 --nocapture ${KERNEL_FILTER:-}
+  } 2>&1 | tee "$out/kernels.log" | grep -E "^test |test result|panicked|FAILED" || true
   echo "== ours"
   (while sleep 0.2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) > "$out/memory_ours.txt" &
   local sampler=$!

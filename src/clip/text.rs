@@ -78,7 +78,7 @@ impl TextTransformer {
         let w = self.cfg.width;
         // [N, L, W]
         let x = self.token_embedding.embedding(&tokens.flatten_all()?)?.reshape((n, l, w))?;
-        let x = crate::nn::add_broadcast(&x, &self.positional_embedding.narrow(0, 0, l)?)?;
+        let x = crate::kernels::bias_add(&x, &self.positional_embedding.narrow(0, 0, l)?)?;
         // Position of the end-of-text token (the largest id) of each sequence; the last block computes
         // that token alone.
         let eot = tokens.argmax(1)?.to_dtype(DType::U32)?;

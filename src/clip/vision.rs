@@ -86,7 +86,7 @@ impl VisionTransformer {
             .reshape((n * g * g, 3 * p * p))?;
         let tokens = self.patch_embedding.forward_t(&patches, train)?.reshape((n, g * g, w))?;
         let cls = self.class_embedding.reshape((1, 1, w))?.broadcast_as((n, 1, w))?;
-        Ok(crate::nn::add_broadcast(&Tensor::cat(&[&cls, &tokens], 1)?, &self.positional_embedding)?)
+        Ok(crate::kernels::bias_add(&Tensor::cat(&[&cls, &tokens], 1)?, &self.positional_embedding)?)
     }
 
     /// Final LayerNorm of the class token and projection into the joint space.

@@ -1,6 +1,4 @@
 use candle_core::Tensor;
-#[cfg(feature = "cuda")]
-use candle_core::D;
 use candle_nn::VarBuilder;
 
 use super::{
@@ -10,7 +8,10 @@ use super::{
     mlp::Mlp,
     params::{join, Params},
 };
-use crate::Result;
+use crate::{
+    kernels::{self, Epilogue},
+    Error, Result,
+};
 
 /// CLIP's pre-LN residual block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 #[derive(Clone, Debug)]
@@ -38,27 +39,20 @@ impl ResidualAttentionBlock {
         Ok(Self { ln_1: self.ln_1.clone(), attn: self.attn.with_weights(format)?, ln_2: self.ln_2.clone(), mlp: self.mlp.with_weights(format)? })
     }
 
-    /// Applies the block to `x` [N, L, W], with causal self-attention or not.
+    /// Applies the block to `x` [N, L, W], with causal self-attention or not. In inference the residual
+    /// adds happen inside kernels: the output GEMMs' epilogues on the CPU, the LayerNorm kernels on CUDA.
     // [N, L, W] -> [N, L, W]
     pub fn forward_t(&self, x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if !train && self.fused_cuda_applies(x)? {
-            let (x, m, m_bias) = self.fused_cuda_step(x, None, causal)?;
-            return Ok(super::cuda::residual_add(&x, &m, &m_bias)?);
+        if !train && self.defers_residual(x)? {
+            return forward_deferred(std::slice::from_ref(self), x, causal);
         }
-        if !train && x.device().is_cpu() {
-            // The residual adds happen in the output GEMMs' epilogues.
-            let x = self.attn.forward_inference(&self.ln_1.forward_t(x, false)?, causal, x)?;
-            return self.mlp.forward_inference(&self.ln_2.forward_t(&x, false)?, Some(&x));
-        }
-        let x = (x + self.attn.forward_t(&self.ln_1.forward_t(x, train)?, causal, train)?)?;
-        let x = (&x + self.mlp.forward_t(&self.ln_2.forward_t(&x, train)?, train)?)?;
-        Ok(x)
+        let attended = self.attn.attend(&self.ln_1.forward_t(x, train)?, causal, train)?;
+        let x = kernels::linear(&attended, self.attn.out_proj().params(), Epilogue::BiasResidual(x), train)?;
+        let (c_fc, c_proj) = self.mlp.layers();
+        kernels::mlp(&self.ln_2.forward_t(&x, train)?, c_fc.params(), c_proj.params(), Some(&x), train)
     }
-}
 
-impl ResidualAttentionBlock {
-    /// The block's output at one token per sequence, `rows` [N] (u32 positions): row `rows[n]` of
+    /// The block's output at one token per sequence, `rows` \[N\] (u32 positions): row `rows[n]` of
     /// [`ResidualAttentionBlock::forward_t`], with the query, output projection and MLP of that token
     /// alone (keys and values still come from every token). A tower that pools one token runs its last
     /// block this way.
@@ -67,6 +61,68 @@ impl ResidualAttentionBlock {
         let attended = self.attn.forward_at(&self.ln_1.forward_t(x, train)?, rows, causal, train)?;
         let x = (gather_rows(x, rows)? + attended)?;
         Ok((&x + self.mlp.forward_t(&self.ln_2.forward_t(&x, train)?, train)?)?)
+    }
+
+    /// Whether inference over `x` defers each residual add into the next kernel ([`forward_deferred`]):
+    /// the kernels fuse the residual add with LayerNorm and the `c_fc` bias with QuickGELU for `x`, and
+    /// every bias they fold in is there.
+    fn defers_residual(&self, x: &Tensor) -> Result<bool> {
+        let (c_fc, c_proj) = self.mlp.layers();
+        Ok(kernels::fuses_residual_layer_norm(x)?
+            && kernels::fuses_bias_quick_gelu(x, c_fc.out_features())
+            && self.attn.out_proj().bias().is_some()
+            && c_fc.bias().is_some()
+            && c_proj.bias().is_some())
+    }
+
+    /// One block of [`forward_deferred`]: `pending`, the previous block's MLP output and `c_proj` bias, is
+    /// added to `x` inside LayerNorm 1, the attention output and `out_proj` bias inside LayerNorm 2, the
+    /// `c_fc` bias inside QuickGELU. Returns the residual stream after attention and this block's MLP
+    /// output with its `c_proj` bias, still to be added.
+    // [N, L, W] -> ([N, L, W], [N, L, W], [W])
+    fn deferred_step(&self, x: &Tensor, pending: Option<&(Tensor, Tensor)>, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
+        let missing = |what: &str| Error::Config(format!("a residual block without the {what} bias defers no residual add"));
+        let (x, h) = match pending {
+            Some((m, m_bias)) => kernels::residual_layer_norm(x, m, m_bias, self.ln_1.params())?,
+            None => (x.clone(), self.ln_1.forward_t(x, false)?),
+        };
+        let out_proj = self.attn.out_proj();
+        let attended = kernels::linear(&self.attn.attend(&h, causal, false)?, out_proj.params(), Epilogue::None, false)?;
+        let out_bias = out_proj.bias().ok_or_else(|| missing("out_proj"))?;
+        let (x, h) = kernels::residual_layer_norm(&x, &attended, out_bias, self.ln_2.params())?;
+        let (c_fc, c_proj) = self.mlp.layers();
+        let hidden = kernels::linear(&h, c_fc.params(), Epilogue::BiasQuickGelu, false)?;
+        let m = kernels::linear(&hidden, c_proj.params(), Epilogue::None, false)?;
+        Ok((x, m, c_proj.bias().ok_or_else(|| missing("c_proj"))?.clone()))
+    }
+}
+
+/// Runs `blocks` over `x` [N, L, W] in order, as their [`ResidualAttentionBlock::forward_t`] would; in
+/// inference, where every block defers its residual adds, each block's last residual add (with the
+/// `c_proj` bias) happens inside the next block's first LayerNorm kernel.
+// [N, L, W] -> [N, L, W]
+pub(crate) fn forward_blocks(blocks: &[ResidualAttentionBlock], x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
+    if !train && !blocks.is_empty() && blocks.iter().map(|b| b.defers_residual(x)).collect::<Result<Vec<_>>>()?.into_iter().all(|d| d) {
+        return forward_deferred(blocks, x, causal);
+    }
+    blocks.iter().try_fold(x.clone(), |x, block| block.forward_t(&x, causal, train))
+}
+
+/// Runs `blocks` over `x` [N, L, W] in inference with every residual add inside a kernel
+/// ([`ResidualAttentionBlock::deferred_step`]), the last block's MLP output added by one residual-add
+/// kernel. Every block must defer its residual adds for `x`.
+// [N, L, W] -> [N, L, W]
+fn forward_deferred(blocks: &[ResidualAttentionBlock], x: &Tensor, causal: bool) -> Result<Tensor> {
+    let mut x = x.clone();
+    let mut pending = None;
+    for block in blocks {
+        let (next, m, m_bias) = block.deferred_step(&x, pending.as_ref(), causal)?;
+        x = next;
+        pending = Some((m, m_bias));
+    }
+    match pending {
+        Some((m, m_bias)) => kernels::residual_add(&x, &m, &m_bias),
+        None => Ok(x),
     }
 }
 
@@ -78,62 +134,6 @@ pub(crate) fn forward_blocks_at(blocks: &[ResidualAttentionBlock], x: &Tensor, r
     match blocks.split_last() {
         Some((last, body)) => last.forward_at(&forward_blocks(body, x, causal, train)?, rows, causal, train),
         None => Ok(gather_rows(x, rows)?),
-    }
-}
-
-/// Runs `blocks` over `x` [N, L, W] in order, as their [`ResidualAttentionBlock::forward_t`] would; in
-/// inference on CUDA each block's last residual add (with the c_proj bias) happens inside the next
-/// block's first LayerNorm kernel.
-// [N, L, W] -> [N, L, W]
-pub(crate) fn forward_blocks(blocks: &[ResidualAttentionBlock], x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if !train && !blocks.is_empty() && blocks.iter().map(|b| b.fused_cuda_applies(x)).collect::<Result<Vec<_>>>()?.iter().all(|&ok| ok) {
-        let mut x = x.clone();
-        let mut pending = None;
-        for block in blocks {
-            let (next, m, m_bias) = block.fused_cuda_step(&x, pending.as_ref(), causal)?;
-            x = next;
-            pending = Some((m, m_bias));
-        }
-        if let Some((m, m_bias)) = pending {
-            return Ok(super::cuda::residual_add(&x, &m, &m_bias)?);
-        }
-    }
-    let mut x = x.clone();
-    for block in blocks {
-        x = block.forward_t(&x, causal, train)?;
-    }
-    Ok(x)
-}
-
-#[cfg(feature = "cuda")]
-impl ResidualAttentionBlock {
-    /// Whether the fused CUDA inference path takes `x` through this block: a tensor the kernels handle,
-    /// a LayerNorm width they take and every bias the fusion folds in.
-    fn fused_cuda_applies(&self, x: &Tensor) -> Result<bool> {
-        Ok(super::cuda::handles(x)
-            && super::cuda::layer_norm_fits(x.dim(D::Minus1)?)
-            && self.attn.out_proj().bias().is_some()
-            && self.mlp.fused_cuda_applies())
-    }
-
-    /// One block of the fused CUDA inference path, every bias and residual add folded into a kernel: the
-    /// in_proj bias into attention, the out_proj bias and residual into LayerNorm 2, the c_fc bias into
-    /// QuickGELU. `pending` is the previous block's MLP output and c_proj bias, still to be added to `x`
-    /// (inside LayerNorm 1). Returns the residual stream after attention and this block's MLP output
-    /// with its c_proj bias, still to be added.
-    // [N, L, W] -> ([N, L, W], [N, L, W], [W])
-    fn fused_cuda_step(&self, x: &Tensor, pending: Option<&(Tensor, Tensor)>, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
-        let (x, h) = match pending {
-            Some((m, m_bias)) => self.ln_1.residual_forward_cuda(x, m, m_bias)?,
-            None => (x.clone(), self.ln_1.forward_t(x, false)?),
-        };
-        let attended = self.attn.attend(&h, causal, false)?;
-        let out_proj = self.attn.out_proj();
-        let out_bias = out_proj.bias().ok_or_else(|| candle_core::Error::Msg("fused block: out_proj has no bias".into()))?;
-        let (x, h) = self.ln_2.residual_forward_cuda(&x, &out_proj.forward_unbiased(&attended)?, out_bias)?;
-        let (m, m_bias) = self.mlp.forward_unbiased_cuda(&h)?;
-        Ok((x, m, m_bias))
     }
 }
 

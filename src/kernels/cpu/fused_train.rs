@@ -6,17 +6,18 @@
 //!   input needs no gradient, as the video frames do), `grad^T @ x` and a parallel column sum for the bias.
 //! - [`layer_norm`]: one parallel pass each way; the backward recomputes the row statistics.
 //! - [`quick_gelu`]: one parallel pass each way.
-//! - [`attention`]: [`fused::attention`]'s kernel from the fused qkv; the backward recomputes each
+//! - [`attention`]: [`super::fused::attention`]'s kernel from the fused qkv; the backward recomputes each
 //!   (sequence, head)'s softmax and writes the q, k and v gradients straight into the qkv layout.
 //!
-//! Every function takes f32 CPU tensors ([`applies`]); the layers run candle's plain ops otherwise.
+//! Every function takes f32 CPU tensors ([`applies`]); the dispatch runs candle's plain ops otherwise.
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{
-    attention::causal_mask_values,
-    fused::{self, bias_quick_gelu, chunk_rows, contiguous_f32, multiversion, softmax_inplace, AttentionOp, LinearOp, SendPtr},
+use super::fused::{AttentionOp, LinearOp};
+use crate::kernels::{
+    reference::causal_mask_values,
+    simd::{self, bias_quick_gelu, chunk_rows, contiguous_f32, multiversion, softmax_inplace, SendPtr},
 };
 
 /// Whether the fused training ops take `x`: an f32 tensor on the CPU.
@@ -55,7 +56,7 @@ pub(crate) fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Multi-head attention of `heads` heads from the fused qkv [N, L, 3W] (q, k, v of head h at
-/// `[n, l, 0|1|2, h, :]` once viewed as [N, L, 3, H, hd]) as [`fused::attention`] computes it, causal or
+/// `[n, l, 0|1|2, h, :]` once viewed as [N, L, 3, H, hd]) as [`super::fused::attention`] computes it, causal or
 /// not, differentiable.
 // [N, L, 3W] -> [N, L, W]
 pub(crate) fn attention(qkv: &Tensor, heads: usize, causal: bool) -> candle_core::Result<Tensor> {
@@ -385,7 +386,7 @@ multiversion!(quick_gelu_backward => quick_gelu_backward_generic(x: &[f32], g: &
 #[inline(always)]
 fn quick_gelu_backward_generic(x: &[f32], g: &[f32], dx: &mut [f32]) {
     for ((dx, x), g) in dx.iter_mut().zip(x).zip(g) {
-        let s = 1.0 / (1.0 + fused::exp(-1.702 * x));
+        let s = 1.0 / (1.0 + simd::exp(-1.702 * x));
         *dx = g * (s + 1.702 * x * s * (1.0 - s));
     }
 }
@@ -490,7 +491,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::nn::attention::{attention_plain, causal_mask};
+    use crate::kernels::reference::{self, causal_mask};
 
     /// Deterministic values in [-1, 1).
     fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -564,7 +565,7 @@ mod tests {
         let inputs = [random(&[2, 13, 3, 3, 8], 8)];
         for causal in [false, true] {
             let mask = causal.then(|| causal_mask(13, DType::F32, &Device::Cpu).unwrap());
-            same_gradients(&inputs, |t| attention(&t[0].reshape((2, 13, 72))?, 3, causal), |t| attention_plain(&t[0], mask.as_ref(), true));
+            same_gradients(&inputs, |t| attention(&t[0].reshape((2, 13, 72))?, 3, causal), |t| reference::attention(&t[0], mask.as_ref(), true));
         }
     }
 }

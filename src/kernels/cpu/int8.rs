@@ -9,7 +9,7 @@ use std::{mem::MaybeUninit, ops::Range};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{multiversion, quick_gelu_value};
+use crate::kernels::simd::{multiversion, quick_gelu_value};
 
 /// Output columns per packed panel (four 16-lane i32 vectors).
 const PANEL: usize = 64;
@@ -24,7 +24,7 @@ static NO_BIAS: [f32; PANEL] = [0.0; PANEL];
 
 /// A weight matrix [out, in] quantized to int8 per output channel and packed for the GEMM.
 #[derive(Debug)]
-pub struct Int8Weight {
+pub(crate) struct Int8Weight {
     out_features: usize,
     in_features: usize,
     /// `in_features` rounded up to a multiple of 4 (one `vpdpbusd` lane takes four bytes).
@@ -40,7 +40,7 @@ pub struct Int8Weight {
 
 impl Int8Weight {
     /// Quantizes `weight` [out, in] (any float dtype and device; read back to the host).
-    pub fn quantize(weight: &Tensor) -> candle_core::Result<Self> {
+    pub(crate) fn quantize(weight: &Tensor) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
         let w = weight.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let k_padded = k.div_ceil(4) * 4;
@@ -68,17 +68,12 @@ impl Int8Weight {
     }
 
     /// Output features (rows of the original weight).
-    pub fn out_features(&self) -> usize {
+    pub(crate) fn out_features(&self) -> usize {
         self.out_features
     }
 
-    /// Input features (columns of the original weight).
-    pub fn in_features(&self) -> usize {
-        self.in_features
-    }
-
     /// The weight the layer computes with, `q * scale`, as an f32 tensor [out, in] on the CPU.
-    pub fn dequantize(&self) -> candle_core::Result<Tensor> {
+    pub(crate) fn dequantize(&self) -> candle_core::Result<Tensor> {
         let (n, k) = (self.out_features, self.in_features);
         let mut w = vec![0f32; n * k];
         for (col, row) in w.chunks_exact_mut(k.max(1)).enumerate().take(n) {
@@ -92,7 +87,7 @@ impl Int8Weight {
 
     /// `x @ w^T + bias` for the output columns `cols` (then QuickGELU when `quick_gelu`): `x` holds `rows`
     /// rows of `in_features` values; returns `rows` rows of `cols.len()` values. `bias` covers `cols`.
-    pub fn matmul(&self, x: &[f32], rows: usize, cols: Range<usize>, bias: Option<&[f32]>, quick_gelu: bool) -> candle_core::Result<Vec<f32>> {
+    pub(crate) fn matmul(&self, x: &[f32], rows: usize, cols: Range<usize>, bias: Option<&[f32]>, quick_gelu: bool) -> candle_core::Result<Vec<f32>> {
         let k = self.in_features;
         if x.len() != rows * k || cols.end > self.out_features || cols.start > cols.end || bias.is_some_and(|b| b.len() != cols.len()) {
             bail!("int8 matmul: {} values for {rows} rows of {k}, columns {cols:?} of {}, bias {:?}", x.len(), self.out_features, bias.map(<[f32]>::len))
@@ -139,13 +134,13 @@ impl Int8Weight {
 /// [`Int8Weight::matmul`] as a candle op on an f32 CPU tensor [rows, in] read in place (inference only).
 pub(crate) struct Int8Linear<'a> {
     /// The packed weight.
-    pub weight: &'a Int8Weight,
+    pub(crate) weight: &'a Int8Weight,
     /// The output columns computed.
-    pub cols: Range<usize>,
+    pub(crate) cols: Range<usize>,
     /// The bias of those columns.
-    pub bias: Option<Vec<f32>>,
+    pub(crate) bias: Option<Vec<f32>>,
     /// Whether QuickGELU follows.
-    pub quick_gelu: bool,
+    pub(crate) quick_gelu: bool,
 }
 
 impl CustomOp1 for Int8Linear<'_> {

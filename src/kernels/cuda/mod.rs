@@ -29,7 +29,7 @@ const LN_PARAM_ROWS: usize = 64;
 const LN_WARPS: usize = 4;
 
 /// Whether the fused kernels take `x`: a CUDA tensor of f32, f16 or bf16.
-pub fn handles(x: &Tensor) -> bool {
+pub(crate) fn handles(x: &Tensor) -> bool {
     x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
@@ -37,7 +37,7 @@ pub fn handles(x: &Tensor) -> bool {
 /// at every synchronisation (the default pool's release threshold is 0), as PyTorch's caching allocator
 /// does; otherwise each forward pass after a sync maps its activations afresh. [`crate::ActionClip::new`]
 /// calls it for CUDA devices.
-pub fn retain_freed_memory(device: &CudaDevice) -> candle_core::Result<()> {
+pub(crate) fn retain_freed_memory(device: &CudaDevice) -> candle_core::Result<()> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     let cu_device = device.cuda_stream().context().cu_device();
     let mut threshold = u64::MAX;
@@ -54,20 +54,20 @@ pub fn retain_freed_memory(device: &CudaDevice) -> candle_core::Result<()> {
 }
 
 /// Whether the LayerNorm kernels take rows of `cols` values.
-pub fn layer_norm_fits(cols: usize) -> bool {
-    cols % 8 == 0 && cols <= LN_MAX_COLS
+pub(crate) fn layer_norm_fits(cols: usize) -> bool {
+    cols.is_multiple_of(8) && cols <= LN_MAX_COLS
 }
 
 /// Whether [`attention`] takes activations like `x` with heads of `head_dim`: half precision on CUDA,
 /// head dim 64 or 128.
-pub fn attention_fits(x: &Tensor, head_dim: usize) -> bool {
+pub(crate) fn attention_fits(x: &Tensor, head_dim: usize) -> bool {
     x.device().is_cuda() && matches!(x.dtype(), DType::F16 | DType::BF16) && matches!(head_dim, 64 | 128)
 }
 
 /// The tensor itself when contiguous with an offset that keeps 16-byte vector accesses aligned, else a
 /// fresh contiguous copy.
 fn aligned(t: &Tensor) -> candle_core::Result<Tensor> {
-    if t.is_contiguous() && t.layout().start_offset() % 8 == 0 {
+    if t.is_contiguous() && t.layout().start_offset().is_multiple_of(8) {
         Ok(t.clone())
     } else {
         t.force_contiguous()
@@ -188,7 +188,7 @@ fn row_config(rows: usize) -> LaunchConfig {
 
 /// LayerNorm over the last dimension (`x` [..., C], `weight` and `bias` [C], all one dtype), with backward.
 // [..., C] -> [..., C]
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
     aligned(x)?.apply_op3(&aligned(&weight.to_dtype(dtype)?)?, &aligned(&bias.to_dtype(dtype)?)?, LayerNormOp { eps: eps as f32 })
 }
@@ -301,7 +301,7 @@ impl CustomOp2 for LayerNormBwdParams {
 /// `s = x + d + d_bias` and `y = LayerNorm(s)` in one pass (inference, no backward); `x`, `d` [..., C],
 /// `d_bias`, `weight`, `bias` [C].
 // [..., C] -> ([..., C], [..., C])
-pub fn residual_layer_norm(x: &Tensor, d: &Tensor, d_bias: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<(Tensor, Tensor)> {
+pub(crate) fn residual_layer_norm(x: &Tensor, d: &Tensor, d_bias: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<(Tensor, Tensor)> {
     let dtype = x.dtype();
     let ln = Some((aligned(&weight.to_dtype(dtype)?)?, aligned(&bias.to_dtype(dtype)?)?));
     let out = aligned(x)?.apply_op3_no_bwd(&aligned(d)?, &aligned(&d_bias.to_dtype(dtype)?)?, &ResidualOp { eps: eps as f32, ln })?;
@@ -310,7 +310,7 @@ pub fn residual_layer_norm(x: &Tensor, d: &Tensor, d_bias: &Tensor, weight: &Ten
 
 /// `x + d + d_bias` in one pass (inference, no backward); `x`, `d` [..., C], `d_bias` [C].
 // [..., C] -> [..., C]
-pub fn residual_add(x: &Tensor, d: &Tensor, d_bias: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn residual_add(x: &Tensor, d: &Tensor, d_bias: &Tensor) -> candle_core::Result<Tensor> {
     let d_bias = aligned(&d_bias.to_dtype(x.dtype())?)?;
     aligned(x)?.apply_op3_no_bwd(&aligned(d)?, &d_bias, &ResidualOp { eps: 0., ln: None })
 }
@@ -352,7 +352,6 @@ impl CustomOp3 for ResidualOp {
                 }
                 None => launch_residual_layer_norm(dev, &x, sum, None, (rows, cols), self.eps, xs.dtype())?,
             }
-            drop((s_part, y_part));
             let mut dims = if ln.is_some() { vec![2] } else { vec![] };
             dims.extend_from_slice(xl.dims());
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(dims)))
@@ -366,7 +365,7 @@ impl CustomOp3 for ResidualOp {
 
 /// `QuickGELU(x + bias)` = `u * sigmoid(1.702 u)` in one pass, with backward; `x` [..., C], `bias` [C].
 // [..., C] -> [..., C]
-pub fn bias_quick_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn bias_quick_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     aligned(x)?.apply_op2(&aligned(&bias.to_dtype(x.dtype())?)?, BiasQuickGelu)
 }
 
@@ -460,7 +459,7 @@ impl CustomOp3 for BiasQuickGeluBwd {
 
 /// `x + bias` with `bias` [C] broadcast over the rows of `x` [..., C] (C divisible by 8), with backward.
 // [..., C] -> [..., C]
-pub fn bias_add(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn bias_add(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     aligned(x)?.apply_op2(&aligned(&bias.to_dtype(x.dtype())?)?, BiasAdd)
 }
 
@@ -489,7 +488,7 @@ const COLUMN_SUM_ROWS: usize = 64;
 
 /// Sums of `x` [..., C] over every leading dimension, accumulated in f32 (no backward).
 // [..., C] -> [C] f32
-pub fn column_sum(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn column_sum(x: &Tensor) -> candle_core::Result<Tensor> {
     let x = aligned(x)?;
     // [R, C] -> [ceil(R / 64), C] -> [1, C]
     let partial = x.apply_op1_no_bwd(&ColumnSum { rows_per_block: COLUMN_SUM_ROWS })?;
@@ -544,7 +543,7 @@ const ATTENTION_ROWS: usize = 64;
 /// [`attention_fits`]); differentiable. With `train` the forward keeps each row's log-sum-exp for the
 /// fused backward (head dim 64; head dim 128 recomputes the probabilities on cuBLAS in f32).
 // [N, L, 3, H, hd] -> [N, L, H*hd]
-pub fn attention(qkv: &Tensor, in_bias: &Tensor, causal: bool, train: bool) -> candle_core::Result<Tensor> {
+pub(crate) fn attention(qkv: &Tensor, in_bias: &Tensor, causal: bool, train: bool) -> candle_core::Result<Tensor> {
     let op = AttentionOp { causal, keep_lse: train, lse: std::sync::Mutex::new(None) };
     aligned(qkv)?.apply_op2(&aligned(&in_bias.to_dtype(qkv.dtype())?)?, op)
 }
@@ -640,7 +639,7 @@ impl CustomOp2 for AttentionOp {
         // [N*H, L, L]
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if self.causal {
-            scores = scores.broadcast_add(&super::attention::causal_mask(l, DType::F32, qkv.device())?)?;
+            scores = scores.broadcast_add(&crate::kernels::reference::causal_mask(l, DType::F32, qkv.device())?)?;
         }
         let p = candle_nn::ops::softmax_last_dim(&scores)?;
         // [N*H, L, hd]
@@ -753,3 +752,6 @@ impl CustomOp2 for AttentionBwd {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,7 @@ use std::{arch::x86_64::*, cell::RefCell, mem::MaybeUninit, thread::LocalKey};
 
 use rayon::prelude::*;
 
-use super::fused::{quick_gelu_value, SendPtr};
+use crate::kernels::simd::{quick_gelu_value, SendPtr};
 
 /// Rows of the register tile.
 const MR: usize = 12;
@@ -53,7 +53,7 @@ fn with_scratch<R>(key: &'static LocalKey<RefCell<Vec<f32>>>, f: impl FnOnce(&mu
 
 /// A strided f32 matrix inside a slice: element (i, j) at `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
-pub(super) struct Matrix<'a> {
+pub(crate) struct Matrix<'a> {
     /// The values, starting at element (0, 0).
     data: &'a [f32],
     /// Distance between rows.
@@ -64,12 +64,12 @@ pub(super) struct Matrix<'a> {
 
 impl<'a> Matrix<'a> {
     /// The 2-D matrix `layout` addresses in `data`.
-    pub(super) fn of(data: &'a [f32], layout: &candle_core::Layout) -> Self {
+    pub(crate) fn of(data: &'a [f32], layout: &candle_core::Layout) -> Self {
         Self { data: &data[layout.start_offset()..], row_stride: layout.stride()[0], col_stride: layout.stride()[1] }
     }
 
     /// The row-major matrix of `cols` columns in `data`.
-    pub(super) fn row_major(data: &'a [f32], cols: usize) -> Self {
+    pub(crate) fn row_major(data: &'a [f32], cols: usize) -> Self {
         Self { data, row_stride: cols, col_stride: 1 }
     }
 }
@@ -77,13 +77,13 @@ impl<'a> Matrix<'a> {
 /// What follows the product: a bias [n] added per output, then QuickGELU when `gelu`, then a residual
 /// [rows, n] added.
 #[derive(Clone, Copy, Default)]
-pub(super) struct Epilogue<'a> {
+pub(crate) struct Epilogue<'a> {
     /// The bias of every output.
-    pub(super) bias: Option<&'a [f32]>,
+    pub(crate) bias: Option<&'a [f32]>,
     /// Whether QuickGELU `v * sigmoid(1.702 v)` follows the bias.
-    pub(super) gelu: bool,
+    pub(crate) gelu: bool,
     /// Values added last, one per output element (a residual connection); unit column stride.
-    pub(super) residual: Option<Matrix<'a>>,
+    pub(crate) residual: Option<Matrix<'a>>,
 }
 
 impl<'a> Epilogue<'a> {
@@ -98,13 +98,13 @@ impl<'a> Epilogue<'a> {
 }
 
 /// Whether this CPU runs the kernel (AVX-512F, detected at run time).
-pub(super) fn available() -> bool {
+pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
 /// The weight operand of [`linear`]: `n x k` (element (j, c) the weight of output j, input c).
 #[derive(Clone, Copy)]
-pub(super) enum WeightOperand<'a> {
+pub(crate) enum WeightOperand<'a> {
     /// A matrix at any strides, packed block by block during the call.
     Strided(Matrix<'a>),
     /// Already in the kernel's layout: `ceil(n / NR)` panels of [k][NR] ([`PackedWeight::outputs_from`]).
@@ -113,13 +113,13 @@ pub(super) enum WeightOperand<'a> {
 
 /// A linear layer as the kernel runs it: `outputs` outputs, their weight and what follows the product.
 #[derive(Clone, Copy)]
-pub(super) struct Layer<'a> {
+pub(crate) struct Layer<'a> {
     /// The weight [outputs, inputs].
-    pub(super) weight: WeightOperand<'a>,
+    pub(crate) weight: WeightOperand<'a>,
     /// The number of outputs.
-    pub(super) outputs: usize,
+    pub(crate) outputs: usize,
     /// Bias and activation.
-    pub(super) epilogue: Epilogue<'a>,
+    pub(crate) epilogue: Epilogue<'a>,
 }
 
 /// `dst = x @ w^T`, then the epilogue: `x` [rows, k], the layer's weight `w` [n, k], `dst` [rows, n] at
@@ -129,7 +129,7 @@ pub(super) struct Layer<'a> {
 /// # Panics
 /// If `x` or `w` does not hold a `rows x k` / `n x k` matrix, the bias is not `n` long or `dst` is too
 /// short, or if the CPU lacks AVX-512F ([`available`]).
-pub(super) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [MaybeUninit<f32>], ldo: usize) {
+pub(crate) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [MaybeUninit<f32>], ldo: usize) {
     let Layer { weight: w, outputs: n, epilogue } = layer;
     assert!(available(), "sgemm::linear needs AVX-512F");
     assert!(epilogue.bias.is_none_or(|b| b.len() == n), "sgemm::linear: bias of the wrong size");
@@ -147,7 +147,7 @@ pub(super) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [
     };
     assert!(k == 0 || (last(&x, rows) < x.data.len() && w_fits), "sgemm::linear: operands shorter than their shapes");
     let out = SendPtr(dst.as_mut_ptr().cast::<f32>());
-    if x.col_stride == 1 && x.row_stride % ALIASING_STRIDE != 0 {
+    if x.col_stride == 1 && !x.row_stride.is_multiple_of(ALIASING_STRIDE) {
         // SAFETY: dst holds rows rows of n values at stride ldo (checked above); x holds its rows x k matrix.
         return unsafe { multiply_chunk(rows, n, k, Rows::InPlace(x), &w, epilogue, out, ldo) };
     }
@@ -169,9 +169,9 @@ pub(super) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [
 ///
 /// # Panics
 /// As [`linear`] for either layer.
-pub(super) fn mlp(rows: usize, k: usize, x: Matrix, fc1: Layer, fc2: Layer, dst: &mut [MaybeUninit<f32>]) {
+pub(crate) fn mlp(rows: usize, k: usize, x: Matrix, fc1: Layer, fc2: Layer, dst: &mut [MaybeUninit<f32>]) {
     let h = fc1.outputs;
-    let ld = if h % ALIASING_STRIDE == 0 { h + 16 } else { h };
+    let ld = if h.is_multiple_of(ALIASING_STRIDE) { h + 16 } else { h };
     with_scratch(&HIDDEN, |hidden| {
         hidden.clear();
         hidden.reserve(rows * ld);
@@ -263,7 +263,7 @@ impl PackedWeight {
     ///
     /// # Panics
     /// If `w` does not hold `n` rows of `k` values, or the CPU lacks AVX-512F ([`available`]).
-    pub(super) fn pack(w: Matrix, n: usize, k: usize) -> Self {
+    pub(crate) fn pack(w: Matrix, n: usize, k: usize) -> Self {
         assert!(n == 0 || k == 0 || (n - 1) * w.row_stride + (k - 1) * w.col_stride < w.data.len(), "PackedWeight: matrix shorter than {n} x {k}");
         let len = n.div_ceil(NR) * k * NR;
         let mut panels = Vec::with_capacity(len);
@@ -285,8 +285,8 @@ impl PackedWeight {
 
     /// The weight of outputs `first..` as a [`linear`] operand; `first` must be a multiple of
     /// [`Self::OUTPUT_ALIGN`] (`None` otherwise, or past the end).
-    pub(super) fn outputs_from(&self, first: usize) -> Option<WeightOperand<'_>> {
-        (first % NR == 0 && first <= self.n).then(|| WeightOperand::Packed(&self.panels[first / NR * self.k * NR..]))
+    pub(crate) fn outputs_from(&self, first: usize) -> Option<WeightOperand<'_>> {
+        (first.is_multiple_of(NR) && first <= self.n).then(|| WeightOperand::Packed(&self.panels[first / NR * self.k * NR..]))
     }
 
     /// The matrix [n, k], row-major, as it was packed.

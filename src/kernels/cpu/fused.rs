@@ -1,7 +1,7 @@
 //! Fused f32 CPU kernels for inference (no backward: use them only when not training).
 //!
 //! - [`linear`] / [`linear_quick_gelu`]: one multi-threaded GEMM per linear layer reading the weight
-//!   through its strides. On AVX-512 CPUs it is the crate's own kernel (`src/nn/sgemm.rs`) with bias and
+//!   through its strides. On AVX-512 CPUs it is the crate's own kernel ([`super::sgemm`]) with bias and
 //!   QuickGELU in its epilogue; elsewhere the `gemm` crate's, the bias pre-broadcast into the output (no
 //!   separate bias pass), or, with QuickGELU, bias + QuickGELU in one parallel in-place pass right after
 //!   the GEMM.
@@ -14,19 +14,22 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Devi
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::attention::attention_plain;
 #[cfg(target_arch = "x86_64")]
 use super::sgemm;
+use crate::kernels::{
+    reference,
+    simd::{bias_quick_gelu, check_bounds, chunk_rows, contiguous_f32, softmax_inplace, SendPtr},
+};
 
 /// `x @ weight^T + bias`: `x` [rows, in], `weight` [out, in] (PyTorch layout, any strides), `bias` `[out]`.
 // [rows, in] -> [rows, out]
-pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     linear_impl(x, weight, bias, false)
 }
 
 /// `quick_gelu(x @ weight^T + bias)` with QuickGELU `v * sigmoid(1.702 v)` fused after the GEMM.
 // [rows, in] -> [rows, out]
-pub fn linear_quick_gelu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+pub(crate) fn linear_quick_gelu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     linear_impl(x, weight, bias, true)
 }
 
@@ -38,7 +41,7 @@ fn linear_impl(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        return if gelu { &y * candle_nn::ops::sigmoid(&(&y * 1.702)?)? } else { Ok(y) };
+        return if gelu { reference::quick_gelu(&y) } else { Ok(y) };
     }
     let op = LinearOp { gelu };
     match bias {
@@ -52,7 +55,7 @@ fn linear_impl(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -
 /// causal, `-inf` above the diagonal). Computes `softmax(q k^T / sqrt(hd) + mask) v` per (n, h) and
 /// returns the heads concatenated per token, as PyTorch's `nn.MultiheadAttention` does before `out_proj`.
 // [N, L, 3, H, hd] -> [N, L, H*hd]
-pub fn attention(qkv: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+pub(crate) fn attention(qkv: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let (_, l, three, _, _) = qkv.dims5()?;
     if three != 3 {
         bail!("attention: qkv must be [N, L, 3, H, hd], got {:?}", qkv.shape())
@@ -66,7 +69,7 @@ pub fn attention(qkv: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Ten
         && qkv.dtype() == DType::F32
         && mask.is_none_or(|m| m.dtype() == DType::F32);
     if !fast {
-        return attention_plain(qkv, mask, false);
+        return reference::attention(qkv, mask, false);
     }
     let qkv = qkv.contiguous()?;
     match mask {
@@ -75,56 +78,15 @@ pub fn attention(qkv: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Ten
     }
 }
 
-/// Checks that every element `layout` addresses lies inside a buffer of `len` elements.
-fn check_bounds(layout: &Layout, len: usize, what: &str) -> candle_core::Result<()> {
-    let dims = layout.dims();
-    if dims.contains(&0) {
-        return Ok(());
-    }
-    let last = layout.start_offset() + dims.iter().zip(layout.stride()).map(|(d, s)| (d - 1) * s).sum::<usize>();
-    if last >= len {
-        bail!("{what}: layout {layout:?} reaches past its buffer of {len} elements")
-    }
-    Ok(())
-}
-
-/// A contiguous f32 view of a storage, or an error naming `what`.
-pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => bail!("{what} must be contiguous"),
-    }
-}
-
-/// A `*mut f32` that may cross threads; every user writes a region no other thread touches.
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub(super) *mut f32);
-// SAFETY (both impls): only used for writes to disjoint regions (see the users), the buffer outliving
-// the parallel loop.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    pub(super) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// Rows per parallel chunk of an elementwise pass over rows of `cols` values (~64 KiB per chunk).
-pub(super) fn chunk_rows(cols: usize) -> usize {
-    (16384 / cols.max(1)).max(1)
-}
-
 /// The fused linear kernel: `x @ weight^T (+ bias)`, then QuickGELU when `gelu`.
-pub(super) struct LinearOp {
+pub(crate) struct LinearOp {
     /// Whether QuickGELU follows the bias.
-    pub(super) gelu: bool,
+    pub(crate) gelu: bool,
 }
 
 impl LinearOp {
     /// The kernel on CPU storages: `x` [rows, in] and the weight [out, in] through their layouts.
-    pub(super) fn cpu(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    pub(crate) fn cpu(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (xs.as_slice::<f32>()?, ws.as_slice::<f32>()?);
         let (rows, k) = xl.shape().dims2()?;
         let (n, k2) = wl.shape().dims2()?;
@@ -210,7 +172,7 @@ unsafe fn new_output(rows: usize, n: usize, fill: impl FnOnce(&mut [std::mem::Ma
 /// connection). The layers borrow their weights: packed ([`sgemm::PackedWeight`]) or read from a
 /// tensor's storage held by the caller.
 #[cfg(target_arch = "x86_64")]
-pub(super) enum GemmOp<'a> {
+pub(crate) enum GemmOp<'a> {
     /// One layer.
     Linear(sgemm::Layer<'a>),
     /// `c_fc` (its epilogue with QuickGELU) then `c_proj`, the hidden activations never leaving the op.
@@ -221,7 +183,7 @@ pub(super) enum GemmOp<'a> {
 impl GemmOp<'_> {
     /// Applies the op to `x` [rows, in], adding `residual` [..., out] (as [rows, out]) when given.
     // [rows, in] -> [rows, out]
-    pub(super) fn apply(&self, x: &Tensor, residual: Option<&Tensor>) -> crate::Result<Tensor> {
+    pub(crate) fn apply(&self, x: &Tensor, residual: Option<&Tensor>) -> crate::Result<Tensor> {
         Ok(match residual {
             Some(r) => x.apply_op2_no_bwd(&r.reshape((x.dim(0)?, self.last_layer().outputs))?, self)?,
             None => x.apply_op1_no_bwd(self)?,
@@ -311,11 +273,11 @@ impl CustomOp3 for LinearOp {
 }
 
 /// The fused attention kernel (see [`attention`]).
-pub(super) struct AttentionOp;
+pub(crate) struct AttentionOp;
 
 impl AttentionOp {
     /// The kernel on a contiguous qkv storage [N, L, 3, H, hd] with an optional additive mask [L, L].
-    pub(super) fn cpu(&self, s: &CpuStorage, l: &Layout, mask: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    pub(crate) fn cpu(&self, s: &CpuStorage, l: &Layout, mask: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = contiguous_f32(s, l, "attention qkv")?;
         let (n, len, _, heads, hd) = l.shape().dims5()?;
         let w = heads * hd;
@@ -386,108 +348,155 @@ impl CustomOp2 for AttentionOp {
     }
 }
 
-/// `e^x` for f32 without branches (Cephes `expf` polynomial, ~1 ulp), so loops over it vectorise;
-/// 0 below -87.3 (including -inf), +inf above 88.7, NaN for NaN.
-#[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const ROUND: f32 = 12582912.0; // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
-    let xc = x.clamp(-87.3, 88.7);
-    let t = xc * LOG2E + ROUND;
-    let nf = t - ROUND;
-    let r = xc - nf * 0.693_359_4 - nf * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    let pow2 = f32::from_bits(((t.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32);
-    let e = y * pow2;
-    if x < -87.3 {
-        0.0
-    } else if x > 88.7 {
-        f32::INFINITY
-    } else {
-        e
+#[cfg(test)]
+mod tests {
+    //! The kernels against plain candle ops on random inputs: odd sizes, strided weights, causal and
+    //! random masks, and the fallback for other dtypes.
+    use candle_core::{IndexOp, D};
+
+    use super::*;
+
+    /// Max |a - b| / max(1, |b|) after checking the shapes agree (infinite where only one is non-finite).
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let a: Vec<f32> = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| if x == y { 0. } else if (x - y).is_finite() { (x - y).abs() / y.abs().max(1.) } else { f32::INFINITY })
+            .fold(0., f32::max)
     }
-}
 
-/// Defines `fn $name($args)` running `$generic($args)` compiled for AVX-512F or AVX2 when the CPU has
-/// them (checked at run time), so the loops in `$generic` vectorise wider than the baseline target.
-macro_rules! multiversion {
-    ($vis:vis $name:ident => $generic:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    $generic($($arg),*)
-                }
-                #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    $generic($($arg),*)
-                }
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, checked just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2, checked just above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $generic($($arg),*)
-        }
-    };
-}
-pub(super) use multiversion;
-
-multiversion!(pub(super) bias_quick_gelu => bias_quick_gelu_generic(row: &mut [f32], bias: Option<&[f32]>));
-multiversion!(pub(super) softmax_inplace => softmax_generic(row: &mut [f32]));
-
-/// QuickGELU `v * sigmoid(1.702 v)` of `row + bias` in place (`bias` as long as `row`).
-#[inline(always)]
-fn bias_quick_gelu_generic(row: &mut [f32], bias: Option<&[f32]>) {
-    match bias {
-        Some(b) => row.iter_mut().zip(b).for_each(|(v, b)| *v = quick_gelu_value(*v + b)),
-        None => row.iter_mut().for_each(|v| *v = quick_gelu_value(*v)),
+    fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
+        let d = max_rel_diff(a, b);
+        assert!(d <= 1e-5, "{what}: max difference {d}");
     }
-}
 
-/// QuickGELU `v * sigmoid(1.702 v)` of one value, as `v / (1 + e^(-1.702 v))` with the vectorisable [`exp`].
-#[inline(always)]
-pub(super) fn quick_gelu_value(v: f32) -> f32 {
-    v / (1.0 + exp(-1.702 * v))
-}
+    /// Asserts `a` equals `b` within 1e-5 of `b`'s scale, max(1, max |b|). For GEMM outputs: each is a sum of
+    /// k products and another blocking of that sum (the AVX-512 kernel's against candle's `gemm`) moves it by
+    /// ~sqrt(k) f32 roundings of the partial sums, whatever its own size; an element near 0 in a row of
+    /// 20s differs by ~3e-5 at k = 768 (candle's matmul itself is off the f64 product by as much there).
+    fn assert_close_to_scale(what: &str, a: &Tensor, b: &Tensor) {
+        assert_eq!(a.dims(), b.dims());
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (a, b) = (values(a), values(b));
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = |x: f32, y: f32| if x == y { 0. } else if (x - y).is_finite() { (x - y).abs() } else { f32::INFINITY };
+        let d = a.iter().zip(&b).fold(0f32, |m, (&x, &y)| m.max(diff(x, y))) / scale;
+        assert!(d <= 1e-5, "{what}: max difference {d} of the scale {scale}");
+    }
 
-/// Softmax of one row in place: max-subtracted, f32 accumulation.
-#[inline(always)]
-fn softmax_generic(row: &mut [f32]) {
-    const LANES: usize = 16;
-    let mut m = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for i in 0..LANES {
-            m[i] = m[i].max(c[i]);
+    fn randn(shape: &[usize], seed_scale: f64) -> Tensor {
+        Tensor::randn(0f32, seed_scale as f32, shape, &Device::Cpu).unwrap()
+    }
+
+    fn linear_ref(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        let y = x.matmul(&w.t().unwrap()).unwrap();
+        match b {
+            Some(b) => y.broadcast_add(b).unwrap(),
+            None => y,
         }
     }
-    let max = chunks.remainder().iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
-    let max = if max == f32::NEG_INFINITY { 0.0 } else { max };
-    let mut s = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for i in 0..LANES {
-            c[i] = exp(c[i] - max);
-            s[i] += c[i];
+
+    #[test]
+    fn linear_matches_matmul_plus_bias() {
+        for (rows, k, n) in [(394, 96, 200), (13, 7, 5), (1, 64, 33), (37, 128, 512), (197, 768, 77), (0, 8, 4)] {
+            let x = randn(&[rows, k], 1.);
+            let w = randn(&[n, k], 0.5);
+            let b = randn(&[n], 1.);
+            let want = linear_ref(&x, &w, Some(&b));
+            assert_close_to_scale(&format!("linear {rows}x{k}x{n}"), &linear(&x, &w, Some(&b)).unwrap(), &want);
+            let want = reference::quick_gelu(&want).unwrap();
+            assert_close_to_scale(&format!("linear+gelu {rows}x{k}x{n}"), &linear_quick_gelu(&x, &w, Some(&b)).unwrap(), &want);
+            let want = linear_ref(&x, &w, None);
+            assert_close_to_scale(&format!("linear no bias {rows}x{k}x{n}"), &linear(&x, &w, None).unwrap(), &want);
         }
     }
-    let mut sum: f32 = s.iter().sum();
-    for v in chunks.into_remainder() {
-        *v = exp(*v - max);
-        sum += *v;
+
+    #[test]
+    fn linear_reads_strided_inputs() {
+        // A weight stored transposed ([in, out] viewed as [out, in]) and x as a column slice with an offset.
+        let (rows, k, n) = (45, 70, 31);
+        let wt = randn(&[k, n], 0.5);
+        let w = wt.t().unwrap();
+        let wide = randn(&[rows + 2, k + 9], 1.);
+        let x = wide.i((1..rows + 1, 3..k + 3)).unwrap();
+        assert!(!w.is_contiguous() && !x.is_contiguous());
+        let b = randn(&[n], 1.);
+        let want = linear_ref(&x.contiguous().unwrap(), &w.contiguous().unwrap(), Some(&b));
+        assert_close_to_scale("strided linear", &linear(&x, &w, Some(&b)).unwrap(), &want);
     }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
+
+    #[test]
+    fn quick_gelu_epilogue_handles_extremes() {
+        let x = Tensor::new(&[[-200f32, -90., -20., -1e-3, 0., 1e-3, 1., 20., 90., 200.]], &Device::Cpu).unwrap();
+        let w = Tensor::eye(10, DType::F32, &Device::Cpu).unwrap();
+        let got = linear_quick_gelu(&x, &w, None).unwrap();
+        assert_close("gelu extremes", &got, &reference::quick_gelu(&x).unwrap());
+    }
+
+    /// softmax(q k^T / sqrt(hd) + mask) v from `qkv` [N, L, 3, H, hd], on plain candle ops.
+    fn attention_ref(qkv: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (n, l, _, h, hd) = qkv.dims5().unwrap();
+        let part = |i: usize| qkv.i((.., .., i)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let (q, k, v) = (part(0), part(1), part(2));
+        let s = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
+        let s = match mask {
+            Some(m) => s.broadcast_add(m).unwrap(),
+            None => s,
+        };
+        let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+        p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((n, l, h * hd)).unwrap()
+    }
+
+    fn causal(l: usize) -> Tensor {
+        let m: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
+        Tensor::from_vec(m, (l, l), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn attention_matches_plain_ops() {
+        // (N, L, H, hd): L = 197 (ViT-B/16), N*H odd, tiny and single-token cases.
+        for (n, l, h, hd) in [(3, 197, 5, 64), (1, 5, 3, 7), (2, 50, 12, 64), (1, 1, 1, 4), (7, 9, 1, 16)] {
+            let qkv = randn(&[n, l, 3, h, hd], 1.);
+            assert_close(&format!("attention {n}x{l}x{h}x{hd}"), &attention(&qkv, None).unwrap(), &attention_ref(&qkv, None));
+            let mask = randn(&[l, l], 2.);
+            let what = format!("attention, random mask {n}x{l}x{h}x{hd}");
+            assert_close(&what, &attention(&qkv, Some(&mask)).unwrap(), &attention_ref(&qkv, Some(&mask)));
+        }
+    }
+
+    #[test]
+    fn attention_with_causal_mask() {
+        for (n, l, h, hd) in [(5, 77, 8, 64), (3, 77, 3, 32), (2, 16, 2, 8)] {
+            let qkv = randn(&[n, l, 3, h, hd], 2.);
+            let m = causal(l);
+            assert_close(&format!("causal attention {n}x{l}x{h}x{hd}"), &attention(&qkv, Some(&m)).unwrap(), &attention_ref(&qkv, Some(&m)));
+        }
+    }
+
+    #[test]
+    fn attention_rejects_bad_shapes() {
+        let qkv = randn(&[2, 4, 3, 2, 8], 1.);
+        assert!(attention(&qkv, Some(&randn(&[4, 5], 1.))).is_err());
+        assert!(attention(&randn(&[2, 4, 2, 2, 8], 1.), None).is_err());
+        assert!(attention(&randn(&[2, 4, 48], 1.), None).is_err());
+        assert!(linear(&randn(&[3, 4], 1.), &randn(&[5, 6], 1.), None).is_err());
+        assert!(linear(&randn(&[3, 4], 1.), &randn(&[5, 4], 1.), Some(&randn(&[6], 1.))).is_err());
+    }
+
+    #[test]
+    fn other_dtypes_fall_back_to_plain_ops() {
+        let x = randn(&[9, 12], 1.).to_dtype(DType::F64).unwrap();
+        let w = randn(&[5, 12], 1.).to_dtype(DType::F64).unwrap();
+        let b = randn(&[5], 1.).to_dtype(DType::F64).unwrap();
+        let got = linear_quick_gelu(&x, &w, Some(&b)).unwrap();
+        assert_eq!(got.dtype(), DType::F64);
+        assert_close("f64 linear", &got, &reference::quick_gelu(&linear_ref(&x, &w, Some(&b))).unwrap());
+        let qkv = randn(&[2, 6, 3, 2, 4], 1.).to_dtype(DType::F64).unwrap();
+        let m = causal(6).to_dtype(DType::F64).unwrap();
+        let got = attention(&qkv, Some(&m)).unwrap();
+        assert_eq!(got.dtype(), DType::F64);
+        assert_close("f64 attention", &got, &attention_ref(&qkv, Some(&m)));
+    }
 }

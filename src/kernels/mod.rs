@@ -1,0 +1,26 @@
+//! The machinery under the layers of [`crate::nn`]; crate-internal. Imports run one way, down this list:
+//!
+//! - `dispatch`: one function per operation (linear with an epilogue, the MLP, attention, LayerNorm,
+//!   bias add, bias + QuickGELU), each choosing the kernel by device, dtype, weight format and mode;
+//!   what this module hands to the layers.
+//! - `cpu`: the f32 AVX-512 GEMM, int8 linear layers, fused inference ops and fused training ops;
+//!   `cuda` (feature `cuda`): fused CUDA kernels (`kernels.cu`) with their backward passes.
+//! - `simd`: helpers every CPU kernel shares; `reference`: the operations on plain candle ops, which
+//!   the kernels fall back to and are tested against.
+//!
+//! Nothing here imports the layers.
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod dispatch;
+mod reference;
+mod simd;
+
+#[cfg(feature = "cuda")]
+pub(crate) use cuda::retain_freed_memory;
+pub(crate) use dispatch::{
+    attention::attention,
+    elementwise::{bias_add, fuses_bias_quick_gelu},
+    linear::{linear, mlp, plain_linear, Epilogue, LinearParams, LinearWeight},
+    norm::{fuses_residual_layer_norm, layer_norm, residual_add, residual_layer_norm, NormParams},
+};
