@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use crate::{Error, Result};
 
 /// The placeholder a template's label replaces.
-pub const PLACEHOLDER: &str = "{}";
+const PLACEHOLDER: &str = "{}";
 
 /// A sentence pattern with one `{}` where the label goes, classified by where the label sits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -50,7 +50,7 @@ impl Template {
 }
 
 /// Replaces the `{}` of `pattern` with `label`.
-pub fn fill(pattern: &str, label: &str) -> String {
+fn fill(pattern: &str, label: &str) -> String {
     pattern.replacen(PLACEHOLDER, label, 1)
 }
 

@@ -121,14 +121,6 @@ impl Sampling {
         }
         out
     }
-
-    /// Indices for `mode`: [`Sampling::train_indices`] or [`Sampling::test_indices`].
-    pub fn indices<R: Rng + ?Sized>(&self, mode: SampleMode, num_frames: usize, rng: &mut R) -> Vec<usize> {
-        match mode {
-            SampleMode::Train => self.train_indices(num_frames, rng),
-            SampleMode::Test => self.test_indices(num_frames),
-        }
-    }
 }
 
 /// The random stream of one sample in one epoch: ChaCha8 keyed by `(seed, epoch, index)`.

@@ -70,7 +70,7 @@ impl LoadedWeights {
     /// tells nothing by itself: the reference creates it for every head but meanP. A Conv_1D head from a
     /// file without a config was trained by the reference's code, so it gets `reference_reshape: true`.
     /// Keys of several heads, or `fusion_model.` keys of none, are an [`Error::UnknownHead`].
-    pub fn inferred_post_network(&self) -> Result<PostNetwork> {
+    pub(crate) fn inferred_post_network(&self) -> Result<PostNetwork> {
         let mut found = Vec::new();
         if self.has_prefix("fusion_model.shift.") {
             found.push(PostNetwork::Conv1d { reference_reshape: self.format.is_reference() });
@@ -121,15 +121,6 @@ impl LoadedWeights {
         }
     }
 
-    /// Whether the model uses the joint (pre-network) prompt: the stored config's, else whether
-    /// `visual.time_embedding` is present.
-    pub fn joint(&self) -> bool {
-        match &self.config {
-            Some(c) => c.prompt.joint,
-            None => self.tensors.contains_key("visual.time_embedding"),
-        }
-    }
-
     /// Frames per video: the stored config's, else [`Self::inferred_frames`].
     pub fn frames(&self) -> Option<usize> {
         match &self.config {
@@ -141,7 +132,7 @@ impl LoadedWeights {
     /// Frames per video told by the shapes: `fusion_model.transformer.pos_embed` `[1, T+1, D]` or
     /// `visual.time_embedding` `[T, width]`; `None` when neither is present (the caller picks a default,
     /// usually [`DEFAULT_FRAMES`]).
-    pub fn inferred_frames(&self) -> Option<usize> {
+    pub(crate) fn inferred_frames(&self) -> Option<usize> {
         if let Some(t) = self.tensors.get("fusion_model.transformer.pos_embed") {
             if let [1, n, _] = t.dims() {
                 if *n > 1 {
@@ -152,19 +143,6 @@ impl LoadedWeights {
         match self.tensors.get("visual.time_embedding").map(|t| t.dims()) {
             Some([t, _]) if *t > 0 => Some(*t),
             _ => None,
-        }
-    }
-
-    /// The visual prompt: the stored config's, else inferred (joint from `visual.time_embedding`, temporal
-    /// shift from `.net.` names, the head from the `fusion_model.` keys).
-    pub fn visual_prompt(&self) -> Result<VisualPrompt> {
-        match &self.config {
-            Some(c) => Ok(c.prompt),
-            None => Ok(VisualPrompt {
-                joint: self.joint(),
-                temporal_shift: self.temporal_shift,
-                post: self.inferred_post_network()?,
-            }),
         }
     }
 
