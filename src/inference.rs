@@ -3,6 +3,10 @@
 //! windows of a whole video ([`ZeroShotClassifier::predict_windows`]), and label lists from the
 //! built-in UCF101/HMDB51 sets, files or comma lists ([`parse_labels`]).
 //!
+//! Public here: [`parse_labels`] with its [`LabelList`], and the prediction records [`ClipPrediction`] and
+//! [`WindowPrediction`]. The path-level methods live on [`ZeroShotClassifier`]: `predict_path`,
+//! `classify_path`, `predict_windows`, `predict_windows_path`.
+//!
 //! ```no_run
 //! # fn main() -> actionclip::Result<()> {
 //! use actionclip::{inference, prompts, ActionClip, Tokenizer, ZeroShotClassifier};
@@ -171,9 +175,11 @@ impl ZeroShotClassifier<'_> {
         Ok(self.predict_path(path, k)?.top)
     }
 
-    /// A timeline of predictions over decoded frames: windows of `window` frames every `stride` frames
-    /// ([`window_ranges`]), each read like an evaluation clip (the model's frame count of segment
-    /// centres inside the window, the test transform), top `k` labels per window.
+    /// A timeline of predictions over decoded frames: windows of `window` frames every `stride` frames,
+    /// each read like an evaluation clip (the model's frame count of segment centres inside the window,
+    /// the test transform), top `k` labels per window. The last window is moved back to end at the last
+    /// frame when the stride does not land there, so every frame is covered; fewer frames than `window`
+    /// make one window.
     // N frames -> windows of [T, 3, S, S] -> one top-k list per window
     pub fn predict_windows(&self, frames: &[RgbImage], window: usize, stride: usize, k: usize) -> Result<Vec<WindowPrediction>> {
         let plan = self.window_plan(frames.len(), window, stride)?;

@@ -1,6 +1,8 @@
 //! Similarity and the contrastive loss of ActionCLIP: cosine logits with a scale, the ground-truth matrix
 //! of a batch (several positives per row when labels repeat) and the symmetric KL loss exactly as the
 //! reference computes it.
+//!
+//! Public: [`normalize`], [`cosine_logits`] and [`symmetric_kl_loss`].
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::{Error, Result};

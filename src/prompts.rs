@@ -1,5 +1,7 @@
 //! Text prompts: templates that turn a class label into a sentence (prefix, cloze and suffix forms), the
 //! 16 templates of ActionCLIP, and a label humanizer (`ApplyEyeMakeup` -> `apply eye makeup`).
+//!
+//! Public: [`Template`], [`ACTIONCLIP_TEMPLATES`], [`fill_all`] and [`humanize`].
 use std::borrow::Cow;
 
 use crate::{Error, Result};

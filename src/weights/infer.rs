@@ -50,12 +50,19 @@ impl LoadedWeights {
         Ok(n)
     }
 
-    /// The CLIP towers' dimensions, inferred from the tensor shapes (see [`ClipConfig::from_shapes`]).
+    /// The CLIP towers' dimensions, inferred from the shapes of the canonical tensors (`visual.conv1.weight`,
+    /// `visual.positional_embedding`, `token_embedding.weight`, ...).
     pub fn clip_config(&self) -> Result<ClipConfig> {
         ClipConfig::from_shapes(&self.shapes()).map_err(|e| with_path(e, &self.path))
     }
 
-    /// The post-network head: the stored config's when there is one, else [`Self::inferred_post_network`].
+    /// The post-network head: the stored config's when there is one, else the one told by the
+    /// `fusion_model.` keys. Those keys tell the heads apart by their modules: `shift.*` (Conv_1D),
+    /// `lstm_visual.*` (LSTM), `transformer.resblocks.*` (Transf) and
+    /// `transformer.{cls_token, pos_embed, transformer_enc.*}` (Transf_cls); no such key gives
+    /// [`PostNetwork::MeanPool`], and layer counts come from the block indices. A Conv_1D head from a
+    /// file without a config was trained by the reference's code, so it gets `reference_reshape: true`.
+    /// Keys of several heads, or `fusion_model.` keys of none, are an [`Error::UnknownHead`].
     pub fn post_network(&self) -> Result<PostNetwork> {
         match &self.config {
             Some(c) => Ok(c.prompt.post),
@@ -121,7 +128,9 @@ impl LoadedWeights {
         }
     }
 
-    /// Frames per video: the stored config's, else [`Self::inferred_frames`].
+    /// Frames per video: the stored config's, else the one told by the shapes of
+    /// `fusion_model.transformer.pos_embed` `[1, T+1, D]` or `visual.time_embedding` `[T, width]`; `None`
+    /// when neither tells (the caller picks a default, usually [`DEFAULT_FRAMES`]).
     pub fn frames(&self) -> Option<usize> {
         match &self.config {
             Some(c) => Some(c.frames),

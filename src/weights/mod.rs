@@ -1,5 +1,10 @@
 //! Checkpoint readers and writers: one place that maps every naming users hold onto one canonical naming.
 //!
+//! Public: [`load`] and [`detect_format`] (any supported file, directory or hub id), the result
+//! [`LoadedWeights`] (tensors in canonical names, the [`Format`] read, the config stored or inferred, a
+//! `VarBuilder` or `VarMap` over the tensors), [`save_safetensors`] with [`CONFIG_METADATA_KEY`],
+//! [`DEFAULT_FRAMES`], and with feature `hub` `hub_model`, `hub_model_with` and `HubOptions`.
+//!
 //! # Canonical names
 //! The model builds from a [`candle_nn::VarBuilder`] over *canonical* names only:
 //! - the OpenAI CLIP state-dict names (`visual.conv1.weight`, `visual.class_embedding`,
