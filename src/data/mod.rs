@@ -29,8 +29,6 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use frames::FrameFolder;
-
 pub(crate) mod frames;
 mod gather;
 pub(crate) mod loader;
@@ -55,6 +53,7 @@ pub use ucf101::{Storage, Subset, VideoDataset, VideoSample};
 pub use video::{count_frames, probe, write_video, EncodeOptions, VideoCodec, VideoInfo};
 
 use crate::error::Result;
+use frames::FrameFolder;
 
 /// Number of frames in a video file (feature `video`; the container's count, or a counting pass when
 /// it has none) or in a frame folder (`img_{:05d}.jpg` files from 1; a gap is an error).
