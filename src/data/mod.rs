@@ -1,7 +1,7 @@
 //! Video data: UCF101 (official videos or TSN frame folders) and ActionCLIP list files, the reference's
 //! segment sampling and preprocessing, a threaded loader, and a synthetic UCF101-layout dataset.
 //!
-//! What is public, by job (everything is re-exported here; [`synthetic`] is the one public submodule):
+//! What is public, by job (re-exported here; the submodules are private except [`synthetic`]):
 //!
 //! | job | items |
 //! |---|---|
@@ -29,17 +29,17 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-pub(crate) mod frames;
+mod frames;
 mod gather;
-pub(crate) mod loader;
-pub(crate) mod pipeline;
-pub(crate) mod resize;
-pub(crate) mod sampling;
-pub(crate) mod source;
+mod loader;
+mod pipeline;
+mod resize;
+mod sampling;
+mod source;
 pub mod synthetic;
-pub(crate) mod transforms;
-pub(crate) mod ucf101;
-pub(crate) mod video;
+mod transforms;
+mod ucf101;
+mod video;
 
 pub use frames::FrameTemplate;
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, LoaderReport, OnFailure, SampleFailure};

@@ -1,6 +1,6 @@
 //! Looking at what a model predicts: annotated videos, contact sheets and batch reports.
 //!
-//! What is public, by job (everything is re-exported here; the submodules are crate-private):
+//! What is public, by job (re-exported here; the submodules are private):
 //!
 //! | job | items |
 //! |---|---|
@@ -29,14 +29,14 @@
 //! // viz_out/archery_g01.annotated.mp4 (or .gif without the `video` feature), viz_out/archery_g01.sheet.png
 //! # Ok(()) }
 //! ```
-pub(crate) mod annotate;
-pub(crate) mod batch;
-pub(crate) mod confusion;
-pub(crate) mod draw;
-pub(crate) mod output;
-pub(crate) mod pipeline;
-pub(crate) mod report;
-pub(crate) mod sheet;
+mod annotate;
+mod batch;
+mod confusion;
+mod draw;
+mod output;
+mod pipeline;
+mod report;
+mod sheet;
 
 pub use annotate::{annotate_frame, prepare_frame, AnnotateStyle, Annotation};
 pub use batch::{run_batch, sample_per_class, BatchOutput, SampledClip};

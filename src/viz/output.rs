@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbImage, RgbaImage};
 
-use crate::data::video::{write_video, EncodeOptions, VideoCodec};
+use crate::data::{write_video, EncodeOptions, VideoCodec};
 use crate::error::{Error, Result};
 
 /// What [`write_animation`] wrote.

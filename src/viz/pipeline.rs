@@ -84,7 +84,7 @@ pub(crate) fn clip_fps(path: &Path) -> f64 {
     if path.is_dir() {
         return DEFAULT_FPS;
     }
-    match data::video::probe(path) {
+    match data::probe(path) {
         Ok(info) if info.fps.is_finite() && info.fps > 0.0 => info.fps,
         _ => DEFAULT_FPS,
     }
