@@ -184,7 +184,7 @@ pub enum Error {
     },
 }
 
-/// The crate's result type; the error defaults to [`Error`], so `Result<T, E>` still names any other.
+/// The crate's result type; the error type defaults to [`Error`], and `Result<T, E>` names any other.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
