@@ -45,12 +45,12 @@ fn frame_folders(root: &Path) -> Vec<PathBuf> {
 
 #[cfg(feature = "video")]
 fn avi_files(root: &Path) -> Vec<PathBuf> {
-    use actionclip::data::{video, EncodeOptions};
+    use actionclip::data::{write_video, EncodeOptions};
     let opts = EncodeOptions { fps: 25, quality: 4, gop: 250, ..Default::default() };
     let paths: Vec<PathBuf> = (0..CLIPS)
         .map(|i| {
             let path = root.join(format!("v_Bench_g{:02}_c01.avi", i + 1));
-            video::write_video(&path, &render(i), &opts).expect("encode");
+            write_video(&path, &render(i), &opts).expect("encode");
             path
         })
         .collect();

@@ -94,15 +94,10 @@ fn label_words(s: &str, raw: bool) -> String {
     }
 }
 
-/// The class folder names under `dir` (sorted), as truths and default labels.
+/// The class folder names under `dir` that hold clips (sorted), as truths and default labels.
 fn class_folders(dir: &Path) -> Result<Vec<String>> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && !viz::batch::is_frame_folder(p))
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    out.sort();
+    let mut out: Vec<String> = viz::sample_per_class(dir, 1, 0)?.into_iter().map(|c| c.class).collect();
+    out.dedup();
     Ok(out)
 }
 
@@ -181,7 +176,7 @@ fn visualize_one(zs: &ZeroShotClassifier, video: &Path, args: &Args, opts: &viz:
             eprintln!("warning: the truth {t:?} is not among the labels");
         }
     }
-    let name = viz::batch::safe_name(&video.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "video".into()));
+    let name = video.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "video".into());
     let out = viz::visualize_video(zs, video, truth.as_deref(), &args.output, &name, opts).with_context(|| format!("visualizing {}", video.display()))?;
     println!("{} ({} frames; {} windows of the timeline)", video.display(), out.total_frames, out.windows.len());
     for (rank, (label, p)) in out.prediction.top.iter().enumerate() {

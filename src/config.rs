@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// Width of one attention head in every released CLIP model.
-pub const HEAD_DIM: usize = 64;
+pub(crate) const HEAD_DIM: usize = 64;
 /// Token context of the CLIP text tower.
-pub const CONTEXT_LENGTH: usize = 77;
+pub(crate) const CONTEXT_LENGTH: usize = 77;
 /// Vocabulary size of the OpenAI CLIP BPE.
-pub const VOCAB_SIZE: usize = 49408;
+pub(crate) const VOCAB_SIZE: usize = 49408;
 
 /// The image tower (a ViT in the OpenAI layout).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,11 +31,11 @@ pub struct VisionConfig {
 
 impl VisionConfig {
     /// Patches per image side.
-    pub fn grid(&self) -> usize {
+    pub(crate) fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
     /// Tokens per frame: the patches and one class token.
-    pub fn tokens(&self) -> usize {
+    pub(crate) fn tokens(&self) -> usize {
         self.grid() * self.grid() + 1
     }
 }
@@ -125,7 +125,7 @@ impl ClipConfig {
 
     /// Infers every dimension from the tensor shapes of a state dict in OpenAI names
     /// (`visual.conv1.weight`, `visual.positional_embedding`, `token_embedding.weight`, ...).
-    pub fn from_shapes(shapes: &HashMap<String, Vec<usize>>) -> Result<Self> {
+    pub(crate) fn from_shapes(shapes: &HashMap<String, Vec<usize>>) -> Result<Self> {
         let get = |key: &str, rank: usize| -> Result<&Vec<usize>> {
             let shape = shapes.get(key).ok_or_else(|| Error::MissingKey {
                 key: key.to_string(),

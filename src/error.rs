@@ -184,12 +184,12 @@ pub enum Error {
     },
 }
 
-/// The crate's result type.
-pub type Result<T> = std::result::Result<T, Error>;
+/// The crate's result type; the error type defaults to [`Error`], and `Result<T, E>` names any other.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Wraps an I/O error with the path it concerns.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
 }

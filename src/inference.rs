@@ -3,6 +3,10 @@
 //! windows of a whole video ([`ZeroShotClassifier::predict_windows`]), and label lists from the
 //! built-in UCF101/HMDB51 sets, files or comma lists ([`parse_labels`]).
 //!
+//! Public here: [`parse_labels`] with its [`LabelList`], and the prediction records [`ClipPrediction`] and
+//! [`WindowPrediction`]. The path-level methods live on [`ZeroShotClassifier`]: `predict_path`,
+//! `classify_path`, `predict_windows`, `predict_windows_path`.
+//!
 //! ```no_run
 //! # fn main() -> actionclip::Result<()> {
 //! use actionclip::{inference, prompts, ActionClip, Tokenizer, ZeroShotClassifier};
@@ -61,14 +65,14 @@ impl WindowPrediction {
     }
 
     /// The window's centre, in frames.
-    pub fn centre(&self) -> f64 {
+    pub(crate) fn centre(&self) -> f64 {
         (self.start + self.end) as f64 / 2.0
     }
 }
 
 /// The window that describes frame `frame` best: among the windows holding it, the one whose centre is
 /// nearest (the earlier one on ties); `None` when no window holds it.
-pub fn window_for_frame(windows: &[WindowPrediction], frame: usize) -> Option<&WindowPrediction> {
+pub(crate) fn window_for_frame(windows: &[WindowPrediction], frame: usize) -> Option<&WindowPrediction> {
     let at = frame as f64 + 0.5;
     windows.iter().filter(|w| w.contains(frame)).min_by(|a, b| (a.centre() - at).abs().total_cmp(&(b.centre() - at).abs()))
 }
@@ -76,7 +80,7 @@ pub fn window_for_frame(windows: &[WindowPrediction], frame: usize) -> Option<&W
 /// The `[start, end)` frame ranges of windows of `window` frames every `stride` frames over a clip of
 /// `num_frames` frames. The last window is moved back to end at the last frame when the stride does
 /// not land there, so every frame is covered; a clip shorter than `window` is one window.
-pub fn window_ranges(num_frames: usize, window: usize, stride: usize) -> Result<Vec<(usize, usize)>> {
+pub(crate) fn window_ranges(num_frames: usize, window: usize, stride: usize) -> Result<Vec<(usize, usize)>> {
     if window == 0 || stride == 0 {
         return Err(Error::Config(format!("sliding windows need a window and a stride of at least one frame (got {window} and {stride})")));
     }
@@ -103,12 +107,12 @@ pub struct LabelList {
 }
 
 /// The 101 UCF101 class names (`ApplyEyeMakeup`, ...), in class-index order.
-pub fn ucf101_classes() -> Vec<String> {
+fn ucf101_classes() -> Vec<String> {
     include_str!("../weights/ucf101_classes.txt").lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
 }
 
 /// The 51 HMDB51 class names (`brush_hair`, ...), in class-index order.
-pub fn hmdb51_classes() -> Vec<String> {
+fn hmdb51_classes() -> Vec<String> {
     include_str!("../weights/hmdb51_classes.txt").lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
 }
 
@@ -144,7 +148,7 @@ pub fn parse_labels(spec: &str, humanize: bool) -> Result<LabelList> {
 impl ZeroShotClassifier<'_> {
     /// The evaluation's single-view test pipeline for this classifier's model: its frame count of
     /// segment centres, short side to `size * 256 / 224` (bicubic), centre crop to its input size.
-    pub fn test_pipeline(&self) -> Result<ClipPipeline> {
+    fn test_pipeline(&self) -> Result<ClipPipeline> {
         let cfg = self.model().config();
         ClipPipeline::test(cfg.frames, cfg.clip.vision.image_size as u32)
     }
@@ -171,9 +175,11 @@ impl ZeroShotClassifier<'_> {
         Ok(self.predict_path(path, k)?.top)
     }
 
-    /// A timeline of predictions over decoded frames: windows of `window` frames every `stride` frames
-    /// ([`window_ranges`]), each read like an evaluation clip (the model's frame count of segment
-    /// centres inside the window, the test transform), top `k` labels per window.
+    /// A timeline of predictions over decoded frames: windows of `window` frames every `stride` frames,
+    /// each read like an evaluation clip (the model's frame count of segment centres inside the window,
+    /// the test transform), top `k` labels per window. The last window is moved back to end at the last
+    /// frame when the stride does not land there, so every frame is covered; fewer frames than `window`
+    /// make one window.
     // N frames -> windows of [T, 3, S, S] -> one top-k list per window
     pub fn predict_windows(&self, frames: &[RgbImage], window: usize, stride: usize, k: usize) -> Result<Vec<WindowPrediction>> {
         let plan = self.window_plan(frames.len(), window, stride)?;
@@ -229,12 +235,6 @@ impl ZeroShotClassifier<'_> {
         }
         Ok(out)
     }
-}
-
-/// Top-k of a probability row as `(label, probability)`; a convenience for callers holding the full
-/// distribution ([`ZeroShotClassifier::probabilities`]).
-pub fn top_labels(labels: &[String], probabilities: &[f32], k: usize) -> Vec<(String, f32)> {
-    crate::model::top_k(probabilities, k).into_iter().map(|(i, p)| (labels[i].clone(), p)).collect()
 }
 
 #[cfg(test)]

@@ -2,14 +2,15 @@
 #![warn(missing_docs)]
 
 pub mod clip;
-pub mod config;
+mod config;
 pub mod data;
-pub mod error;
+mod error;
 pub mod inference;
 mod kernels;
 pub mod loss;
 pub mod model;
 pub mod nn;
+pub mod prelude;
 pub mod prompts;
 pub mod temporal;
 pub mod train;

@@ -1,6 +1,8 @@
 //! Similarity and the contrastive loss of ActionCLIP: cosine logits with a scale, the ground-truth matrix
 //! of a batch (several positives per row when labels repeat) and the symmetric KL loss exactly as the
 //! reference computes it.
+//!
+//! Public: [`normalize`], [`cosine_logits`] and [`symmetric_kl_loss`].
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::{Error, Result};
@@ -27,7 +29,7 @@ pub fn cosine_logits(video: &Tensor, text: &Tensor, scale: &Tensor) -> Result<(T
 
 /// The ground-truth matrix of a batch: `gt[i, k] = 1` when samples i and k share a label.
 // [B] -> [B, B] f32
-pub fn ground_truth(labels: &[u32], device: &Device) -> Result<Tensor> {
+fn ground_truth(labels: &[u32], device: &Device) -> Result<Tensor> {
     let b = labels.len();
     let gt: Vec<f32> = labels.iter().flat_map(|a| labels.iter().map(move |c| if a == c { 1. } else { 0. })).collect();
     Ok(Tensor::from_vec(gt, (b, b), device)?)
@@ -35,7 +37,7 @@ pub fn ground_truth(labels: &[u32], device: &Device) -> Result<Tensor> {
 
 /// One KL term of the reference: `KLDivLoss(mean)(log_softmax(logits), softmax(10 gt)) * B`.
 // [B, B], [B, B] -> []
-pub fn kl_term(logits: &Tensor, gt: &Tensor) -> Result<Tensor> {
+fn kl_term(logits: &Tensor, gt: &Tensor) -> Result<Tensor> {
     let (b, _) = logits.dims2()?;
     let logits = logits.to_dtype(DType::F32)?;
     let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;

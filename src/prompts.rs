@@ -1,11 +1,13 @@
 //! Text prompts: templates that turn a class label into a sentence (prefix, cloze and suffix forms), the
 //! 16 templates of ActionCLIP, and a label humanizer (`ApplyEyeMakeup` -> `apply eye makeup`).
+//!
+//! Public: [`Template`], [`ACTIONCLIP_TEMPLATES`], [`fill_all`] and [`humanize`].
 use std::borrow::Cow;
 
 use crate::{Error, Result};
 
 /// The placeholder a template's label replaces.
-pub const PLACEHOLDER: &str = "{}";
+const PLACEHOLDER: &str = "{}";
 
 /// A sentence pattern with one `{}` where the label goes, classified by where the label sits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -50,7 +52,7 @@ impl Template {
 }
 
 /// Replaces the `{}` of `pattern` with `label`.
-pub fn fill(pattern: &str, label: &str) -> String {
+fn fill(pattern: &str, label: &str) -> String {
     pattern.replacen(PLACEHOLDER, label, 1)
 }
 

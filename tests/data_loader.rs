@@ -52,7 +52,7 @@ fn synthetic_frame_folders_in_ucf101_layout() {
     }
     let test = VideoDataset::ucf101(dir.path(), 1, Subset::Test, Storage::FrameFolders).unwrap();
     assert_eq!(test.humanized_classes()[3], "shape moves down");
-    assert_eq!(data::humanize(&synthetic::class_names(16)[5]), "shape rotates counterclockwise");
+    assert_eq!(actionclip::prompts::humanize(&synthetic::class_names(16)[5]), "shape rotates counterclockwise");
     assert_eq!(data::frame_count(&test.samples[0].path).unwrap(), 12);
     // Labels follow the class folders.
     for s in &test.samples {
@@ -139,7 +139,7 @@ fn synthetic_avi_dataset_decodes() {
     synthetic::write_dataset(dir.path(), &cfg).unwrap();
     let ds = VideoDataset::ucf101(dir.path(), 2, Subset::Train, Storage::Videos).unwrap();
     assert_eq!(ds.len(), 12);
-    let info = data::video::probe(&ds.samples[0].path).unwrap();
+    let info = data::probe(&ds.samples[0].path).unwrap();
     assert_eq!((info.frames, info.width, info.height, info.codec.as_str()), (12, 32, 32, "mpeg4"));
     // The AVI holds what the renderer drew (lossy, but close).
     let clip_no: usize = ds.samples[0].path.file_stem().unwrap().to_string_lossy()[..].split("_g").nth(1).unwrap()[..2].parse().unwrap();

@@ -176,7 +176,7 @@ fn truncated_avi(root: &Path) -> PathBuf {
         })
         .collect();
     let path = root.join("v_Cut_g01_c01.avi");
-    data::video::write_video(&path, &frames, &data::EncodeOptions::default()).unwrap();
+    data::write_video(&path, &frames, &data::EncodeOptions::default()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     path

@@ -5,7 +5,7 @@
 
 mod data_common;
 
-use actionclip::data::{self, video};
+use actionclip::data;
 use data_common::{ffmpeg, ffmpeg_rgb_frames};
 
 struct Case {
@@ -41,12 +41,12 @@ fn decoded_frames_equal_ffmpeg_tool() {
         let want = ffmpeg_rgb_frames(&path);
         assert_eq!(want.len(), 30, "{}: the ffmpeg tool decoded {} frames", case.name, want.len());
 
-        let info = video::probe(&path).unwrap();
+        let info = data::probe(&path).unwrap();
         assert_eq!(info.frames, want.len(), "{}: frame count", case.name);
         assert_eq!((info.width, info.height), (160, 120), "{}", case.name);
         assert_eq!(info.codec, case.codec, "{}", case.name);
         assert_eq!(data::frame_count(&path).unwrap(), want.len(), "{}", case.name);
-        assert_eq!(video::count_frames(&path).unwrap(), want.len(), "{}: packet count", case.name);
+        assert_eq!(data::count_frames(&path).unwrap(), want.len(), "{}: packet count", case.name);
 
         let all: Vec<usize> = (0..want.len()).collect();
         let got = data::decode_frames(&path, &all).unwrap();
@@ -118,7 +118,7 @@ fn encoder_roundtrip_through_ffmpeg_tool() {
     for (codec, file) in [(data::VideoCodec::Mpeg4, "w.avi"), (data::VideoCodec::Mjpeg, "w_mjpeg.avi")] {
         let path = dir.path().join(file);
         let opts = data::EncodeOptions { fps: 25, codec, quality: 2, gop: 250 };
-        video::write_video(&path, &frames, &opts).unwrap();
+        data::write_video(&path, &frames, &opts).unwrap();
         let tool = ffmpeg_rgb_frames(&path);
         assert_eq!(tool.len(), 10, "{codec:?}");
         let ours = data::decode_frames(&path, &(0..10).collect::<Vec<_>>()).unwrap();
@@ -143,7 +143,7 @@ fn header_overstating_by_a_frame_is_tolerated() {
         .map(|t| image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 3 + t * 9) as u8, ((y * 5) ^ t) as u8, (x ^ y) as u8])))
         .collect();
     let opts = data::EncodeOptions { gop: 5, ..Default::default() };
-    video::write_video(&path, &frames, &opts).unwrap();
+    data::write_video(&path, &frames, &opts).unwrap();
     let full = ffmpeg_rgb_frames(&path);
     // Drop the index (16 bytes per frame + 8) and most of the last frame's data.
     let bytes = std::fs::read(&path).unwrap();

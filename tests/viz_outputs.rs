@@ -1,6 +1,6 @@
 //! The visualizer: its video-level predictions equal the evaluation's, every output file exists and
-//! decodes with the right frame count and size, the batch report lists every sampled video (a corrupt
-//! one as failed), and the annotation text is really rendered inside its boxes and nowhere else.
+//! decodes with the right frame count and size, and the batch report lists every sampled video (a corrupt
+//! one as failed). The annotation drawing itself is tested in `src/viz/annotate.rs`.
 mod common;
 
 use std::path::Path;
@@ -8,10 +8,10 @@ use std::path::Path;
 use actionclip::{
     data::{self, synthetic},
     prompts,
-    viz::{self, draw, AnimationFormat, AnnotateStyle, Annotation},
+    viz::{self, AnimationFormat},
     Tokenizer, ZeroShotClassifier,
 };
-use image::{AnimationDecoder, Rgb, RgbImage};
+use image::AnimationDecoder;
 use common::tiny_random_model;
 
 fn synthetic_cfg() -> synthetic::SyntheticConfig {
@@ -28,7 +28,7 @@ fn gif_info(path: &Path) -> (usize, (u32, u32)) {
 /// Frames stored in a video file and their size, read with FFmpeg (the CLI's packet count when it is
 /// installed, otherwise the library through the crate; the last frame is decoded either way).
 ///
-/// Packets, not `-count_frames`: `data::video::write_video` leaves packet durations unset, so the MP4
+/// Packets, not `-count_frames`: `data::write_video` leaves packet durations unset, so the MP4
 /// muxer's edit list ends one frame early and FFmpeg's frame count (which honours it) is one short
 /// although every frame is stored.
 fn video_info(path: &Path) -> (usize, (u32, u32)) {
@@ -135,58 +135,4 @@ fn visualizer_matches_the_evaluation_and_writes_decodable_files() {
     assert_eq!(batch.confusion.total(), clips.len() - 1);
     let png = image::open(&batch.confusion_png).unwrap();
     assert!(png.width() > 100 && png.height() > 100);
-}
-
-#[test]
-fn annotation_changes_only_its_boxes_and_draws_glyphs() {
-    let cfg = synthetic::SyntheticConfig { width: 160, height: 120, frames: 4, ..Default::default() };
-    let source = viz::prepare_frame(&synthetic::render_clip(&cfg, 0, 0).unwrap()[2], 256);
-    assert_eq!(source.dimensions(), (340, 256), "341 rounded down to even");
-    let ann = Annotation {
-        truth: Some("shape moves right".into()),
-        video: ("shape moves left".into(), 0.873),
-        window: Some((8, 16, "a label far too long to fit into the frame without being cut short".into(), 0.5)),
-    };
-    let style = AnnotateStyle::default();
-    let mut annotated = source.clone();
-    let boxes = viz::annotate_frame(&mut annotated, &ann, &style);
-    assert_eq!(boxes.len(), 3);
-    // Outside the boxes nothing changed.
-    for (x, y, p) in annotated.enumerate_pixels() {
-        if !boxes.iter().any(|b| b.contains(x, y)) {
-            assert_eq!(p, source.get_pixel(x, y), "pixel ({x}, {y}) outside the boxes changed");
-        }
-    }
-    // Inside every box there is text: compared with the box alone (same blend, no text), many pixels
-    // differ, and the text colour shows up.
-    let mut boxes_only = source.clone();
-    for b in &boxes {
-        draw::fill_rect(&mut boxes_only, *b, Rgb([0, 0, 0]), style.box_alpha);
-        assert!(b.x >= 0 && b.y >= 0 && (b.x as u32 + b.w) <= annotated.width(), "box {b:?} inside the frame");
-    }
-    for (i, b) in boxes.iter().enumerate() {
-        let mut glyph_pixels = 0;
-        for y in b.y as u32..b.y as u32 + b.h {
-            for x in b.x as u32..b.x as u32 + b.w {
-                let (a, o) = (annotated.get_pixel(x, y), boxes_only.get_pixel(x, y));
-                if a.0.iter().zip(o.0).any(|(p, q)| p.abs_diff(q) > 60) {
-                    glyph_pixels += 1;
-                }
-            }
-        }
-        assert!(glyph_pixels > 100, "box {i} holds {glyph_pixels} glyph pixels");
-    }
-    // The truth line is white, the wrong prediction red-ish.
-    let lines = ann.lines();
-    assert_eq!(lines[0].color, viz::annotate::NEUTRAL);
-    assert_eq!(lines[1].color, viz::annotate::WRONG);
-    // The long window line keeps its probability and ends inside the frame.
-    let px = style.px_for(annotated.height());
-    let fitted = lines[2].fitted(px, 300.0);
-    assert!(fitted.contains('\u{2026}') && fitted.ends_with(" 50.0%"), "{fitted}");
-    // A correct prediction is green; a blank frame gets the same boxes.
-    let ok = Annotation { truth: Some("x".into()), video: ("x".into(), 1.0), window: None };
-    assert_eq!(ok.lines()[1].color, viz::annotate::CORRECT);
-    let mut blank = RgbImage::new(340, 256);
-    assert_eq!(viz::annotate_frame(&mut blank, &ann, &style), boxes);
 }

@@ -1,6 +1,6 @@
 //! The CLIP towers in the OpenAI layout and the CLIP tokenizer.
 pub mod text;
-pub mod tokenizer;
+pub(crate) mod tokenizer;
 pub mod vision;
 
 pub use text::{TextEncoder, TextTransformer};

@@ -1,57 +1,4 @@
-//! The OpenAI CLIP byte-pair-encoding tokenizer, with its vocabulary embedded in the crate.
-//!
-//! [`Tokenizer`] produces the same ids as `clip.tokenize` of the PyPI package `openai-clip` (its
-//! `SimpleTokenizer`): the vocabulary file `bpe_simple_vocab_16e6.txt.gz` from that package (MIT
-//! licence) is decompressed at build time and compiled into the library, so [`Tokenizer::new`] cannot
-//! fail and needs no file and no network.
-//!
-//! # The pipeline
-//! 1. Text cleaning, as `openai-clip` does it: `ftfy.fix_text`, `html.unescape` twice, strip, collapse
-//!    whitespace runs to one space, lowercase.
-//! 2. Pre-tokenisation with the CLIP pattern
-//!    `<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`
-//!    (case-insensitive, leftmost-first).
-//! 3. Each piece is encoded byte by byte to the 256 byte symbols of GPT-2's `bytes_to_unicode`, the
-//!    last symbol gets `</w>`, and the merges are applied lowest rank first.
-//! 4. [`Tokenizer::tokenize`] wraps the ids in `<|startoftext|>` ([`SOT`]) and `<|endoftext|>`
-//!    ([`EOT`]) and zero-pads them to [`CONTEXT_LENGTH`] (77).
-//!
-//! # ftfy
-//! `ftfy.fix_text` is a large heuristic library; this module ports the parts of its default
-//! configuration that act on well-formed text, in ftfy's order and repeated until nothing changes,
-//! like ftfy 6:
-//! - HTML entities (`&amp;`, `&eacute;`, `&#x27;`, upper-case `&EACUTE;`; only with a semicolon), skipped
-//!   from the first line that contains a `<` on, as ftfy's `unescape_html="auto"` does;
-//! - C1 control characters (U+0080..U+009F) read as Windows-1252 (`fix_c1_controls`);
-//! - Latin ligatures and digraphs (`ﬁ ﬂ ﬀ ﬃ ﬄ ﬅ ﬆ Ĳ ĳ ŉ Ǳ ǲ ǳ Ǆ ǅ ǆ Ǉ ǈ ǉ Ǌ ǋ ǌ`);
-//! - full-width and half-width forms to their standard width, U+3000 to a space
-//!   (`fix_character_width`);
-//! - curly quotes to straight ones (`‘ ’ ‚ ‛ ʼ` to `'`, `“ ” „ ‟` to `"`);
-//! - line breaks (`\r\n`, `\r`, U+2028, U+2029, U+0085) to `\n`;
-//! - ANSI terminal escapes removed;
-//! - the control characters ftfy removes (U+0000..U+0008, U+000B, U+000E..U+001F, U+007F,
-//!   U+206A..U+206F, U+FEFF, U+FFF9..U+FFFC);
-//! - NFC normalisation.
-//!
-//! Left out: mojibake repair (`fix_encoding`: re-decoding text that was decoded with the wrong
-//! codec, with `restore_byte_a0`, `replace_lossy_sequences` and `decode_inconsistent_utf8`), which
-//! rests on ftfy's statistical "badness" heuristics; for text that is not mojibake it does nothing.
-//! `fix_surrogates` has nothing to do in Rust, whose strings cannot hold surrogates. Character
-//! classes (letters, numbers, whitespace, case mappings, NFC) follow the Unicode tables of the Rust
-//! crates, which may be newer than Python's for characters added recently.
-//!
-//! # Example
-//! ```
-//! use actionclip::clip::tokenizer::{Tokenizer, EOT, SOT};
-//!
-//! let tok = Tokenizer::new();
-//! assert_eq!(tok.encode("a photo of a cat"), vec![320, 1125, 539, 320, 2368]);
-//! let ids = tok.tokenize("a photo of a cat", false)?;
-//! assert_eq!(ids.len(), 77);
-//! assert_eq!(&ids[..7], &[SOT, 320, 1125, 539, 320, 2368, EOT]);
-//! assert_eq!(tok.decode(&ids), "a photo of a cat ");
-//! # Ok::<(), actionclip::Error>(())
-//! ```
+//! The OpenAI CLIP byte-pair-encoding tokenizer ([`Tokenizer`]), with its vocabulary embedded in the crate.
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -62,13 +9,11 @@ use unicode_normalization::UnicodeNormalization;
 use crate::{Error, Result};
 
 /// Id of `<|startoftext|>`, the first token of every tokenized text.
-pub const SOT: u32 = 49406;
+const SOT: u32 = 49406;
 /// Id of `<|endoftext|>`, the token after the last word; the text tower pools its features here.
-pub const EOT: u32 = 49407;
+const EOT: u32 = 49407;
 /// Number of tokens of a tokenized text (start and end markers and zero padding included).
-pub const CONTEXT_LENGTH: usize = crate::config::CONTEXT_LENGTH;
-/// Number of ids of the vocabulary: 256 byte symbols, the same with `</w>`, 48,894 merges, 2 markers.
-pub const VOCAB_SIZE: usize = crate::config::VOCAB_SIZE;
+const CONTEXT_LENGTH: usize = crate::config::CONTEXT_LENGTH;
 
 /// The vocabulary file of `openai-clip`, decompressed by `build.rs`.
 const VOCAB_FILE: &str = include_str!(concat!(env!("OUT_DIR"), "/bpe_simple_vocab_16e6.txt"));
@@ -83,6 +28,59 @@ const FTFY_MAX_SEGMENT_CHARS: usize = 1_000_000;
 ///
 /// Cheap to create and to clone: the vocabulary is parsed once per process and shared. It is
 /// `Send + Sync` and can be used from many threads at once.
+///
+/// It produces the same ids as `clip.tokenize` of the PyPI package `openai-clip` (its
+/// `SimpleTokenizer`): the vocabulary file `bpe_simple_vocab_16e6.txt.gz` from that package (MIT
+/// licence) is decompressed at build time and compiled into the library, so [`Tokenizer::new`] cannot
+/// fail and needs no file and no network.
+///
+/// # The pipeline
+/// 1. Text cleaning, as `openai-clip` does it: `ftfy.fix_text`, `html.unescape` twice, strip, collapse
+///    whitespace runs to one space, lowercase.
+/// 2. Pre-tokenisation with the CLIP pattern
+///    `<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`
+///    (case-insensitive, leftmost-first).
+/// 3. Each piece is encoded byte by byte to the 256 byte symbols of GPT-2's `bytes_to_unicode`, the
+///    last symbol gets `</w>`, and the merges are applied lowest rank first.
+/// 4. [`Tokenizer::tokenize`] wraps the ids in `<|startoftext|>` ([`Tokenizer::SOT`]) and `<|endoftext|>`
+///    ([`Tokenizer::EOT`]) and zero-pads them to [`Tokenizer::CONTEXT_LENGTH`] (77).
+///
+/// # ftfy
+/// `ftfy.fix_text` is a large heuristic library; this tokenizer ports the parts of its default
+/// configuration that act on well-formed text, in ftfy's order and repeated until nothing changes,
+/// like ftfy 6:
+/// - HTML entities (`&amp;`, `&eacute;`, `&#x27;`, upper-case `&EACUTE;`; only with a semicolon), skipped
+///   from the first line that contains a `<` on, as ftfy's `unescape_html="auto"` does;
+/// - C1 control characters (U+0080..U+009F) read as Windows-1252 (`fix_c1_controls`);
+/// - Latin ligatures and digraphs (`ﬁ ﬂ ﬀ ﬃ ﬄ ﬅ ﬆ Ĳ ĳ ŉ Ǳ ǲ ǳ Ǆ ǅ ǆ Ǉ ǈ ǉ Ǌ ǋ ǌ`);
+/// - full-width and half-width forms to their standard width, U+3000 to a space
+///   (`fix_character_width`);
+/// - curly quotes to straight ones (`‘ ’ ‚ ‛ ʼ` to `'`, `“ ” „ ‟` to `"`);
+/// - line breaks (`\r\n`, `\r`, U+2028, U+2029, U+0085) to `\n`;
+/// - ANSI terminal escapes removed;
+/// - the control characters ftfy removes (U+0000..U+0008, U+000B, U+000E..U+001F, U+007F,
+///   U+206A..U+206F, U+FEFF, U+FFF9..U+FFFC);
+/// - NFC normalisation.
+///
+/// Left out: mojibake repair (`fix_encoding`: re-decoding text that was decoded with the wrong
+/// codec, with `restore_byte_a0`, `replace_lossy_sequences` and `decode_inconsistent_utf8`), which
+/// rests on ftfy's statistical "badness" heuristics; for text that is not mojibake it does nothing.
+/// `fix_surrogates` has nothing to do in Rust, whose strings cannot hold surrogates. Character
+/// classes (letters, numbers, whitespace, case mappings, NFC) follow the Unicode tables of the Rust
+/// crates, which may be newer than Python's for characters added recently.
+///
+/// # Example
+/// ```
+/// use actionclip::Tokenizer;
+///
+/// let tok = Tokenizer::new();
+/// assert_eq!(tok.encode("a photo of a cat"), vec![320, 1125, 539, 320, 2368]);
+/// let ids = tok.tokenize("a photo of a cat", false)?;
+/// assert_eq!(ids.len(), 77);
+/// assert_eq!(&ids[..7], &[Tokenizer::SOT, 320, 1125, 539, 320, 2368, Tokenizer::EOT]);
+/// assert_eq!(tok.decode(&ids), "a photo of a cat ");
+/// # Ok::<(), actionclip::Error>(())
+/// ```
 #[derive(Clone, Copy)]
 pub struct Tokenizer {
     shared: &'static Shared,
@@ -112,11 +110,11 @@ struct Shared {
 static SHARED: OnceLock<Shared> = OnceLock::new();
 
 impl Tokenizer {
-    /// Id of `<|startoftext|>` (same as the module constant [`SOT`]).
+    /// Id of `<|startoftext|>`, the first token of every tokenized text.
     pub const SOT: u32 = SOT;
-    /// Id of `<|endoftext|>` (same as the module constant [`EOT`]).
+    /// Id of `<|endoftext|>`, the token after the last word; the text tower pools its features here.
     pub const EOT: u32 = EOT;
-    /// Tokens per tokenized text (same as the module constant [`CONTEXT_LENGTH`]).
+    /// Tokens per tokenized text (start and end markers and zero padding included).
     pub const CONTEXT_LENGTH: usize = CONTEXT_LENGTH;
 
     /// The tokenizer with the embedded OpenAI CLIP vocabulary. The first call in a process parses
@@ -139,11 +137,11 @@ impl Tokenizer {
         ids
     }
 
-    /// `[SOT] + encode(text) + [EOT]`, zero-padded to [`CONTEXT_LENGTH`] ids, like
+    /// `[SOT] + encode(text) + [EOT]`, zero-padded to [`Tokenizer::CONTEXT_LENGTH`] ids, like
     /// `clip.tokenize(text, truncate=truncate)`.
     ///
     /// A text that needs more than 77 ids is an [`Error::TextTooLong`] unless `truncate` is set; then
-    /// the first 77 ids are kept and the last one is replaced by [`EOT`].
+    /// the first 77 ids are kept and the last one is replaced by [`Tokenizer::EOT`].
     pub fn tokenize(&self, text: &str, truncate: bool) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(CONTEXT_LENGTH + 1);
         ids.push(SOT);
@@ -181,8 +179,8 @@ impl Tokenizer {
 
     /// Text of a sequence of ids, like `SimpleTokenizer.decode`: the symbols are joined, mapped back
     /// to bytes and read as UTF-8 (invalid sequences become U+FFFD), and every `</w>` becomes a space
-    /// (so the text ends with a space). Unlike `SimpleTokenizer.decode`, the markers [`SOT`] and
-    /// [`EOT`], the trailing zero padding and ids outside the vocabulary are skipped.
+    /// (so the text ends with a space). Unlike `SimpleTokenizer.decode`, the markers [`Tokenizer::SOT`] and
+    /// [`Tokenizer::EOT`], the trailing zero padding and ids outside the vocabulary are skipped.
     pub fn decode(&self, ids: &[u32]) -> String {
         // Id 0 (`!` inside a word) never ends a word, so trailing zeros are always padding.
         let end = ids.iter().rposition(|&id| id != 0).map_or(0, |p| p + 1);
@@ -662,7 +660,8 @@ mod tests {
     #[test]
     fn embedded_vocabulary_parses() {
         let tok = Tokenizer::new();
-        assert_eq!(tok.vocab_size(), VOCAB_SIZE);
+        assert_eq!(tok.vocab_size(), crate::config::VOCAB_SIZE);
+        assert_eq!((Tokenizer::SOT, Tokenizer::EOT, Tokenizer::CONTEXT_LENGTH), (SOT, EOT, CONTEXT_LENGTH));
         assert_eq!(tok.shared.num_merges, NUM_MERGES);
         assert_eq!(tok.shared.merges.len(), NUM_MERGES, "every merge has two parts that are in the vocabulary");
         assert_eq!(&*tok.shared.id_bytes[SOT as usize], b"<|startoftext|>");

@@ -46,7 +46,7 @@ impl FrameTemplate {
     }
 
     /// The file name of frame number `n` (the number as written, including the start offset).
-    pub fn name(&self, n: usize) -> String {
+    pub(crate) fn name(&self, n: usize) -> String {
         if self.zero_pad {
             format!("{}{:0w$}{}", self.prefix, n, self.suffix, w = self.width)
         } else {
@@ -55,7 +55,7 @@ impl FrameTemplate {
     }
 
     /// The frame number in a file name, if the name matches the template.
-    pub fn number(&self, name: &str) -> Option<usize> {
+    pub(crate) fn number(&self, name: &str) -> Option<usize> {
         let digits = name.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
         let digits = digits.trim_start_matches(' ');
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -70,7 +70,7 @@ impl FrameTemplate {
 
 /// A frame folder: frames `first_index .. first_index + len` named by a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrameFolder {
+pub(crate) struct FrameFolder {
     dir: PathBuf,
     template: FrameTemplate,
     first_index: usize,
@@ -80,7 +80,7 @@ pub struct FrameFolder {
 impl FrameFolder {
     /// Opens `dir` with the default template (`img_{:05d}.jpg`, numbered from 1) and counts its frames;
     /// a folder with no such files but `img_{:05d}.png` or `.jpeg` ones is read with that extension.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+    pub(crate) fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         match Self::open_with(dir, FrameTemplate::default(), 1) {
             Err(Error::EmptyClip { path }) => {
@@ -100,7 +100,7 @@ impl FrameFolder {
     /// Opens `dir`, counting the files that match `template`. The frames must be contiguous from
     /// `first_index`: a gap is reported as [`Error::MissingFrame`] naming the first missing file, an
     /// empty folder as [`Error::EmptyClip`].
-    pub fn open_with(dir: impl AsRef<Path>, template: FrameTemplate, first_index: usize) -> Result<Self> {
+    pub(crate) fn open_with(dir: impl AsRef<Path>, template: FrameTemplate, first_index: usize) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         let mut numbers = Vec::new();
@@ -130,32 +130,27 @@ impl FrameFolder {
     }
 
     /// A folder whose frame count is already known (for example from a TSN list file); nothing is read.
-    pub fn with_len(dir: impl AsRef<Path>, template: FrameTemplate, first_index: usize, len: usize) -> Self {
+    pub(crate) fn with_len(dir: impl AsRef<Path>, template: FrameTemplate, first_index: usize, len: usize) -> Self {
         Self { dir: dir.as_ref().to_path_buf(), template, first_index, len }
     }
 
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Number of frames.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the folder holds no frames.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The file of 0-based frame `index`.
-    pub fn frame_path(&self, index: usize) -> PathBuf {
+    pub(crate) fn frame_path(&self, index: usize) -> PathBuf {
         self.dir.join(self.template.name(self.first_index + index))
     }
 
     /// Reads the 0-based frames `indices` (any order, repeats allowed; each file is decoded once).
-    pub fn read(&self, indices: &[usize]) -> Result<Vec<RgbImage>> {
+    pub(crate) fn read(&self, indices: &[usize]) -> Result<Vec<RgbImage>> {
         let mut cache: BTreeMap<usize, RgbImage> = BTreeMap::new();
         for &i in indices {
             if cache.contains_key(&i) {

@@ -183,7 +183,7 @@ impl Loader {
     }
 
     /// The clip order of `epoch` (dataset indices).
-    pub fn order(&self, epoch: u64) -> Vec<usize> {
+    fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.shared.dataset.len()).collect();
         if self.shared.cfg.shuffle {
             order.shuffle(&mut keyed_rng(self.shared.cfg.seed, epoch, 0, SHUFFLE_DOMAIN));

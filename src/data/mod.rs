@@ -1,18 +1,19 @@
 //! Video data: UCF101 (official videos or TSN frame folders) and ActionCLIP list files, the reference's
 //! segment sampling and preprocessing, a threaded loader, and a synthetic UCF101-layout dataset.
 //!
-//! | module | job |
+//! What is public, by job (re-exported here; the submodules are private except [`synthetic`]):
+//!
+//! | job | items |
 //! |---|---|
-//! | [`sampling`] | TSN segment sampling (train: random per segment, test: centres, multi-view) |
-//! | [`resize`] | Pillow's resampling, bit-exact (bicubic/bilinear with antialiasing) |
-//! | [`transforms`] | test transform (resize 256 + centre crop 224, 3-crop), training augmentation, CLIP normalisation |
-//! | [`frames`] | frame folders (`img_{:05d}.jpg` from 1, template configurable) |
-//! | [`video`] | FFmpeg decoding / encoding (feature `video`) |
-//! | [`source`] | a clip on disk, video or frame folder |
-//! | [`pipeline`] | path -> sampled, transformed clip `[T, 3, H, W]` |
-//! | [`ucf101`] | split files, list files, class names |
-//! | [`loader`] | worker threads, bounded prefetch, deterministic batches, failure reports |
-//! | [`synthetic`] | a small generated dataset in the UCF101 layout |
+//! | one clip in one call | [`frame_count`], [`decode_frames`], [`test_clip`] |
+//! | datasets | [`VideoDataset`] (UCF101 splits, TSN list files), [`VideoSample`], [`Subset`], [`Storage`] |
+//! | clip pipeline | [`ClipPipeline`] (sampling + transform + frame naming), [`ClipTransform`], [`ClipData`] |
+//! | sampling | [`Sampling`] (TSN segments), [`SampleMode`], [`sample_rng`] |
+//! | transforms | [`TestTransform`], [`TrainTransform`], [`ColorJitter`], [`TestCrops`], [`Filter`] (Pillow-exact resampling), [`CLIP_MEAN`], [`CLIP_STD`] |
+//! | frame folders | [`FrameNaming`], [`FrameTemplate`] (`img_{:05d}.jpg` from 1 by default) |
+//! | loader | [`Loader`], [`LoaderConfig`], [`Epoch`], [`Batch`], [`LoaderReport`], [`OnFailure`], [`SampleFailure`] |
+//! | video files (feature `video`) | [`probe`], [`VideoInfo`], [`count_frames`], [`write_video`], [`EncodeOptions`], [`VideoCodec`] |
+//! | synthetic data | [`synthetic`]: a small generated dataset in the UCF101 layout |
 //!
 //! Video files need the `video` feature (FFmpeg's libraries); frame folders always work.
 //!
@@ -28,30 +29,31 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-pub mod frames;
+mod frames;
 mod gather;
-pub mod loader;
-pub mod pipeline;
-pub mod resize;
-pub mod sampling;
-pub mod source;
+mod loader;
+mod pipeline;
+mod resize;
+mod sampling;
+mod source;
 pub mod synthetic;
-pub mod transforms;
-pub mod ucf101;
-pub mod video;
+mod transforms;
+mod ucf101;
+mod video;
 
-pub use frames::{FrameFolder, FrameTemplate};
+pub use frames::FrameTemplate;
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, LoaderReport, OnFailure, SampleFailure};
 pub use pipeline::{ClipData, ClipPipeline, ClipTransform};
 pub use resize::Filter;
 pub use sampling::{sample_rng, SampleMode, Sampling};
-pub use source::{ClipSource, FrameNaming};
+pub use source::FrameNaming;
+pub(crate) use source::ClipSource;
 pub use transforms::{ColorJitter, TestCrops, TestTransform, TrainTransform, CLIP_MEAN, CLIP_STD};
 pub use ucf101::{Storage, Subset, VideoDataset, VideoSample};
-pub use crate::prompts::humanize;
-pub use video::{EncodeOptions, VideoCodec, VideoInfo};
+pub use video::{count_frames, probe, write_video, EncodeOptions, VideoCodec, VideoInfo};
 
 use crate::error::Result;
+use frames::FrameFolder;
 
 /// Number of frames in a video file (feature `video`; the container's count, or a counting pass when
 /// it has none) or in a frame folder (`img_{:05d}.jpg` files from 1; a gap is an error).

@@ -124,7 +124,7 @@ impl ClipPipeline {
     }
 
     /// Values in one loaded clip (the product of [`ClipPipeline::clip_shape`]).
-    pub fn clip_len(&self) -> usize {
+    pub(crate) fn clip_len(&self) -> usize {
         self.clip_shape().iter().product()
     }
 
@@ -138,7 +138,7 @@ impl ClipPipeline {
 
     /// Like [`ClipPipeline::load`], writing the values into `out` (length [`ClipPipeline::clip_len`]);
     /// returns the frame indices that were read. On error `out` may be partly written.
-    pub fn load_into<R: Rng + ?Sized>(&self, path: &Path, num_frames: Option<usize>, rng: &mut R, out: &mut [f32]) -> Result<Vec<usize>> {
+    pub(crate) fn load_into<R: Rng + ?Sized>(&self, path: &Path, num_frames: Option<usize>, rng: &mut R, out: &mut [f32]) -> Result<Vec<usize>> {
         if out.len() != self.clip_len() {
             return Err(Error::Config(format!("clip buffer holds {} values, the pipeline makes {}", out.len(), self.clip_len())));
         }

@@ -53,20 +53,20 @@ impl Filter {
 
 /// A rectangle in pixels: `x, y` of the top-left corner, `w x h` size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rect {
+pub(crate) struct Rect {
     /// Left column.
-    pub x: u32,
+    pub(crate) x: u32,
     /// Top row.
-    pub y: u32,
+    pub(crate) y: u32,
     /// Width.
-    pub w: u32,
+    pub(crate) w: u32,
     /// Height.
-    pub h: u32,
+    pub(crate) h: u32,
 }
 
 impl Rect {
     /// A rectangle from its corner and size.
-    pub fn new(x: u32, y: u32, w: u32, h: u32) -> Self {
+    pub(crate) fn new(x: u32, y: u32, w: u32, h: u32) -> Self {
         Self { x, y, w, h }
     }
 }
@@ -127,7 +127,7 @@ fn clip8(v: i32) -> u8 {
 /// Resizes the `src` region of `image` to `out_w x out_h` the way Pillow's `crop(src).resize((out_w,
 /// out_h), filter)` does, and returns only the `window` of that output (a sub-rectangle of
 /// `[0, out_w) x [0, out_h)`), so `resize + crop` is one call.
-pub fn resize_region(
+pub(crate) fn resize_region(
     image: &RgbImage,
     src: Rect,
     out_w: u32,
@@ -228,15 +228,15 @@ fn vertical_pass(tmp: &[u8], window: Rect, row0: usize, c: &Coeffs) -> Vec<u8> {
     out
 }
 
-/// Resizes a whole image to `out_w x out_h` (Pillow's `image.resize((out_w, out_h), filter)`).
-pub fn resize(image: &RgbImage, out_w: u32, out_h: u32, filter: Filter) -> Result<RgbImage> {
-    let (w, h) = image.dimensions();
-    resize_region(image, Rect::new(0, 0, w, h), out_w, out_h, Rect::new(0, 0, out_w, out_h), filter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Resizes a whole image to `out_w x out_h` (Pillow's `image.resize((out_w, out_h), filter)`).
+    fn resize(image: &RgbImage, out_w: u32, out_h: u32, filter: Filter) -> Result<RgbImage> {
+        let (w, h) = image.dimensions();
+        resize_region(image, Rect::new(0, 0, w, h), out_w, out_h, Rect::new(0, 0, out_w, out_h), filter)
+    }
 
     #[test]
     fn identity_is_exact() {

@@ -2,7 +2,7 @@
 //!
 //! A clip of `N` frames is cut into `T` equal segments; each segment contributes `seg_length` consecutive
 //! frames. All indices here are 0-based (the reference adds an `index_bias` of 1 when it names frame files;
-//! [`crate::data::FrameFolder`] does that for us).
+//! the frame-folder reader does that for us).
 //!
 //! Randomness comes from [`sample_rng`]: a ChaCha stream keyed by `(seed, epoch, sample index)`, so a
 //! sample draws the same frames and augmentation in a given epoch whatever thread loads it.
@@ -120,14 +120,6 @@ impl Sampling {
             }
         }
         out
-    }
-
-    /// Indices for `mode`: [`Sampling::train_indices`] or [`Sampling::test_indices`].
-    pub fn indices<R: Rng + ?Sized>(&self, mode: SampleMode, num_frames: usize, rng: &mut R) -> Vec<usize> {
-        match mode {
-            SampleMode::Train => self.train_indices(num_frames, rng),
-            SampleMode::Test => self.test_indices(num_frames),
-        }
     }
 }
 

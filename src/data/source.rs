@@ -1,5 +1,5 @@
 //! One clip on disk, whatever its storage: a video file (feature `video`) or a frame folder.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::RgbImage;
 
@@ -24,7 +24,7 @@ impl Default for FrameNaming {
 
 /// An opened clip: its frame count is known, frames can be read.
 #[derive(Debug)]
-pub enum ClipSource {
+pub(crate) enum ClipSource {
     /// A video file and its frame count.
     Video(VideoReader, usize),
     /// A frame folder.
@@ -34,7 +34,7 @@ pub enum ClipSource {
 impl ClipSource {
     /// Opens `path`: a directory is a frame folder, anything else a video. `known_len` (for example
     /// from a TSN list file) skips counting.
-    pub fn open(path: &Path, naming: &FrameNaming, known_len: Option<usize>) -> Result<Self> {
+    pub(crate) fn open(path: &Path, naming: &FrameNaming, known_len: Option<usize>) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
             let folder = match known_len {
@@ -59,29 +59,16 @@ impl ClipSource {
         Ok(ClipSource::Video(reader, n))
     }
 
-    /// The clip's path.
-    pub fn path(&self) -> PathBuf {
-        match self {
-            ClipSource::Video(r, _) => r.path().to_path_buf(),
-            ClipSource::Frames(f) => f.dir().to_path_buf(),
-        }
-    }
-
     /// Number of frames.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             ClipSource::Video(_, n) => *n,
             ClipSource::Frames(f) => f.len(),
         }
     }
 
-    /// Whether the clip has no frames (never true for an opened clip).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Reads the 0-based frames `indices` (any order, repeats allowed).
-    pub fn read(self, indices: &[usize]) -> Result<Vec<RgbImage>> {
+    pub(crate) fn read(self, indices: &[usize]) -> Result<Vec<RgbImage>> {
         match self {
             ClipSource::Video(r, _) => r.decode(indices),
             ClipSource::Frames(f) => f.read(indices),

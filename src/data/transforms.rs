@@ -31,7 +31,7 @@ fn normalize_lut() -> [[f32; 256]; 3] {
 }
 
 /// Writes `img` as CLIP-normalised planes `[3, H, W]` into `out` (length `3*H*W`), mirrored when `flip`.
-pub fn normalize_into(img: &RgbImage, flip: bool, out: &mut [f32]) -> Result<()> {
+fn normalize_into(img: &RgbImage, flip: bool, out: &mut [f32]) -> Result<()> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     if out.len() != 3 * w * h {
         return Err(Error::Config(format!(
@@ -57,7 +57,7 @@ pub fn normalize_into(img: &RgbImage, flip: bool, out: &mut [f32]) -> Result<()>
 
 /// torchvision's `Resize(size)` output size for a `w x h` image: the short side becomes `size`, the long
 /// side `int(size * long / short)`.
-pub fn short_side_size(w: u32, h: u32, size: u32) -> (u32, u32) {
+fn short_side_size(w: u32, h: u32, size: u32) -> (u32, u32) {
     if w <= h {
         (size, (size as f64 * h as f64 / w as f64) as u32)
     } else {
@@ -67,7 +67,7 @@ pub fn short_side_size(w: u32, h: u32, size: u32) -> (u32, u32) {
 
 /// torchvision's centre-crop offset `int(round((len - crop) / 2))` (Python rounds halves to even).
 /// Negative when the crop is larger than the image (torchvision then pads with zeros).
-pub fn center_offset(len: u32, crop: u32) -> i64 {
+fn center_offset(len: u32, crop: u32) -> i64 {
     ((len as f64 - crop as f64) / 2.0).round_ties_even() as i64
 }
 
@@ -173,7 +173,7 @@ impl TestTransform {
     }
 
     /// Like [`TestTransform::apply`], written into `out` laid out `[num_crops, T, 3, crop, crop]`.
-    pub fn apply_into(&self, frames: &[RgbImage], out: &mut [f32]) -> Result<()> {
+    pub(crate) fn apply_into(&self, frames: &[RgbImage], out: &mut [f32]) -> Result<()> {
         let c = self.crop_size as usize;
         let plane = 3 * c * c;
         let per_crop = frames.len() * plane;
@@ -246,15 +246,15 @@ pub struct TrainTransform {
 
 /// Parameters drawn for one clip by [`TrainTransform::draw`].
 #[derive(Debug, Clone)]
-pub struct TrainParams {
+struct TrainParams {
     /// Crop rectangle in the source frame.
-    pub crop: Rect,
+    crop: Rect,
     /// Whether the clip is mirrored.
-    pub flip: bool,
+    flip: bool,
     /// Colour operations in application order.
     ops: Vec<ColorOp>,
     /// Whether the clip becomes grayscale.
-    pub grayscale: bool,
+    grayscale: bool,
 }
 
 impl TrainTransform {
@@ -276,7 +276,7 @@ impl TrainTransform {
     }
 
     /// `GroupMultiScaleCrop.fill_fix_offset(more_fix_crop=True)`: the 13 fixed crop positions.
-    pub fn fixed_offsets(image_w: u32, image_h: u32, crop_w: u32, crop_h: u32) -> Vec<(u32, u32)> {
+    fn fixed_offsets(image_w: u32, image_h: u32, crop_w: u32, crop_h: u32) -> Vec<(u32, u32)> {
         let ws = image_w.saturating_sub(crop_w) / 4;
         let hs = image_h.saturating_sub(crop_h) / 4;
         vec![
@@ -297,7 +297,7 @@ impl TrainTransform {
     }
 
     /// Draws the clip's parameters for frames of `w x h` (crop, flip, colour, grayscale, in that order).
-    pub fn draw<R: Rng + ?Sized>(&self, w: u32, h: u32, rng: &mut R) -> Result<TrainParams> {
+    fn draw<R: Rng + ?Sized>(&self, w: u32, h: u32, rng: &mut R) -> Result<TrainParams> {
         if self.scales.is_empty() || self.input_size == 0 {
             return Err(Error::Config("training transform needs scales and a non-zero input size".into()));
         }
@@ -348,7 +348,7 @@ impl TrainTransform {
 
     /// Applies drawn parameters to one frame: crop, bilinear resize, colour, grayscale (not the flip,
     /// which [`normalize_into`] applies).
-    pub fn apply_frame(&self, img: &RgbImage, p: &TrainParams) -> Result<RgbImage> {
+    fn apply_frame(&self, img: &RgbImage, p: &TrainParams) -> Result<RgbImage> {
         let s = self.input_size;
         let mut out = resize_region(img, p.crop, s, s, Rect::new(0, 0, s, s), Filter::Bilinear)?;
         for op in &p.ops {
@@ -379,7 +379,7 @@ impl TrainTransform {
     }
 
     /// Like [`TrainTransform::apply`], written into `out` (`T * 3 * S * S` values).
-    pub fn apply_into<R: Rng + ?Sized>(&self, frames: &[RgbImage], rng: &mut R, out: &mut [f32]) -> Result<()> {
+    pub(crate) fn apply_into<R: Rng + ?Sized>(&self, frames: &[RgbImage], rng: &mut R, out: &mut [f32]) -> Result<()> {
         let s = self.input_size as usize;
         let plane = 3 * s * s;
         if out.len() != frames.len() * plane {

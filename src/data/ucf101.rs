@@ -152,7 +152,7 @@ impl VideoDataset {
 }
 
 /// Reads UCF101's `classInd.txt` (`1 ApplyEyeMakeup` per line, ids 1..=C): class names by 0-based label.
-pub fn read_class_index(path: impl AsRef<Path>) -> Result<Vec<String>> {
+fn read_class_index(path: impl AsRef<Path>) -> Result<Vec<String>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut classes: Vec<String> = Vec::new();
@@ -176,7 +176,7 @@ pub fn read_class_index(path: impl AsRef<Path>) -> Result<Vec<String>> {
 }
 
 /// Reads a label CSV (`id,name` header, then `0,abseiling` ...; ids 0..C in any order).
-pub fn read_label_csv(path: impl AsRef<Path>) -> Result<Vec<String>> {
+fn read_label_csv(path: impl AsRef<Path>) -> Result<Vec<String>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut rows: Vec<(usize, String)> = Vec::new();

@@ -120,7 +120,7 @@ pub fn count_frames(path: impl AsRef<Path>) -> Result<usize> {
 /// number of frames it really has (a truncated file, or a header that overstates the count). A header
 /// that overstates by at most 2 frames is tolerated: indices below the header's count but past the real
 /// end read the last decodable frame.
-pub fn decode(path: impl AsRef<Path>, indices: &[usize]) -> Result<Vec<RgbImage>> {
+pub(crate) fn decode(path: impl AsRef<Path>, indices: &[usize]) -> Result<Vec<RgbImage>> {
     let path = path.as_ref();
     check_file(path)?;
     if indices.is_empty() {
@@ -138,7 +138,7 @@ pub fn decode(path: impl AsRef<Path>, indices: &[usize]) -> Result<Vec<RgbImage>
 
 /// Opens a video once and reads its count and frames (saves the second open of `probe` + `decode`).
 #[derive(Debug)]
-pub struct VideoReader {
+pub(crate) struct VideoReader {
     path: PathBuf,
     #[cfg(feature = "video")]
     inner: imp::Reader,
@@ -146,7 +146,7 @@ pub struct VideoReader {
 
 impl VideoReader {
     /// Opens `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+    pub(crate) fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         check_file(&path)?;
         #[cfg(feature = "video")]
@@ -160,13 +160,8 @@ impl VideoReader {
         }
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Frame count from the header, or from a packet counting pass when the header has none.
-    pub fn frame_count(&mut self) -> Result<usize> {
+    pub(crate) fn frame_count(&mut self) -> Result<usize> {
         #[cfg(feature = "video")]
         {
             self.inner.frame_count(&self.path)
@@ -178,7 +173,7 @@ impl VideoReader {
     }
 
     /// Decodes the 0-based frames `indices` (any order, repeats allowed), consuming the reader.
-    pub fn decode(self, indices: &[usize]) -> Result<Vec<RgbImage>> {
+    pub(crate) fn decode(self, indices: &[usize]) -> Result<Vec<RgbImage>> {
         if indices.is_empty() {
             return Ok(Vec::new());
         }

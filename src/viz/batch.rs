@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ZeroShotClassifier;
 
 /// Video file extensions a class folder is searched for (lower case).
-pub const VIDEO_EXTENSIONS: [&str; 11] = ["avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "wmv", "flv", "ogv"];
+const VIDEO_EXTENSIONS: [&str; 11] = ["avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "wmv", "flv", "ogv"];
 
 /// A clip chosen by [`sample_per_class`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,12 +25,12 @@ pub struct SampledClip {
 }
 
 /// Whether `path` is a frame folder (holds `img_00001.jpg`, `.png` or `.jpeg`).
-pub fn is_frame_folder(path: &Path) -> bool {
+fn is_frame_folder(path: &Path) -> bool {
     path.is_dir() && ["jpg", "png", "jpeg"].iter().any(|e| path.join(format!("img_00001.{e}")).is_file())
 }
 
 /// Whether `path` looks like a video file (by its extension; the file may still be unreadable).
-pub fn is_video_file(path: &Path) -> bool {
+fn is_video_file(path: &Path) -> bool {
     path.is_file() && path.extension().and_then(|e| e.to_str()).is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
@@ -93,7 +93,7 @@ pub struct BatchOutput {
 }
 
 /// A file-name-safe version of `s` (letters, digits, `-`, `_`, `.`; everything else `_`).
-pub fn safe_name(s: &str) -> String {
+fn safe_name(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
 }
 

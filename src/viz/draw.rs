@@ -8,7 +8,7 @@ use image::{Rgb, RgbImage};
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
 /// The embedded font.
-pub fn font() -> FontRef<'static> {
+pub(crate) fn font() -> FontRef<'static> {
     // The embedded file is a valid TrueType font (a unit test parses it); this cannot fail at runtime.
     FontRef::try_from_slice(FONT_BYTES).expect("the embedded DejaVu Sans parses")
 }
@@ -28,7 +28,7 @@ pub struct Rect {
 
 impl Rect {
     /// A rectangle from its top-left corner and size.
-    pub fn new(x: i32, y: i32, w: u32, h: u32) -> Self {
+    pub(crate) fn new(x: i32, y: i32, w: u32, h: u32) -> Self {
         Self { x, y, w, h }
     }
 
@@ -39,7 +39,7 @@ impl Rect {
     }
 
     /// The part inside a `width` x `height` image as `(x0, y0, x1, y1)` (exclusive ends); `None` when empty.
-    pub fn clip(&self, width: u32, height: u32) -> Option<(u32, u32, u32, u32)> {
+    pub(crate) fn clip(&self, width: u32, height: u32) -> Option<(u32, u32, u32, u32)> {
         let x0 = self.x.max(0) as i64;
         let y0 = self.y.max(0) as i64;
         let x1 = (self.x as i64 + self.w as i64).min(width as i64);
@@ -57,7 +57,7 @@ fn blend(dst: &mut Rgb<u8>, src: Rgb<u8>, a: f32) {
 }
 
 /// Fills `rect` with `color` at opacity `alpha` (1 = opaque).
-pub fn fill_rect(img: &mut RgbImage, rect: Rect, color: Rgb<u8>, alpha: f32) {
+pub(crate) fn fill_rect(img: &mut RgbImage, rect: Rect, color: Rgb<u8>, alpha: f32) {
     let Some((x0, y0, x1, y1)) = rect.clip(img.width(), img.height()) else { return };
     for y in y0..y1 {
         for x in x0..x1 {
@@ -67,7 +67,7 @@ pub fn fill_rect(img: &mut RgbImage, rect: Rect, color: Rgb<u8>, alpha: f32) {
 }
 
 /// Draws the outline of `rect`, `thickness` pixels wide, inside the rectangle.
-pub fn stroke_rect(img: &mut RgbImage, rect: Rect, color: Rgb<u8>, thickness: u32) {
+pub(crate) fn stroke_rect(img: &mut RgbImage, rect: Rect, color: Rgb<u8>, thickness: u32) {
     let t = thickness.min(rect.w / 2).min(rect.h / 2).max(1);
     fill_rect(img, Rect::new(rect.x, rect.y, rect.w, t), color, 1.0);
     fill_rect(img, Rect::new(rect.x, rect.y + (rect.h - t) as i32, rect.w, t), color, 1.0);
@@ -76,14 +76,14 @@ pub fn stroke_rect(img: &mut RgbImage, rect: Rect, color: Rgb<u8>, thickness: u3
 }
 
 /// Line metrics of the font at `px` pixels: `(ascent, line height)`, rounded up.
-pub fn line_metrics(px: f32) -> (f32, f32) {
+pub(crate) fn line_metrics(px: f32) -> (f32, f32) {
     let f = font();
     let s = f.as_scaled(PxScale::from(px));
     (s.ascent().ceil(), (s.ascent() - s.descent()).ceil())
 }
 
 /// The advance width of `text` at `px` pixels, kerning included.
-pub fn text_width(text: &str, px: f32) -> f32 {
+pub(crate) fn text_width(text: &str, px: f32) -> f32 {
     let f = font();
     let s = f.as_scaled(PxScale::from(px));
     let mut width = 0.0;
@@ -100,7 +100,7 @@ pub fn text_width(text: &str, px: f32) -> f32 {
 }
 
 /// `text`, cut and ended with an ellipsis when it is wider than `max_width` pixels at `px`.
-pub fn fit_text(text: &str, px: f32, max_width: f32) -> String {
+pub(crate) fn fit_text(text: &str, px: f32, max_width: f32) -> String {
     if text_width(text, px) <= max_width {
         return text.to_string();
     }
@@ -116,7 +116,7 @@ pub fn fit_text(text: &str, px: f32, max_width: f32) -> String {
 
 /// Draws `text` with its top-left corner at `(x, y)` (the top of the line, not the baseline) at `px`
 /// pixels in `color`, anti-aliased. Returns the number of pixels that received ink.
-pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, px: f32, color: Rgb<u8>) -> usize {
+pub(crate) fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, px: f32, color: Rgb<u8>) -> usize {
     let f = font();
     let s = f.as_scaled(PxScale::from(px));
     let baseline = y + s.ascent();
@@ -148,32 +148,32 @@ pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, px: f32, color:
 
 /// How [`draw_label`] draws: text size and colour, box colour, opacity and padding.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LabelStyle {
+pub(crate) struct LabelStyle {
     /// Text size in pixels.
-    pub px: f32,
+    pub(crate) px: f32,
     /// Text colour.
-    pub color: Rgb<u8>,
+    pub(crate) color: Rgb<u8>,
     /// Box colour.
-    pub background: Rgb<u8>,
+    pub(crate) background: Rgb<u8>,
     /// Box opacity (0 = invisible, 1 = opaque).
-    pub alpha: f32,
+    pub(crate) alpha: f32,
     /// Pixels between the text and the box edges.
-    pub pad: u32,
+    pub(crate) pad: u32,
 }
 
 impl LabelStyle {
     /// White text of `px` pixels on a 60 % black box.
-    pub fn new(px: f32) -> Self {
+    pub(crate) fn new(px: f32) -> Self {
         Self { px, color: Rgb([255, 255, 255]), background: Rgb([0, 0, 0]), alpha: 0.6, pad: (px / 4.0).round().max(2.0) as u32 }
     }
 
     /// The same style with another text colour.
-    pub fn with_color(self, color: Rgb<u8>) -> Self {
+    pub(crate) fn with_color(self, color: Rgb<u8>) -> Self {
         Self { color, ..self }
     }
 
     /// The size of the box around `text`.
-    pub fn box_size(&self, text: &str) -> (u32, u32) {
+    pub(crate) fn box_size(&self, text: &str) -> (u32, u32) {
         let (_, line) = line_metrics(self.px);
         (text_width(text, self.px).ceil() as u32 + 2 * self.pad, line as u32 + 2 * self.pad)
     }
@@ -181,7 +181,7 @@ impl LabelStyle {
 
 /// A text label on a box: the box (`style.background` at opacity `style.alpha`, `style.pad` pixels
 /// around the text) with its top-left corner at `(x, y)`, then the text. Returns the box.
-pub fn draw_label(img: &mut RgbImage, text: &str, x: i32, y: i32, style: &LabelStyle) -> Rect {
+pub(crate) fn draw_label(img: &mut RgbImage, text: &str, x: i32, y: i32, style: &LabelStyle) -> Rect {
     let (w, h) = style.box_size(text);
     let rect = Rect::new(x, y, w, h);
     fill_rect(img, rect, style.background, style.alpha);
@@ -191,7 +191,7 @@ pub fn draw_label(img: &mut RgbImage, text: &str, x: i32, y: i32, style: &LabelS
 
 /// Draws `text` rotated a quarter turn counter-clockwise (reading bottom to top) with the bottom-left of
 /// the rotated text at `(x, y_bottom)`. Used for column captions.
-pub fn draw_text_vertical(img: &mut RgbImage, text: &str, x: i32, y_bottom: i32, px: f32, color: Rgb<u8>) {
+pub(crate) fn draw_text_vertical(img: &mut RgbImage, text: &str, x: i32, y_bottom: i32, px: f32, color: Rgb<u8>) {
     let (_, line) = line_metrics(px);
     let w = text_width(text, px).ceil().max(1.0) as u32;
     let h = line as u32;

@@ -1,15 +1,17 @@
 //! Looking at what a model predicts: annotated videos, contact sheets and batch reports.
 //!
-//! | module | job |
+//! What is public, by job (re-exported here; the submodules are private):
+//!
+//! | job | items |
 //! |---|---|
-//! | [`draw`] | boxes and text (embedded DejaVu Sans through `ab_glyph`) on RGB images |
-//! | [`annotate`] | truth, video-level and window predictions drawn onto a frame |
-//! | [`output`] | MP4 through FFmpeg (feature `video`; H.264, else MPEG-4) and animated GIFs |
-//! | [`sheet`] | contact sheet: the frames the model saw and a bar chart of the top predictions |
-//! | [`pipeline`] | one video end to end ([`visualize_video`]) |
-//! | [`batch`] | N random clips per class folder, by seed; a whole batch with its report ([`run_batch`]) |
-//! | [`confusion`] | confusion matrix PNG |
-//! | [`report`] | `report.html`, `summary.csv`, the confusion matrix of a batch |
+//! | one video end to end | [`visualize_video`], [`VisualizeOptions`], [`VisualizeOutput`] |
+//! | a batch with its report | [`sample_per_class`], [`SampledClip`], [`run_batch`], [`BatchOutput`] |
+//! | annotated frames | [`annotate_frame`], [`Annotation`], [`AnnotateStyle`], [`Rect`], [`prepare_frame`] |
+//! | videos and GIFs | [`write_animation`] (MP4 with feature `video`, else GIF), [`write_gif`], [`AnimationFormat`] |
+//! | contact sheets | [`contact_sheet`], [`SheetContent`], [`SheetStyle`] |
+//! | reports | [`write_report_html`], [`write_summary_csv`], [`ReportEntry`], [`ReportPrediction`], [`ClassSummary`], [`ConfusionMatrix`] |
+//!
+//! Text is drawn in the embedded DejaVu Sans through `ab_glyph`, so nothing depends on system fonts.
 //!
 //! The video-level prediction drawn everywhere is
 //! [`ZeroShotClassifier::predict_path`](crate::ZeroShotClassifier::predict_path): the evaluation's
@@ -27,19 +29,20 @@
 //! // viz_out/archery_g01.annotated.mp4 (or .gif without the `video` feature), viz_out/archery_g01.sheet.png
 //! # Ok(()) }
 //! ```
-pub mod annotate;
-pub mod batch;
-pub mod confusion;
-pub mod draw;
-pub mod output;
-pub mod pipeline;
-pub mod report;
-pub mod sheet;
+mod annotate;
+mod batch;
+mod confusion;
+mod draw;
+mod output;
+mod pipeline;
+mod report;
+mod sheet;
 
-pub use annotate::{annotate_frame, prepare_frame, AnnotateStyle, Annotation, AnnotationLine};
+pub use annotate::{annotate_frame, prepare_frame, AnnotateStyle, Annotation};
 pub use batch::{run_batch, sample_per_class, BatchOutput, SampledClip};
 pub use confusion::ConfusionMatrix;
-pub use output::{write_animation, write_gif, write_mp4, AnimationFormat};
+pub use draw::Rect;
+pub use output::{write_animation, write_gif, AnimationFormat};
 pub use pipeline::{visualize_video, VisualizeOptions, VisualizeOutput};
-pub use report::{confusion_matrix, summarize, write_report_html, write_summary_csv, ClassSummary, ReportEntry, ReportPrediction};
+pub use report::{write_report_html, write_summary_csv, ClassSummary, ReportEntry, ReportPrediction};
 pub use sheet::{contact_sheet, SheetContent, SheetStyle};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbImage, RgbaImage};
 
-use crate::data::video::{write_video, EncodeOptions, VideoCodec};
+use crate::data::{write_video, EncodeOptions, VideoCodec};
 use crate::error::{Error, Result};
 
 /// What [`write_animation`] wrote.
@@ -45,7 +45,7 @@ pub fn write_gif(path: impl AsRef<Path>, frames: &[RgbImage], fps: f64, speed: i
 /// Writes `frames` (all the same size, even width and height) as an MP4 at `fps` (rounded, at least 1):
 /// H.264 (CRF 20) when this FFmpeg can encode it, MPEG-4 Part 2 otherwise. Returns the codec used.
 /// Needs the `video` feature ([`Error::Video`] without it).
-pub fn write_mp4(path: impl AsRef<Path>, frames: &[RgbImage], fps: f64) -> Result<VideoCodec> {
+pub(crate) fn write_mp4(path: impl AsRef<Path>, frames: &[RgbImage], fps: f64) -> Result<VideoCodec> {
     let path = path.as_ref();
     let fps = (fps.round() as u32).max(1);
     let h264 = EncodeOptions { fps, codec: VideoCodec::H264, quality: 20, gop: 250 };

@@ -13,7 +13,7 @@ use crate::inference::{window_for_frame, ClipPrediction, WindowPrediction};
 use crate::ZeroShotClassifier;
 
 /// Frame rate used when a clip does not say (frame folders, or no `video` feature).
-pub const DEFAULT_FPS: f64 = 25.0;
+pub(crate) const DEFAULT_FPS: f64 = 25.0;
 /// Most frames a GIF thumbnail keeps (evenly spaced).
 const THUMB_FRAMES: usize = 48;
 
@@ -80,11 +80,11 @@ pub struct VisualizeOutput {
 }
 
 /// The frame rate of a clip: the container's for video files (feature `video`), else [`DEFAULT_FPS`].
-pub fn clip_fps(path: &Path) -> f64 {
+pub(crate) fn clip_fps(path: &Path) -> f64 {
     if path.is_dir() {
         return DEFAULT_FPS;
     }
-    match data::video::probe(path) {
+    match data::probe(path) {
         Ok(info) if info.fps.is_finite() && info.fps > 0.0 => info.fps,
         _ => DEFAULT_FPS,
     }

@@ -65,7 +65,7 @@ impl ClassSummary {
 }
 
 /// Per-class summaries of the entries with a truth, classes in first-seen order.
-pub fn summarize(entries: &[ReportEntry]) -> Vec<ClassSummary> {
+pub(crate) fn summarize(entries: &[ReportEntry]) -> Vec<ClassSummary> {
     let mut out: Vec<ClassSummary> = Vec::new();
     for e in entries {
         let Some(truth) = &e.truth else { continue };
@@ -118,7 +118,7 @@ pub fn write_summary_csv(path: impl AsRef<Path>, entries: &[ReportEntry]) -> Res
 /// The confusion matrix of the classified entries with a truth: rows are the truths (in `rows` order,
 /// then any others in first-seen order), columns the classifier's `labels` (then any other predicted
 /// label).
-pub fn confusion_matrix(entries: &[ReportEntry], rows: &[String], labels: &[String]) -> ConfusionMatrix {
+pub(crate) fn confusion_matrix(entries: &[ReportEntry], rows: &[String], labels: &[String]) -> ConfusionMatrix {
     let mut rows = rows.to_vec();
     let mut cols = labels.to_vec();
     for e in entries {

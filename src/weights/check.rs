@@ -13,7 +13,7 @@ pub(crate) const TRANSF_CLS_FFN: usize = 2048;
 pub(crate) const TRANSF_POSITIONS: usize = 77;
 
 /// The shape of every tensor of a map, by name.
-pub fn shapes_of(tensors: &HashMap<String, Tensor>) -> HashMap<String, Vec<usize>> {
+pub(crate) fn shapes_of(tensors: &HashMap<String, Tensor>) -> HashMap<String, Vec<usize>> {
     tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect()
 }
 
@@ -21,7 +21,7 @@ pub fn shapes_of(tensors: &HashMap<String, Tensor>) -> HashMap<String, Vec<usize
 ///
 /// The first problem, in the order of `expected`, is returned: [`Error::MissingKey`] with a hint listing
 /// similar keys that were found, or [`Error::KeyShape`] with the shape found and the shape expected.
-pub fn check_shapes(tensors: &HashMap<String, Tensor>, expected: &[(String, Vec<usize>)]) -> Result<()> {
+pub(crate) fn check_shapes(tensors: &HashMap<String, Tensor>, expected: &[(String, Vec<usize>)]) -> Result<()> {
     for (key, shape) in expected {
         match tensors.get(key) {
             None => return Err(Error::MissingKey { key: key.clone(), hint: similar_keys_hint(key, tensors.keys()) }),
@@ -94,7 +94,7 @@ fn push_block(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, w: usize) {
 /// Every canonical key a model with `config` needs and its shape (CLIP towers, `visual.time_embedding` when
 /// joint, and the post-network head under `fusion_model.`), in a stable order. Pass it to [`check_shapes`]
 /// before building a model for clear errors.
-pub fn expected_shapes(config: &ActionClipConfig) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn expected_shapes(config: &ActionClipConfig) -> Vec<(String, Vec<usize>)> {
     let v = &config.clip.vision;
     let t = &config.clip.text;
     let e = config.clip.embed_dim;

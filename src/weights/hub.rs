@@ -8,7 +8,7 @@ use hf_hub::{Cache, Repo, RepoType};
 use crate::{Error, Result};
 
 /// Weights file names looked for in a hub repository, in order of preference.
-pub const WEIGHT_FILES: &[&str] =
+const WEIGHT_FILES: &[&str] =
     &["model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"];
 
 /// Where and how [`hub_model_with`] looks for a model.

@@ -50,12 +50,19 @@ impl LoadedWeights {
         Ok(n)
     }
 
-    /// The CLIP towers' dimensions, inferred from the tensor shapes (see [`ClipConfig::from_shapes`]).
+    /// The CLIP towers' dimensions, inferred from the shapes of the canonical tensors (`visual.conv1.weight`,
+    /// `visual.positional_embedding`, `token_embedding.weight`, ...).
     pub fn clip_config(&self) -> Result<ClipConfig> {
         ClipConfig::from_shapes(&self.shapes()).map_err(|e| with_path(e, &self.path))
     }
 
-    /// The post-network head: the stored config's when there is one, else [`Self::inferred_post_network`].
+    /// The post-network head: the stored config's when there is one, else the one told by the
+    /// `fusion_model.` keys. Those keys tell the heads apart by their modules: `shift.*` (Conv_1D),
+    /// `lstm_visual.*` (LSTM), `transformer.resblocks.*` (Transf) and
+    /// `transformer.{cls_token, pos_embed, transformer_enc.*}` (Transf_cls); no such key gives
+    /// [`PostNetwork::MeanPool`], and layer counts come from the block indices. A Conv_1D head from a
+    /// file without a config was trained by the reference's code, so it gets `reference_reshape: true`.
+    /// Keys of several heads, or `fusion_model.` keys of none, are an [`Error::UnknownHead`].
     pub fn post_network(&self) -> Result<PostNetwork> {
         match &self.config {
             Some(c) => Ok(c.prompt.post),
@@ -70,7 +77,7 @@ impl LoadedWeights {
     /// tells nothing by itself: the reference creates it for every head but meanP. A Conv_1D head from a
     /// file without a config was trained by the reference's code, so it gets `reference_reshape: true`.
     /// Keys of several heads, or `fusion_model.` keys of none, are an [`Error::UnknownHead`].
-    pub fn inferred_post_network(&self) -> Result<PostNetwork> {
+    pub(crate) fn inferred_post_network(&self) -> Result<PostNetwork> {
         let mut found = Vec::new();
         if self.has_prefix("fusion_model.shift.") {
             found.push(PostNetwork::Conv1d { reference_reshape: self.format.is_reference() });
@@ -121,16 +128,9 @@ impl LoadedWeights {
         }
     }
 
-    /// Whether the model uses the joint (pre-network) prompt: the stored config's, else whether
-    /// `visual.time_embedding` is present.
-    pub fn joint(&self) -> bool {
-        match &self.config {
-            Some(c) => c.prompt.joint,
-            None => self.tensors.contains_key("visual.time_embedding"),
-        }
-    }
-
-    /// Frames per video: the stored config's, else [`Self::inferred_frames`].
+    /// Frames per video: the stored config's, else the one told by the shapes of
+    /// `fusion_model.transformer.pos_embed` `[1, T+1, D]` or `visual.time_embedding` `[T, width]`; `None`
+    /// when neither tells (the caller picks a default, usually [`DEFAULT_FRAMES`]).
     pub fn frames(&self) -> Option<usize> {
         match &self.config {
             Some(c) => Some(c.frames),
@@ -141,7 +141,7 @@ impl LoadedWeights {
     /// Frames per video told by the shapes: `fusion_model.transformer.pos_embed` `[1, T+1, D]` or
     /// `visual.time_embedding` `[T, width]`; `None` when neither is present (the caller picks a default,
     /// usually [`DEFAULT_FRAMES`]).
-    pub fn inferred_frames(&self) -> Option<usize> {
+    pub(crate) fn inferred_frames(&self) -> Option<usize> {
         if let Some(t) = self.tensors.get("fusion_model.transformer.pos_embed") {
             if let [1, n, _] = t.dims() {
                 if *n > 1 {
@@ -152,19 +152,6 @@ impl LoadedWeights {
         match self.tensors.get("visual.time_embedding").map(|t| t.dims()) {
             Some([t, _]) if *t > 0 => Some(*t),
             _ => None,
-        }
-    }
-
-    /// The visual prompt: the stored config's, else inferred (joint from `visual.time_embedding`, temporal
-    /// shift from `.net.` names, the head from the `fusion_model.` keys).
-    pub fn visual_prompt(&self) -> Result<VisualPrompt> {
-        match &self.config {
-            Some(c) => Ok(c.prompt),
-            None => Ok(VisualPrompt {
-                joint: self.joint(),
-                temporal_shift: self.temporal_shift,
-                post: self.inferred_post_network()?,
-            }),
         }
     }
 

@@ -1,5 +1,10 @@
 //! Checkpoint readers and writers: one place that maps every naming users hold onto one canonical naming.
 //!
+//! Public: [`load`] and [`detect_format`] (any supported file, directory or hub id), the result
+//! [`LoadedWeights`] (tensors in canonical names, the [`Format`] read, the config stored or inferred, a
+//! `VarBuilder` or `VarMap` over the tensors), [`save_safetensors`] with [`CONFIG_METADATA_KEY`],
+//! [`DEFAULT_FRAMES`], and with feature `hub` `hub_model`, `hub_model_with` and `HubOptions`.
+//!
 //! # Canonical names
 //! The model builds from a [`candle_nn::VarBuilder`] over *canonical* names only:
 //! - the OpenAI CLIP state-dict names (`visual.conv1.weight`, `visual.class_embedding`,
@@ -64,14 +69,14 @@ mod names;
 mod pytorch;
 mod st;
 
-pub use check::{check_shapes, expected_shapes, shapes_of};
+pub(crate) use check::{check_shapes, expected_shapes, shapes_of};
 #[cfg(feature = "hub")]
-pub use hub::{hub_model, hub_model_with, HubOptions, WEIGHT_FILES};
+pub use hub::{hub_model, hub_model_with, HubOptions};
 pub use infer::DEFAULT_FRAMES;
 pub use st::{save_safetensors, CONFIG_METADATA_KEY};
 
 /// Prefix of the post-network head's keys in canonical names.
-pub const FUSION_PREFIX: &str = "fusion_model.";
+pub(crate) const FUSION_PREFIX: &str = "fusion_model.";
 
 /// The kind of file a checkpoint was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,13 +105,8 @@ pub enum Format {
 impl Format {
     /// Whether the file comes from the PyTorch reference world (its heads were trained with the reference's
     /// code, so a Conv_1D head needs the reference's reshape).
-    pub fn is_reference(&self) -> bool {
+    pub(crate) fn is_reference(&self) -> bool {
         !matches!(self, Format::ActionClipSafetensors)
-    }
-
-    /// Whether the file used Hugging Face `transformers` names.
-    pub fn is_hugging_face(&self) -> bool {
-        matches!(self, Format::HuggingFaceSafetensors | Format::HuggingFacePt)
     }
 }
 
@@ -147,7 +147,7 @@ pub struct LoadedWeights {
 
 impl LoadedWeights {
     /// The shape of every tensor, by canonical name.
-    pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
+    pub(crate) fn shapes(&self) -> HashMap<String, Vec<usize>> {
         shapes_of(&self.tensors)
     }
 

@@ -55,7 +55,6 @@ fn every_head_is_inferred_back_from_its_keys() {
         let cfg = config(post, joint, frames);
         let w = loaded(zeros_for(&cfg, DType::F32));
         assert_eq!(w.inferred_post_network().unwrap(), post, "{post:?}");
-        assert_eq!(w.joint(), joint);
         assert_eq!(w.inferred_frames(), inferred_frames, "{post:?}");
         let inferred = w.infer_config(frames).unwrap();
         assert_eq!(inferred, cfg, "{post:?}");
@@ -87,6 +86,106 @@ fn expected_shapes_agree_with_from_shapes() {
     assert_eq!(ClipConfig::from_shapes(&shapes).unwrap(), tiny());
     assert_eq!(shapes["logit_scale"], Vec::<usize>::new());
     assert_eq!(shapes["visual.proj"], vec![64, 32]);
+}
+
+/// OpenAI CLIP names and shapes of both towers, written out by hand (independent of [`expected_shapes`]).
+fn openai_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
+    let block = |out: &mut Vec<(String, Vec<usize>)>, p: &str, w: usize| {
+        for (n, s) in [
+            ("ln_1.weight", vec![w]),
+            ("ln_1.bias", vec![w]),
+            ("attn.in_proj_weight", vec![3 * w, w]),
+            ("attn.in_proj_bias", vec![3 * w]),
+            ("attn.out_proj.weight", vec![w, w]),
+            ("attn.out_proj.bias", vec![w]),
+            ("ln_2.weight", vec![w]),
+            ("ln_2.bias", vec![w]),
+            ("mlp.c_fc.weight", vec![4 * w, w]),
+            ("mlp.c_fc.bias", vec![4 * w]),
+            ("mlp.c_proj.weight", vec![w, 4 * w]),
+            ("mlp.c_proj.bias", vec![w]),
+        ] {
+            out.push((format!("{p}{n}"), s));
+        }
+    };
+    let (w, tw, e) = (c.vision.width, c.text.width, c.embed_dim);
+    let p = c.vision.patch_size;
+    let g = c.vision.image_size / p;
+    let mut out = vec![
+        ("visual.conv1.weight".to_string(), vec![w, 3, p, p]),
+        ("visual.class_embedding".into(), vec![w]),
+        ("visual.positional_embedding".into(), vec![g * g + 1, w]),
+        ("visual.ln_pre.weight".into(), vec![w]),
+        ("visual.ln_pre.bias".into(), vec![w]),
+        ("visual.ln_post.weight".into(), vec![w]),
+        ("visual.ln_post.bias".into(), vec![w]),
+        ("visual.proj".into(), vec![w, e]),
+        ("token_embedding.weight".into(), vec![c.text.vocab_size, tw]),
+        ("positional_embedding".into(), vec![c.text.context_length, tw]),
+        ("ln_final.weight".into(), vec![tw]),
+        ("ln_final.bias".into(), vec![tw]),
+        ("text_projection".into(), vec![tw, e]),
+        ("logit_scale".into(), vec![]),
+    ];
+    for i in 0..c.vision.layers {
+        block(&mut out, &format!("visual.transformer.resblocks.{i}."), w);
+    }
+    for i in 0..c.text.layers {
+        block(&mut out, &format!("transformer.resblocks.{i}."), tw);
+    }
+    out
+}
+
+#[test]
+fn full_size_vit_b16_shapes_give_the_preset() {
+    let cfg = ActionClipConfig {
+        clip: ClipConfig::vit_b16(),
+        frames: 8,
+        prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } },
+    };
+    let tensors = zeros_for(&cfg, DType::F16);
+    // The hand-written OpenAI list agrees with the crate's expectations for the CLIP part.
+    for (k, s) in openai_shapes(&ClipConfig::vit_b16()) {
+        assert_eq!(tensors[&k].dims(), s.as_slice(), "{k}");
+    }
+    let mut w = loaded(tensors);
+    w.path = PathBuf::from("vit_b16.safetensors");
+    assert_eq!(w.clip_config().unwrap(), ClipConfig::vit_b16());
+    assert_eq!(w.action_clip_config().unwrap(), cfg);
+}
+
+#[test]
+fn shape_errors_name_key_found_and_expected() {
+    let clip_shapes = openai_shapes(&tiny());
+    let clip = zeros_for(&config(PostNetwork::MeanPool, false, 8), DType::F32);
+    let mut expected = clip_shapes.clone();
+    expected.iter_mut().find(|(k, _)| k == "visual.proj").unwrap().1 = vec![32, 64];
+    let err = check_shapes(&clip, &expected).unwrap_err();
+    match &err {
+        Error::KeyShape { key, found, expected } => {
+            assert_eq!(key, "visual.proj");
+            assert_eq!(found, &vec![64, 32]);
+            assert_eq!(expected, &vec![32, 64]);
+        }
+        other => panic!("expected KeyShape, got {other:?}"),
+    }
+    assert!(err.to_string().contains("visual.proj has shape [64, 32], expected [32, 64]"), "{err}");
+
+    let mut partial = clip.clone();
+    partial.remove("visual.transformer.resblocks.1.ln_2.weight");
+    let err = check_shapes(&partial, &clip_shapes).unwrap_err();
+    match &err {
+        Error::MissingKey { key, hint: Some(hint) } => {
+            assert_eq!(key, "visual.transformer.resblocks.1.ln_2.weight");
+            assert!(hint.contains("visual.transformer.resblocks.0.ln_2.weight"), "{hint}");
+        }
+        other => panic!("expected MissingKey with a hint, got {other:?}"),
+    }
+    let err = check_shapes(&clip, &expected_shapes(&config(PostNetwork::Lstm, false, 8))).unwrap_err();
+    assert!(
+        err.to_string().contains("fusion_model.lstm_visual.weight_ih_l0") && err.to_string().contains("no fusion_model"),
+        "{err}"
+    );
 }
 
 #[test]
