@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use actionclip::weights::{self, Format, LoadedWeights};
-use actionclip::{ActionClipConfig, ClipConfig, Error, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
+use actionclip::{ActionClip, ActionClipConfig, ClipConfig, Error, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
 use candle_core::{DType, Device, Tensor};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ fn block(out: &mut Vec<(String, Vec<usize>)>, p: &str, w: usize) {
     }
 }
 
-/// OpenAI CLIP names and shapes, written out by hand (independent of the crate's `expected_shapes`).
+/// OpenAI CLIP names and shapes, written out by hand (independent of the crate's `ActionClip::expected_shapes`).
 fn openai_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
     let (w, tw, e) = (c.vision.width, c.text.width, c.embed_dim);
     let p = c.vision.patch_size;
@@ -455,7 +455,7 @@ fn actionclip_checkpoint_with_net_and_module_prefixes() {
     );
     assert_eq!(cfg.clip, tiny_clip());
     // The canonical map satisfies the crate's own expectations for that config.
-    weights::check_shapes(&w.tensors, &weights::expected_shapes(&cfg)).unwrap();
+    weights::check_shapes(&w.tensors, &ActionClip::expected_shapes(&cfg).unwrap()).unwrap();
 }
 
 #[test]
@@ -536,7 +536,8 @@ fn full_size_vit_b16_shapes_give_the_preset() {
         frames: 8,
         prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } },
     };
-    let tensors: HashMap<String, Tensor> = weights::expected_shapes(&cfg)
+    let tensors: HashMap<String, Tensor> = ActionClip::expected_shapes(&cfg)
+        .unwrap()
         .into_iter()
         .map(|(k, s)| {
             let t = Tensor::zeros(s.as_slice(), DType::F16, &Device::Cpu).unwrap();
@@ -708,7 +709,7 @@ fn shape_errors_name_key_found_and_expected() {
         frames: 8,
         prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Lstm },
     };
-    let err = weights::check_shapes(&clip, &weights::expected_shapes(&head)).unwrap_err();
+    let err = weights::check_shapes(&clip, &ActionClip::expected_shapes(&head).unwrap()).unwrap_err();
     assert!(
         err.to_string().contains("fusion_model.lstm_visual.weight_ih_l0")
             && err.to_string().contains("no fusion_model"),

@@ -64,7 +64,8 @@ mod names;
 mod pytorch;
 mod st;
 
-pub use check::{check_shapes, expected_shapes, shapes_of};
+pub(crate) use check::recorded_shapes;
+pub use check::{check_shapes, shapes_of};
 #[cfg(feature = "hub")]
 pub use hub::{hub_model, hub_model_with, HubOptions, WEIGHT_FILES};
 pub use infer::DEFAULT_FRAMES;
