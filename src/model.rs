@@ -332,7 +332,6 @@ fn dedup_labels<S: AsRef<str>>(labels: &[S], existing: &[String]) -> Result<Vec<
     Ok(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -153,7 +153,7 @@ impl Conv1dHead {
 }
 
 /// ActionCLIP's fixed temporal shift as a depthwise kernel on the device and in the dtype of `like`:
-/// channels `[0, D/4)` tap 0 (frame t-1), `[D/4, 3D/4)` tap 1 (frame t), the rest tap 2 (frame t+1).
+/// channels `[0, D/4)` tap 0 (frame t-1), `[D/4, D/4 + D/2)` tap 1 (frame t), the rest tap 2 (frame t+1).
 // -> [D, 1, 3]
 fn fixed_shift(dim: usize, like: &Tensor) -> Result<Tensor> {
     let taps: Vec<f32> = (0..dim)
