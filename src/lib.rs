@@ -14,7 +14,7 @@ pub mod prelude;
 pub mod prompts;
 pub mod temporal;
 pub mod train;
-pub mod video;
+pub mod video_encoder;
 pub mod viz;
 pub mod weights;
 
@@ -23,4 +23,4 @@ pub use config::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionCo
 pub use error::{Error, Result};
 pub use model::{ActionClip, ActionClipOutput, ZeroShotClassifier};
 pub use nn::TowerWeights;
-pub use video::VideoEncoder;
+pub use video_encoder::VideoEncoder;

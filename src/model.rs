@@ -9,9 +9,12 @@ use crate::{
     clip::TextEncoder,
     config::ActionClipConfig,
     loss,
-    nn::{params::Params, TowerWeights},
+    nn::{
+        params::{Named, Params},
+        TowerWeights,
+    },
     prompts::{self, Template},
-    video::VideoEncoder,
+    video_encoder::VideoEncoder,
     Error, Result, Tokenizer,
 };
 
@@ -27,7 +30,7 @@ const TEXT_CHUNK: usize = 256;
 pub struct ActionClip {
     video: VideoEncoder,
     text: TextEncoder,
-    logit_scale: Tensor,
+    logit_scale: Named<Tensor>,
     cfg: ActionClipConfig,
 }
 
@@ -43,8 +46,18 @@ impl ActionClip {
         }
         let video = VideoEncoder::new(vb.clone(), cfg)?;
         let text = TextEncoder::new(vb.clone(), &cfg.clip.text, cfg.clip.embed_dim)?;
-        let logit_scale = vb.get_with_hints((), "logit_scale", Init::Const(INIT_LOGIT_SCALE))?;
+        let logit_scale = Named::read(&vb, (), "logit_scale", Init::Const(INIT_LOGIT_SCALE))?;
         Ok(Self { video, text, logit_scale, cfg: cfg.clone() })
+    }
+
+    /// Every canonical key [`ActionClip::new`] reads for `config` and its shape, in the order it reads
+    /// them: the image tower (with `visual.time_embedding` when joint), the post-network head under
+    /// `fusion_model.`, the text tower and `logit_scale`. The record comes from running `new` over a
+    /// builder that only notes what is read, so it names exactly the weights of
+    /// [`ActionClip::named_tensors`] of a new model. [`ActionClip::load`] checks a checkpoint against it
+    /// before building, so a missing key or a wrong shape is a typed error naming the key.
+    pub fn expected_shapes(config: &ActionClipConfig) -> Result<Vec<(String, Vec<usize>)>> {
+        crate::weights::recorded_shapes(|vb| Self::new(vb, config))
     }
 
     /// Loads a model from any supported checkpoint: OpenAI/open_clip safetensors or `.pt` state dicts,
@@ -54,7 +67,7 @@ impl ActionClip {
     pub fn load(source: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<(Self, ActionClipConfig)> {
         let weights = crate::weights::load(source.as_ref())?;
         let cfg = weights.action_clip_config()?;
-        crate::weights::check_shapes(&weights.tensors, &crate::weights::expected_shapes(&cfg))?;
+        crate::weights::check_shapes(&weights.tensors, &Self::expected_shapes(&cfg)?)?;
         let vb = weights.var_builder(dtype, device);
         let model = Self::new(vb, &cfg)?;
         Ok((model, cfg))
@@ -151,7 +164,7 @@ impl ActionClip {
     /// Every weight under its canonical checkpoint name.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        self.visit("", &mut |name, t| out.push((name, t.clone())));
+        self.visit(&mut |name, t| out.push((name.to_string(), t.clone())));
         out
     }
 
@@ -179,10 +192,10 @@ pub struct ActionClipOutput {
 }
 
 impl Params for ActionClip {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.video.visit(prefix, f);
-        self.text.visit(prefix, f);
-        f(format!("{prefix}logit_scale"), &self.logit_scale);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.video.visit(f);
+        self.text.visit(f);
+        self.logit_scale.visit(f);
     }
 }
 
@@ -319,3 +332,51 @@ fn dedup_labels<S: AsRef<str>>(labels: &[S], existing: &[String]) -> Result<Vec<
     Ok(out)
 }
 
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use candle_nn::VarMap;
+
+    use super::*;
+    use crate::{ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
+
+    /// Names and shapes of a model's weights, sorted by name.
+    fn named_shapes(model: &ActionClip) -> BTreeMap<String, Vec<usize>> {
+        model.named_tensors().into_iter().map(|(name, t)| (name, t.dims().to_vec())).collect()
+    }
+
+    #[test]
+    fn expected_shapes_name_exactly_the_weights_of_a_new_model() -> Result<()> {
+        let clip = ClipConfig {
+            vision: VisionConfig { width: 64, layers: 2, heads: 1, patch_size: 8, image_size: 32 },
+            text: TextConfig { width: 64, layers: 1, heads: 1, vocab_size: 50, context_length: 8 },
+            embed_dim: 32,
+        };
+        let posts = [
+            PostNetwork::MeanPool,
+            PostNetwork::Conv1d { reference_reshape: true },
+            PostNetwork::Conv1d { reference_reshape: false },
+            PostNetwork::Lstm,
+            PostNetwork::Transformer { layers: 2 },
+            PostNetwork::TransformerCls { layers: 2 },
+        ];
+        for post in posts {
+            for (joint, temporal_shift) in [(false, false), (false, true), (true, false), (true, true)] {
+                let cfg = ActionClipConfig { clip: clip.clone(), frames: 4, prompt: VisualPrompt { joint, temporal_shift, post } };
+                if cfg.validate().is_err() {
+                    assert!(ActionClip::expected_shapes(&cfg).is_err(), "{:?}", cfg.prompt);
+                    continue;
+                }
+                let expected = ActionClip::expected_shapes(&cfg)?;
+                let by_name: BTreeMap<String, Vec<usize>> = expected.iter().cloned().collect();
+                assert_eq!(by_name.len(), expected.len(), "{:?}: a name is read twice", cfg.prompt);
+                let model = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu), &cfg)?;
+                assert_eq!(named_shapes(&model), by_name, "{:?}", cfg.prompt);
+                // Converted towers list the same weights (int8 ones dequantized).
+                assert_eq!(named_shapes(&model.with_tower_weights(TowerWeights::Int8)?), by_name, "{:?}", cfg.prompt);
+            }
+        }
+        Ok(())
+    }
+}

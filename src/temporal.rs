@@ -6,7 +6,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::{
     config::{PostNetwork, CONTEXT_LENGTH},
     nn::{
-        params::{join, Params},
+        params::{Named, Params},
         forward_blocks, LayerNorm, Linear, MultiHeadAttention, ResidualAttentionBlock,
     },
     Error, Result,
@@ -31,7 +31,7 @@ pub struct TemporalHead {
     /// The reference's `frame_position_embeddings` in a checkpoint of another head than `Transf`: its
     /// `visual_prompt` creates the embedding for Conv_1D, LSTM and Transf_cls too but reads it only in
     /// Transf. Kept, unread, so that saving gives the reference's layout back.
-    unused_frame_positions: Option<Tensor>,
+    unused_frame_positions: Option<Named<Tensor>>,
 }
 
 /// The head's pooling, one variant per [`PostNetwork`].
@@ -59,7 +59,7 @@ impl TemporalHead {
         };
         let unused_frame_positions = match pool {
             Pool::Transformer(_) => None,
-            _ if vb.contains_tensor(FRAME_POSITIONS) => Some(vb.get((CONTEXT_LENGTH, dim), FRAME_POSITIONS)?),
+            _ if vb.contains_tensor(FRAME_POSITIONS) => Some(Named::read(&vb, (CONTEXT_LENGTH, dim), FRAME_POSITIONS, Init::Const(0.))?),
             _ => None,
         };
         Ok(Self { pool, unused_frame_positions })
@@ -97,16 +97,14 @@ impl TemporalHead {
 }
 
 impl Params for TemporalHead {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        if let Some(positions) = &self.unused_frame_positions {
-            f(join(prefix, FRAME_POSITIONS), positions);
-        }
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.unused_frame_positions.visit(f);
         match &self.pool {
             Pool::MeanPool => {}
-            Pool::Conv1d(h) => f(join(prefix, "shift.weight"), &h.weight),
-            Pool::Lstm(h) => h.visit(&join(prefix, "lstm_visual."), f),
-            Pool::Transformer(h) => h.visit(prefix, f),
-            Pool::TransformerCls(h) => h.visit(&join(prefix, "transformer."), f),
+            Pool::Conv1d(h) => h.weight.visit(f),
+            Pool::Lstm(h) => h.visit(f),
+            Pool::Transformer(h) => h.visit(f),
+            Pool::TransformerCls(h) => h.visit(f),
         }
     }
 }
@@ -116,7 +114,7 @@ impl Params for TemporalHead {
 #[derive(Clone, Debug)]
 struct Conv1dHead {
     /// `shift.weight` [D, 1, 3].
-    weight: Tensor,
+    weight: Named<Tensor>,
     reference_reshape: bool,
 }
 
@@ -124,19 +122,20 @@ impl Conv1dHead {
     /// Reads `shift.weight`; a new head starts as ActionCLIP's fixed shift (first D/4 channels tap 0,
     /// middle D/2 tap 1, last D/4 tap 2).
     fn new(vb: VarBuilder, dim: usize, reference_reshape: bool) -> Result<Self> {
-        let fresh = !vb.contains_tensor("shift.weight");
-        let weight = vb.get_with_hints((dim, 1, 3), "shift.weight", Init::Const(0.))?;
-        if fresh {
-            let init: Vec<f32> = (0..dim)
-                .flat_map(|c| {
-                    let tap = if c < dim / 4 { 0 } else if c < dim / 4 + dim / 2 { 1 } else { 2 };
-                    (0..3).map(move |k| if k == tap { 1. } else { 0. })
-                })
-                .collect();
-            let init = Tensor::from_vec(init, (dim, 1, 3), weight.device())?.to_dtype(weight.dtype())?;
-            // Writes into the new variable's storage, so a VarMap holds the initialised value.
-            weight.slice_set(&init, 0, 0)?;
-        }
+        let key = "shift.weight";
+        let fresh = !vb.contains_tensor(key);
+        let weight = Named::read(&vb, (dim, 1, 3), key, Init::Const(0.))?;
+        let weight = match (fresh, vb.contains_tensor(key)) {
+            (false, _) => weight,
+            // The builder keeps the variable it created (a VarMap): the fixed shift goes into its storage,
+            // so training starts from it.
+            (true, true) => {
+                weight.slice_set(&fixed_shift(dim, &weight)?, 0, 0)?;
+                weight
+            }
+            // The builder keeps nothing (a shape recorder): the head holds the fixed shift itself.
+            (true, false) => weight.with(fixed_shift(dim, &weight)?),
+        };
         Ok(Self { weight, reference_reshape })
     }
 
@@ -151,6 +150,19 @@ impl Conv1dHead {
         };
         Ok((y + x)?.mean(1)?)
     }
+}
+
+/// ActionCLIP's fixed temporal shift as a depthwise kernel on the device and in the dtype of `like`:
+/// channels `[0, D/4)` tap 0 (frame t-1), `[D/4, D/4 + D/2)` tap 1 (frame t), the rest tap 2 (frame t+1).
+// -> [D, 1, 3]
+fn fixed_shift(dim: usize, like: &Tensor) -> Result<Tensor> {
+    let taps: Vec<f32> = (0..dim)
+        .flat_map(|c| {
+            let tap = if c < dim / 4 { 0 } else if c < dim / 4 + dim / 2 { 1 } else { 2 };
+            (0..3).map(move |k| if k == tap { 1. } else { 0. })
+        })
+        .collect();
+    Ok(Tensor::from_vec(taps, (dim, 1, 3), like.device())?.to_dtype(like.dtype())?)
 }
 
 /// Depthwise convolution with kernel 3 and zero padding 1 along the last axis.
@@ -182,10 +194,10 @@ impl LstmHead {
         let vb = vb.pp("lstm_visual");
         let bound = (dim as f64).powf(-0.5);
         let init = Init::Uniform { lo: -bound, up: bound };
-        let get = |shape: &[usize], name: &str| vb.get_with_hints(shape.to_vec(), name, init);
+        let get = |shape: &[usize], key: &str| Named::read(&vb, shape.to_vec(), key, init);
         Ok(Self {
-            input: Linear::from_tensors(get(&[4 * dim, dim], "weight_ih_l0")?, Some(get(&[4 * dim], "bias_ih_l0")?)),
-            hidden: Linear::from_tensors(get(&[4 * dim, dim], "weight_hh_l0")?, Some(get(&[4 * dim], "bias_hh_l0")?)),
+            input: Linear::from_named(get(&[4 * dim, dim], "weight_ih_l0")?, Some(get(&[4 * dim], "bias_ih_l0")?)),
+            hidden: Linear::from_named(get(&[4 * dim, dim], "weight_hh_l0")?, Some(get(&[4 * dim], "bias_hh_l0")?)),
             dim,
         })
     }
@@ -219,9 +231,9 @@ impl LstmHead {
 }
 
 impl Params for LstmHead {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.input.visit_as(join(prefix, "weight_ih_l0"), join(prefix, "bias_ih_l0"), f);
-        self.hidden.visit_as(join(prefix, "weight_hh_l0"), join(prefix, "bias_hh_l0"), f);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.input.visit(f);
+        self.hidden.visit(f);
     }
 }
 
@@ -229,7 +241,7 @@ impl Params for LstmHead {
 /// plus the input, then the mean over frames.
 #[derive(Clone, Debug)]
 struct TransformerHead {
-    frame_position_embeddings: Tensor,
+    frame_position_embeddings: Named<Tensor>,
     blocks: Vec<ResidualAttentionBlock>,
 }
 
@@ -237,7 +249,7 @@ impl TransformerHead {
     /// Reads `frame_position_embeddings.weight` [77, D] and `transformer.resblocks.*`.
     fn new(vb: VarBuilder, dim: usize, heads: usize, layers: usize) -> Result<Self> {
         let normal = Init::Randn { mean: 0., stdev: 0.02 };
-        let frame_position_embeddings = vb.get_with_hints((CONTEXT_LENGTH, dim), FRAME_POSITIONS, normal)?;
+        let frame_position_embeddings = Named::read(&vb, (CONTEXT_LENGTH, dim), FRAME_POSITIONS, normal)?;
         let blocks = (0..layers)
             .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), dim, heads, TRANSF_LN_EPS))
             .collect::<Result<Vec<_>>>()?;
@@ -254,11 +266,9 @@ impl TransformerHead {
 }
 
 impl Params for TransformerHead {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        f(join(prefix, FRAME_POSITIONS), &self.frame_position_embeddings);
-        for (i, block) in self.blocks.iter().enumerate() {
-            block.visit(&join(prefix, &format!("transformer.resblocks.{i}.")), f);
-        }
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.frame_position_embeddings.visit(f);
+        self.blocks.visit(f);
     }
 }
 
@@ -293,12 +303,12 @@ impl EncoderLayer {
 }
 
 impl Params for EncoderLayer {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.self_attn.visit(&join(prefix, "self_attn."), f);
-        self.linear1.visit(&join(prefix, "linear1."), f);
-        self.linear2.visit(&join(prefix, "linear2."), f);
-        self.norm1.visit(&join(prefix, "norm1."), f);
-        self.norm2.visit(&join(prefix, "norm2."), f);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.self_attn.visit(f);
+        self.linear1.visit(f);
+        self.linear2.visit(f);
+        self.norm1.visit(f);
+        self.norm2.visit(f);
     }
 }
 
@@ -306,8 +316,8 @@ impl Params for EncoderLayer {
 /// layers and a final LayerNorm; returns the class token's output.
 #[derive(Clone, Debug)]
 struct TransformerClsHead {
-    cls_token: Tensor,
-    pos_embed: Tensor,
+    cls_token: Named<Tensor>,
+    pos_embed: Named<Tensor>,
     layers: Vec<EncoderLayer>,
     norm: LayerNorm,
     frames: usize,
@@ -318,8 +328,8 @@ impl TransformerClsHead {
     fn new(vb: VarBuilder, dim: usize, layers: usize, frames: usize) -> Result<Self> {
         let enc = vb.pp("transformer_enc");
         Ok(Self {
-            cls_token: vb.get_with_hints((1, 1, dim), "cls_token", Init::Const(0.))?,
-            pos_embed: vb.get_with_hints((1, frames + 1, dim), "pos_embed", Init::Randn { mean: 0., stdev: 0.02 })?,
+            cls_token: Named::read(&vb, (1, 1, dim), "cls_token", Init::Const(0.))?,
+            pos_embed: Named::read(&vb, (1, frames + 1, dim), "pos_embed", Init::Randn { mean: 0., stdev: 0.02 })?,
             layers: (0..layers).map(|i| EncoderLayer::new(enc.pp(format!("layers.{i}")), dim)).collect::<Result<Vec<_>>>()?,
             norm: LayerNorm::new(enc.pp("norm"), dim, TORCH_LN_EPS)?,
             frames,
@@ -340,13 +350,11 @@ impl TransformerClsHead {
 }
 
 impl Params for TransformerClsHead {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        f(join(prefix, "cls_token"), &self.cls_token);
-        f(join(prefix, "pos_embed"), &self.pos_embed);
-        for (i, layer) in self.layers.iter().enumerate() {
-            layer.visit(&join(prefix, &format!("transformer_enc.layers.{i}.")), f);
-        }
-        self.norm.visit(&join(prefix, "transformer_enc.norm."), f);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.cls_token.visit(f);
+        self.pos_embed.visit(f);
+        self.layers.visit(f);
+        self.norm.visit(f);
     }
 }
 

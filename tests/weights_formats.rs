@@ -40,7 +40,7 @@ fn block(out: &mut Vec<(String, Vec<usize>)>, p: &str, w: usize) {
     }
 }
 
-/// OpenAI CLIP names and shapes, written out by hand.
+/// OpenAI CLIP names and shapes, written out by hand (independent of the crate's `ActionClip::expected_shapes`).
 fn openai_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
     let (w, tw, e) = (c.vision.width, c.text.width, c.embed_dim);
     let p = c.vision.patch_size;

@@ -1,5 +1,5 @@
-//! The CLIP text tower (causal transformer, OpenAI layout) and [`TextEncoder`], the tower together with
-//! the embedded tokenizer.
+//! The CLIP text tower (causal transformer, OpenAI layout) and [`TextEncoder`], the text side of
+//! ActionCLIP: token ids or sentences (with the caller's tokenizer) in, embeddings out.
 use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -7,7 +7,7 @@ use super::{tokenizer::Tokenizer, vision::CLIP_LN_EPS};
 use crate::{
     config::TextConfig,
     nn::{
-        params::{join, Params},
+        params::{Named, Params},
         forward_blocks_at, LayerNorm, ResidualAttentionBlock, TowerWeights,
     },
     Error, Result,
@@ -18,11 +18,11 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct TextTransformer {
     cfg: TextConfig,
-    token_embedding: Tensor,
-    positional_embedding: Tensor,
+    token_embedding: Named<Tensor>,
+    positional_embedding: Named<Tensor>,
     blocks: Vec<ResidualAttentionBlock>,
     ln_final: LayerNorm,
-    text_projection: Tensor,
+    text_projection: Named<Tensor>,
 }
 
 impl TextTransformer {
@@ -34,11 +34,11 @@ impl TextTransformer {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
-            token_embedding: vb.get_with_hints((cfg.vocab_size, w), "token_embedding.weight", crate::nn::WEIGHT_INIT)?,
-            positional_embedding: vb.get_with_hints((cfg.context_length, w), "positional_embedding", Init::Randn { mean: 0., stdev: 0.01 })?,
+            token_embedding: Named::read(&vb, (cfg.vocab_size, w), "token_embedding.weight", crate::nn::WEIGHT_INIT)?,
+            positional_embedding: Named::read(&vb, (cfg.context_length, w), "positional_embedding", Init::Randn { mean: 0., stdev: 0.01 })?,
             blocks,
             ln_final: LayerNorm::new(vb.pp("ln_final"), w, CLIP_LN_EPS)?,
-            text_projection: vb.get_with_hints((w, embed_dim), "text_projection", Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) })?,
+            text_projection: Named::read(&vb, (w, embed_dim), "text_projection", Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) })?,
         })
     }
 
@@ -89,44 +89,36 @@ impl TextTransformer {
 }
 
 impl Params for TextTransformer {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        f(join(prefix, "token_embedding.weight"), &self.token_embedding);
-        f(join(prefix, "positional_embedding"), &self.positional_embedding);
-        for (i, block) in self.blocks.iter().enumerate() {
-            block.visit(&join(prefix, &format!("transformer.resblocks.{i}.")), f);
-        }
-        self.ln_final.visit(&join(prefix, "ln_final."), f);
-        f(join(prefix, "text_projection"), &self.text_projection);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.token_embedding.visit(f);
+        self.positional_embedding.visit(f);
+        self.blocks.visit(f);
+        self.ln_final.visit(f);
+        self.text_projection.visit(f);
     }
 }
 
-/// The text side of ActionCLIP: the CLIP text tower with the OpenAI tokenizer, so sentences go in and
-/// embeddings come out.
-#[derive(Clone)]
+/// The text side of ActionCLIP: the CLIP text tower, token ids or sentences in, embeddings out. Sentences
+/// are tokenized with the tokenizer the caller brings ([`Tokenizer::new`] for CLIP's own vocabulary).
+#[derive(Clone, Debug)]
 pub struct TextEncoder {
     tower: TextTransformer,
-    tokenizer: Tokenizer,
 }
 
 impl TextEncoder {
-    /// Reads the text tower at the root of `vb` and attaches the embedded tokenizer.
+    /// Reads the text tower at the root of `vb`.
     pub fn new(vb: VarBuilder, cfg: &TextConfig, embed_dim: usize) -> Result<Self> {
-        Ok(Self { tower: TextTransformer::new(vb, cfg, embed_dim)?, tokenizer: Tokenizer::new() })
+        Ok(Self { tower: TextTransformer::new(vb, cfg, embed_dim)? })
     }
 
     /// The same encoder with the linear weights of its tower's blocks held as `format` says.
     pub fn with_tower_weights(&self, format: TowerWeights) -> Result<Self> {
-        Ok(Self { tower: self.tower.with_block_weights(format)?, tokenizer: self.tokenizer })
+        Ok(Self { tower: self.tower.with_block_weights(format)? })
     }
 
     /// The tower.
     pub fn tower(&self) -> &TextTransformer {
         &self.tower
-    }
-
-    /// The tokenizer.
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
     }
 
     /// Encodes token ids (inference path).
@@ -135,17 +127,17 @@ impl TextEncoder {
         self.tower.forward_t(tokens, false)
     }
 
-    /// Tokenizes and encodes sentences; an over-long sentence is [`Error::TextTooLong`].
+    /// Tokenizes sentences with `tokenizer` and encodes them; an over-long sentence is
+    /// [`Error::TextTooLong`].
     // N sentences -> [N, D]
-    pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Tensor> {
-        let device = self.tower.token_embedding.device();
-        let tokens = self.tokenizer.encode_batch(texts, device)?;
+    pub fn encode_texts<S: AsRef<str>>(&self, tokenizer: &Tokenizer, texts: &[S]) -> Result<Tensor> {
+        let tokens = tokenizer.encode_batch(texts, self.tower.token_embedding.device())?;
         self.encode_tokens(&tokens)
     }
 }
 
 impl Params for TextEncoder {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.tower.visit(prefix, f)
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.tower.visit(f)
     }
 }

@@ -6,7 +6,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::{
     config::VisionConfig,
     nn::{
-        params::{join, Params},
+        params::{Named, Params},
         forward_blocks_at, LayerNorm, Linear, ResidualAttentionBlock, TowerWeights,
     },
     Error, Result,
@@ -23,14 +23,14 @@ pub struct VisionTransformer {
     cfg: VisionConfig,
     /// `conv1.weight` [W, 3, p, p] flattened to a bias-free linear layer [W, 3*p*p]: patchify is one GEMM.
     patch_embedding: Linear,
-    conv1_weight: Tensor,
-    class_embedding: Tensor,
-    positional_embedding: Tensor,
+    conv1_weight: Named<Tensor>,
+    class_embedding: Named<Tensor>,
+    positional_embedding: Named<Tensor>,
     ln_pre: LayerNorm,
     blocks: Vec<ResidualAttentionBlock>,
     ln_post: LayerNorm,
-    proj: Tensor,
-    time_embedding: Option<Tensor>,
+    proj: Named<Tensor>,
+    time_embedding: Option<Named<Tensor>>,
 }
 
 impl VisionTransformer {
@@ -39,25 +39,25 @@ impl VisionTransformer {
     pub fn new(vb: VarBuilder, cfg: &VisionConfig, embed_dim: usize, joint_frames: Option<usize>) -> Result<Self> {
         let (w, p) = (cfg.width, cfg.patch_size);
         let scale = Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) };
-        let conv1_weight = vb.get_with_hints((w, 3, p, p), "conv1.weight", crate::nn::WEIGHT_INIT)?;
-        let patch_embedding = Linear::from_tensors(conv1_weight.reshape((w, 3 * p * p))?, None);
+        let conv1_weight = Named::read(&vb, (w, 3, p, p), "conv1.weight", crate::nn::WEIGHT_INIT)?;
+        let patch_embedding = Linear::from_named(conv1_weight.with(conv1_weight.reshape((w, 3 * p * p))?), None);
         let blocks = (0..cfg.layers)
             .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), w, cfg.heads, CLIP_LN_EPS))
             .collect::<Result<Vec<_>>>()?;
         let time_embedding = match joint_frames {
-            Some(t) => Some(vb.get_with_hints((t, w), "time_embedding", scale)?),
+            Some(t) => Some(Named::read(&vb, (t, w), "time_embedding", scale)?),
             None => None,
         };
         Ok(Self {
             cfg: cfg.clone(),
             patch_embedding,
             conv1_weight,
-            class_embedding: vb.get_with_hints(w, "class_embedding", scale)?,
-            positional_embedding: vb.get_with_hints((cfg.tokens(), w), "positional_embedding", scale)?,
+            class_embedding: Named::read(&vb, w, "class_embedding", scale)?,
+            positional_embedding: Named::read(&vb, (cfg.tokens(), w), "positional_embedding", scale)?,
             ln_pre: LayerNorm::new(vb.pp("ln_pre"), w, CLIP_LN_EPS)?,
             blocks,
             ln_post: LayerNorm::new(vb.pp("ln_post"), w, CLIP_LN_EPS)?,
-            proj: vb.get_with_hints((w, embed_dim), "proj", scale)?,
+            proj: Named::read(&vb, (w, embed_dim), "proj", scale)?,
             time_embedding,
         })
     }
@@ -163,18 +163,14 @@ pub fn temporal_shift(x: &Tensor, frames: usize) -> Result<Tensor> {
 }
 
 impl Params for VisionTransformer {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        f(join(prefix, "conv1.weight"), &self.conv1_weight);
-        f(join(prefix, "class_embedding"), &self.class_embedding);
-        f(join(prefix, "positional_embedding"), &self.positional_embedding);
-        self.ln_pre.visit(&join(prefix, "ln_pre."), f);
-        for (i, block) in self.blocks.iter().enumerate() {
-            block.visit(&join(prefix, &format!("transformer.resblocks.{i}.")), f);
-        }
-        self.ln_post.visit(&join(prefix, "ln_post."), f);
-        f(join(prefix, "proj"), &self.proj);
-        if let Some(t) = &self.time_embedding {
-            f(join(prefix, "time_embedding"), t);
-        }
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.conv1_weight.visit(f);
+        self.class_embedding.visit(f);
+        self.positional_embedding.visit(f);
+        self.ln_pre.visit(f);
+        self.blocks.visit(f);
+        self.ln_post.visit(f);
+        self.proj.visit(f);
+        self.time_embedding.visit(f);
     }
 }

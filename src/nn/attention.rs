@@ -3,7 +3,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::{
     linear::{Linear, TowerWeights},
-    params::{join, Params},
+    params::{Named, Params},
 };
 use crate::{kernels, Result};
 
@@ -21,9 +21,9 @@ impl MultiHeadAttention {
     pub fn new(vb: VarBuilder, width: usize, heads: usize) -> Result<Self> {
         // PyTorch's xavier-uniform for the fused projection.
         let bound = (6.0 / (4 * width) as f64).sqrt();
-        let in_proj = Linear::from_tensors(
-            vb.get_with_hints((3 * width, width), "in_proj_weight", Init::Uniform { lo: -bound, up: bound })?,
-            Some(vb.get_with_hints(3 * width, "in_proj_bias", Init::Const(0.))?),
+        let in_proj = Linear::from_named(
+            Named::read(&vb, (3 * width, width), "in_proj_weight", Init::Uniform { lo: -bound, up: bound })?,
+            Some(Named::read(&vb, 3 * width, "in_proj_bias", Init::Const(0.))?),
         );
         let out_proj = Linear::new(vb.pp("out_proj"), width, width)?;
         Ok(Self { in_proj, out_proj, heads })
@@ -99,8 +99,8 @@ pub(super) fn gather_rows(x: &Tensor, rows: &Tensor) -> candle_core::Result<Tens
 }
 
 impl Params for MultiHeadAttention {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.in_proj.visit_as(join(prefix, "in_proj_weight"), join(prefix, "in_proj_bias"), f);
-        self.out_proj.visit(&join(prefix, "out_proj."), f);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.in_proj.visit(f);
+        self.out_proj.visit(f);
     }
 }

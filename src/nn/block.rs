@@ -6,7 +6,7 @@ use super::{
     layer_norm::LayerNorm,
     linear::TowerWeights,
     mlp::Mlp,
-    params::{join, Params},
+    params::Params,
 };
 use crate::{
     kernels::{self, Epilogue},
@@ -138,10 +138,10 @@ pub(crate) fn forward_blocks_at(blocks: &[ResidualAttentionBlock], x: &Tensor, r
 }
 
 impl Params for ResidualAttentionBlock {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.ln_1.visit(&join(prefix, "ln_1."), f);
-        self.attn.visit(&join(prefix, "attn."), f);
-        self.ln_2.visit(&join(prefix, "ln_2."), f);
-        self.mlp.visit(&join(prefix, "mlp."), f);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.ln_1.visit(f);
+        self.attn.visit(f);
+        self.ln_2.visit(f);
+        self.mlp.visit(f);
     }
 }

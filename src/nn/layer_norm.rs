@@ -1,7 +1,7 @@
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use super::params::{join, Params};
+use super::params::{Named, Params};
 use crate::{
     kernels::{self, NormParams},
     Result,
@@ -10,16 +10,16 @@ use crate::{
 /// LayerNorm over the last dimension, computed in f32 whatever the activation dtype (as CLIP does).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Named<Tensor>,
+    bias: Named<Tensor>,
     eps: f64,
 }
 
 impl LayerNorm {
     /// Reads `weight` \[dim\] and `bias` \[dim\] under `vb`.
     pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.))?;
-        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.))?;
+        let weight = Named::read(&vb, dim, "weight", Init::Const(1.))?;
+        let bias = Named::read(&vb, dim, "bias", Init::Const(0.))?;
         Ok(Self { weight, bias, eps })
     }
 
@@ -36,8 +36,8 @@ impl LayerNorm {
 }
 
 impl Params for LayerNorm {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        f(join(prefix, "weight"), &self.weight);
-        f(join(prefix, "bias"), &self.bias);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.weight.visit(f);
+        self.bias.visit(f);
     }
 }

@@ -1,7 +1,7 @@
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::params::{join, Params};
+use super::params::{Named, Params};
 use crate::{
     kernels::{self, Epilogue, LinearParams, LinearWeight},
     Error, Result,
@@ -55,34 +55,28 @@ impl std::str::FromStr for TowerWeights {
 /// 2-D GEMM over all leading dimensions, its weight held in any [`TowerWeights`] format.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: LinearWeight,
-    bias: Option<Tensor>,
+    weight: Named<LinearWeight>,
+    bias: Option<Named<Tensor>>,
 }
 
 impl Linear {
     /// Reads `weight` [out, in] and `bias` \[out\] under `vb`.
     pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = vb.get_with_hints((out_dim, in_dim), "weight", WEIGHT_INIT)?;
-        let bias = Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.))?);
-        Ok(Self::from_tensors(weight, bias))
+        let weight = Named::read(&vb, (out_dim, in_dim), "weight", WEIGHT_INIT)?;
+        let bias = Named::read(&vb, out_dim, "bias", Init::Const(0.))?;
+        Ok(Self::from_named(weight, Some(bias)))
     }
 
-    /// Reads `weight` [out, in] only.
-    pub fn new_no_bias(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = vb.get_with_hints((out_dim, in_dim), "weight", WEIGHT_INIT)?;
-        Ok(Self::from_tensors(weight, None))
-    }
-
-    /// Wraps existing tensors (`weight` [out, in], `bias` \[out\]).
-    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight: LinearWeight::Dense(weight), bias }
+    /// A layer over weights already read under their checkpoint names: `weight` [out, in], `bias` \[out\].
+    pub(crate) fn from_named(weight: Named<Tensor>, bias: Option<Named<Tensor>>) -> Self {
+        Self { weight: weight.map(LinearWeight::Dense), bias }
     }
 
     /// The same layer with its weights cast to `dtype` (a no-op, graph included, when already `dtype`;
     /// int8 and packed weights stay as they are).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        let bias = self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?;
-        Ok(Self { weight: self.weight.to_dtype(dtype)?, bias })
+        let bias = self.bias.as_ref().map(|b| Ok::<_, Error>(b.with(b.to_dtype(dtype)?))).transpose()?;
+        Ok(Self { weight: self.weight.with(self.weight.to_dtype(dtype)?), bias })
     }
 
     /// The same layer with its weight held as `format` says (see [`TowerWeights`]); int8 needs a CPU
@@ -100,14 +94,14 @@ impl Linear {
             TowerWeights::Int8 => LinearWeight::int8(w)?,
             TowerWeights::Packed => LinearWeight::packed(w)?,
         };
-        Ok(Self { weight, bias: self.bias.clone() })
+        Ok(Self { weight: self.weight.with(weight), bias: self.bias.clone() })
     }
 
     /// The layer restricted to outputs `start..start + len` (views of the weight rows and bias entries;
     /// gradients flow back to the full tensors).
     pub fn outputs(&self, start: usize, len: usize) -> Result<Self> {
-        let bias = self.bias.as_ref().map(|b| b.narrow(0, start, len)).transpose()?;
-        Ok(Self { weight: self.weight.outputs(start, len)?, bias })
+        let bias = self.bias.as_ref().map(|b| Ok::<_, Error>(b.with(b.narrow(0, start, len)?))).transpose()?;
+        Ok(Self { weight: self.weight.with(self.weight.outputs(start, len)?), bias })
     }
 
     /// The weight [out, in], unless it is packed (int8 or [`TowerWeights::Packed`]).
@@ -117,7 +111,7 @@ impl Linear {
 
     /// The bias \[out\], if any.
     pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
+        self.bias.as_deref()
     }
 
     /// The number of outputs.
@@ -134,18 +128,7 @@ impl Linear {
 
     /// The parameters as the kernels take them, for layers that run this one with another epilogue.
     pub(crate) fn params(&self) -> LinearParams<'_> {
-        LinearParams { weight: &self.weight, bias: self.bias.as_ref() }
-    }
-
-    /// Reports the weight and bias under the names `weight_key` and `bias_key` (packed weights as the
-    /// f32 matrix the layer computes with: int8 dequantized).
-    pub(crate) fn visit_as(&self, weight_key: String, bias_key: String, f: &mut dyn FnMut(String, &Tensor)) {
-        if let Ok(w) = self.weight.unpacked() {
-            f(weight_key, &w);
-        }
-        if let Some(b) = &self.bias {
-            f(bias_key, b);
-        }
+        LinearParams { weight: &self.weight, bias: self.bias.as_deref() }
     }
 }
 
@@ -160,13 +143,20 @@ impl Module for Linear {
 }
 
 impl Params for Linear {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.visit_as(join(prefix, "weight"), join(prefix, "bias"), f);
+    /// The weight as the f32 matrix the layer computes with (int8 dequantized, packed unpacked), then
+    /// the bias.
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        if let Ok(w) = self.weight.unpacked() {
+            f(self.weight.name(), &w);
+        }
+        self.bias.visit(f);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use candle_core::{Device, Tensor};
 
     use super::*;
@@ -175,8 +165,11 @@ mod tests {
     fn packed_views_at_any_output_match_the_dense_layer() -> Result<()> {
         // Width 40: the outputs 40..120 do not start on a panel boundary and run dense; 64.. does.
         let (out, width) = (120, 40);
-        let weight = Tensor::randn(0f32, 1., (out, width), &Device::Cpu)?;
-        let full = Linear::from_tensors(weight, Some(Tensor::randn(0f32, 1., out, &Device::Cpu)?));
+        let tensors = HashMap::from([
+            ("fc.weight".to_string(), Tensor::randn(0f32, 1., (out, width), &Device::Cpu)?),
+            ("fc.bias".to_string(), Tensor::randn(0f32, 1., out, &Device::Cpu)?),
+        ]);
+        let full = Linear::new(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu).pp("fc"), width, out)?;
         let packed = full.with_weights(TowerWeights::Packed)?;
         let x = Tensor::randn(0f32, 1., (3, 5, width), &Device::Cpu)?;
         let gelu = |layer: Linear| kernels::linear(&x, layer.params(), Epilogue::BiasQuickGelu, false);
@@ -187,8 +180,8 @@ mod tests {
         }
         assert!(packed.outputs(100, 40).is_err());
         let mut seen = Vec::new();
-        packed.visit_as("w".into(), "b".into(), &mut |name, t| seen.push((name, t.dims().to_vec())));
-        assert_eq!(seen, [("w".to_string(), vec![out, width]), ("b".to_string(), vec![out])]);
+        packed.visit(&mut |name, t| seen.push((name.to_string(), t.dims().to_vec())));
+        assert_eq!(seen, [("fc.weight".to_string(), vec![out, width]), ("fc.bias".to_string(), vec![out])]);
         Ok(())
     }
 }

@@ -3,7 +3,7 @@ use candle_nn::VarBuilder;
 
 use super::{
     linear::{Linear, TowerWeights},
-    params::{join, Params},
+    params::Params,
 };
 use crate::{kernels, Result};
 
@@ -40,8 +40,8 @@ impl Mlp {
 }
 
 impl Params for Mlp {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.c_fc.visit(&join(prefix, "c_fc."), f);
-        self.c_proj.visit(&join(prefix, "c_proj."), f);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.c_fc.visit(f);
+        self.c_proj.visit(f);
     }
 }

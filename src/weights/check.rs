@@ -1,16 +1,41 @@
-//! Shape validation with errors a user can act on: the missing key with similar keys that were found, or the
-//! key with the shape found and the shape expected.
+//! The record of the names and shapes a model reads (taken from its constructor, so no name is spelled
+//! twice), and shape validation against it with errors a user can act on: the missing key with similar keys
+//! that were found, or the key with the shape found and the shape expected.
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
 
 use super::FUSION_PREFIX;
-use crate::{ActionClipConfig, Error, PostNetwork, Result};
+use crate::{Error, Result};
 
-/// Feed-forward width of the reference's `Transf_cls` encoder layers (PyTorch's default 2048).
-pub(crate) const TRANSF_CLS_FFN: usize = 2048;
-/// Rows of the `Transf` head's frame position embedding (an `nn.Embedding(77, D)` in the reference).
-pub(crate) const TRANSF_POSITIONS: usize = 77;
+/// Every `(name, shape)` that `build` reads from the builder it is given, in the order it reads them.
+/// The builder holds no weights (`contains_tensor` is false for every name, so optional weights are not
+/// read) and hands out zero-stride views of one zero, so even a full-size model costs almost no memory.
+pub(crate) fn recorded_shapes<T>(build: impl FnOnce(VarBuilder) -> Result<T>) -> Result<Vec<(String, Vec<usize>)>> {
+    let record = Mutex::new(Vec::new());
+    build(VarBuilder::from_backend(Box::new(ShapeRecorder(&record)), DType::F32, Device::Cpu))?;
+    Ok(record.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The [`SimpleBackend`] of [`recorded_shapes`]: it appends every read to its record.
+struct ShapeRecorder<'a>(&'a Mutex<Vec<(String, Vec<usize>)>>);
+
+impl SimpleBackend for ShapeRecorder<'_> {
+    fn get(&self, shape: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), shape.dims().to_vec()));
+        Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("reading {name} needs its shape, which a shape record cannot know")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
 
 /// The shape of every tensor of a map, by name.
 pub(crate) fn shapes_of(tensors: &HashMap<String, Tensor>) -> HashMap<String, Vec<usize>> {
@@ -69,108 +94,4 @@ pub(crate) fn similar_keys_hint<'a>(key: &str, keys: impl Iterator<Item = &'a St
     } else {
         None
     }
-}
-
-fn push_block(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, w: usize) {
-    let entries: [(&str, Vec<usize>); 12] = [
-        ("ln_1.weight", vec![w]),
-        ("ln_1.bias", vec![w]),
-        ("attn.in_proj_weight", vec![3 * w, w]),
-        ("attn.in_proj_bias", vec![3 * w]),
-        ("attn.out_proj.weight", vec![w, w]),
-        ("attn.out_proj.bias", vec![w]),
-        ("ln_2.weight", vec![w]),
-        ("ln_2.bias", vec![w]),
-        ("mlp.c_fc.weight", vec![4 * w, w]),
-        ("mlp.c_fc.bias", vec![4 * w]),
-        ("mlp.c_proj.weight", vec![w, 4 * w]),
-        ("mlp.c_proj.bias", vec![w]),
-    ];
-    for (name, shape) in entries {
-        out.push((format!("{prefix}{name}"), shape));
-    }
-}
-
-/// Every canonical key a model with `config` needs and its shape (CLIP towers, `visual.time_embedding` when
-/// joint, and the post-network head under `fusion_model.`), in a stable order. Pass it to [`check_shapes`]
-/// before building a model for clear errors.
-pub(crate) fn expected_shapes(config: &ActionClipConfig) -> Vec<(String, Vec<usize>)> {
-    let v = &config.clip.vision;
-    let t = &config.clip.text;
-    let e = config.clip.embed_dim;
-    let w = v.width;
-    let mut out: Vec<(String, Vec<usize>)> = vec![
-        ("visual.conv1.weight".into(), vec![w, 3, v.patch_size, v.patch_size]),
-        ("visual.class_embedding".into(), vec![w]),
-        ("visual.positional_embedding".into(), vec![v.tokens(), w]),
-        ("visual.ln_pre.weight".into(), vec![w]),
-        ("visual.ln_pre.bias".into(), vec![w]),
-    ];
-    for i in 0..v.layers {
-        push_block(&mut out, &format!("visual.transformer.resblocks.{i}."), w);
-    }
-    out.extend([
-        ("visual.ln_post.weight".into(), vec![w]),
-        ("visual.ln_post.bias".into(), vec![w]),
-        ("visual.proj".into(), vec![w, e]),
-        ("token_embedding.weight".into(), vec![t.vocab_size, t.width]),
-        ("positional_embedding".into(), vec![t.context_length, t.width]),
-    ]);
-    for i in 0..t.layers {
-        push_block(&mut out, &format!("transformer.resblocks.{i}."), t.width);
-    }
-    out.extend([
-        ("ln_final.weight".into(), vec![t.width]),
-        ("ln_final.bias".into(), vec![t.width]),
-        ("text_projection".into(), vec![t.width, e]),
-        ("logit_scale".into(), vec![]),
-    ]);
-    if config.prompt.joint {
-        out.push(("visual.time_embedding".into(), vec![config.frames, w]));
-    }
-    let d = e;
-    let f = FUSION_PREFIX;
-    match config.prompt.post {
-        PostNetwork::MeanPool => {}
-        PostNetwork::Conv1d { .. } => out.push((format!("{f}shift.weight"), vec![d, 1, 3])),
-        PostNetwork::Lstm => {
-            out.push((format!("{f}lstm_visual.weight_ih_l0"), vec![4 * d, d]));
-            out.push((format!("{f}lstm_visual.weight_hh_l0"), vec![4 * d, d]));
-            out.push((format!("{f}lstm_visual.bias_ih_l0"), vec![4 * d]));
-            out.push((format!("{f}lstm_visual.bias_hh_l0"), vec![4 * d]));
-        }
-        PostNetwork::Transformer { layers } => {
-            out.push((format!("{f}frame_position_embeddings.weight"), vec![TRANSF_POSITIONS, d]));
-            for i in 0..layers {
-                push_block(&mut out, &format!("{f}transformer.resblocks.{i}."), d);
-            }
-        }
-        PostNetwork::TransformerCls { layers } => {
-            out.push((format!("{f}transformer.cls_token"), vec![1, 1, d]));
-            out.push((format!("{f}transformer.pos_embed"), vec![1, config.frames + 1, d]));
-            for i in 0..layers {
-                let p = format!("{f}transformer.transformer_enc.layers.{i}.");
-                let entries: [(&str, Vec<usize>); 12] = [
-                    ("self_attn.in_proj_weight", vec![3 * d, d]),
-                    ("self_attn.in_proj_bias", vec![3 * d]),
-                    ("self_attn.out_proj.weight", vec![d, d]),
-                    ("self_attn.out_proj.bias", vec![d]),
-                    ("linear1.weight", vec![TRANSF_CLS_FFN, d]),
-                    ("linear1.bias", vec![TRANSF_CLS_FFN]),
-                    ("linear2.weight", vec![d, TRANSF_CLS_FFN]),
-                    ("linear2.bias", vec![d]),
-                    ("norm1.weight", vec![d]),
-                    ("norm1.bias", vec![d]),
-                    ("norm2.weight", vec![d]),
-                    ("norm2.bias", vec![d]),
-                ];
-                for (name, shape) in entries {
-                    out.push((format!("{p}{name}"), shape));
-                }
-            }
-            out.push((format!("{f}transformer.transformer_enc.norm.weight"), vec![d]));
-            out.push((format!("{f}transformer.transformer_enc.norm.bias"), vec![d]));
-        }
-    }
-    out
 }

@@ -69,7 +69,7 @@ mod names;
 mod pytorch;
 mod st;
 
-pub(crate) use check::{check_shapes, expected_shapes, shapes_of};
+pub(crate) use check::{check_shapes, recorded_shapes, shapes_of};
 #[cfg(feature = "hub")]
 pub use hub::{hub_model, hub_model_with, HubOptions};
 pub use infer::DEFAULT_FRAMES;

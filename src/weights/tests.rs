@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
 use super::*;
-use crate::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
+use crate::{ActionClip, ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
 
 fn tiny() -> ClipConfig {
     ClipConfig {
@@ -21,7 +21,8 @@ fn config(post: PostNetwork, joint: bool, frames: usize) -> ActionClipConfig {
 }
 
 fn zeros_for(cfg: &ActionClipConfig, dtype: DType) -> HashMap<String, Tensor> {
-    expected_shapes(cfg)
+    ActionClip::expected_shapes(cfg)
+        .unwrap()
         .into_iter()
         .map(|(k, s)| {
             let t = Tensor::zeros(s.as_slice(), dtype, &Device::Cpu).unwrap();
@@ -58,7 +59,7 @@ fn every_head_is_inferred_back_from_its_keys() {
         assert_eq!(w.inferred_frames(), inferred_frames, "{post:?}");
         let inferred = w.infer_config(frames).unwrap();
         assert_eq!(inferred, cfg, "{post:?}");
-        check_shapes(&w.tensors, &expected_shapes(&inferred)).unwrap();
+        check_shapes(&w.tensors, &ActionClip::expected_shapes(&inferred).unwrap()).unwrap();
     }
 }
 
@@ -82,13 +83,13 @@ fn the_references_unused_frame_positions_do_not_change_the_head() {
 #[test]
 fn expected_shapes_agree_with_from_shapes() {
     let cfg = config(PostNetwork::MeanPool, false, 8);
-    let shapes: HashMap<String, Vec<usize>> = expected_shapes(&cfg).into_iter().collect();
+    let shapes: HashMap<String, Vec<usize>> = ActionClip::expected_shapes(&cfg).unwrap().into_iter().collect();
     assert_eq!(ClipConfig::from_shapes(&shapes).unwrap(), tiny());
     assert_eq!(shapes["logit_scale"], Vec::<usize>::new());
     assert_eq!(shapes["visual.proj"], vec![64, 32]);
 }
 
-/// OpenAI CLIP names and shapes of both towers, written out by hand (independent of [`expected_shapes`]).
+/// OpenAI CLIP names and shapes of both towers, written out by hand (independent of [`ActionClip::expected_shapes`]).
 fn openai_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
     let block = |out: &mut Vec<(String, Vec<usize>)>, p: &str, w: usize| {
         for (n, s) in [
@@ -181,7 +182,7 @@ fn shape_errors_name_key_found_and_expected() {
         }
         other => panic!("expected MissingKey with a hint, got {other:?}"),
     }
-    let err = check_shapes(&clip, &expected_shapes(&config(PostNetwork::Lstm, false, 8))).unwrap_err();
+    let err = check_shapes(&clip, &ActionClip::expected_shapes(&config(PostNetwork::Lstm, false, 8)).unwrap()).unwrap_err();
     assert!(
         err.to_string().contains("fusion_model.lstm_visual.weight_ih_l0") && err.to_string().contains("no fusion_model"),
         "{err}"

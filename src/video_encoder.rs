@@ -5,10 +5,7 @@ use candle_nn::VarBuilder;
 use crate::{
     clip::VisionTransformer,
     config::ActionClipConfig,
-    nn::{
-        params::{join, Params},
-        TowerWeights,
-    },
+    nn::{params::Params, TowerWeights},
     temporal::TemporalHead,
     Error, Result,
 };
@@ -125,8 +122,8 @@ impl VideoEncoder {
 }
 
 impl Params for VideoEncoder {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.visual.visit(&join(prefix, "visual."), f);
-        self.head.visit(&join(prefix, "fusion_model."), f);
+    fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.visual.visit(f);
+        self.head.visit(f);
     }
 }
