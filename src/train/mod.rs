@@ -2,7 +2,7 @@
 //! [`Event`]s to an [`Observer`]; AdamW over the reference's parameter groups ([`optimizer`]), per-iteration
 //! schedules ([`schedule`]), f32 master weights with optional half-precision compute ([`vars`]), evaluation
 //! with the template ensemble ([`eval`]), atomic checkpoints and exact resume ([`checkpoint`]), metrics and
-//! plots.
+//! plots; the reference's YAML settings ([`recipe`]) and the synthetic demo ([`demo`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,10 +37,12 @@ mod templates;
 mod trainer;
 
 pub mod checkpoint;
+pub mod demo;
 pub mod eval;
 pub mod metrics;
 pub mod optimizer;
 pub mod plots;
+pub mod recipe;
 pub mod schedule;
 pub mod vars;
 
