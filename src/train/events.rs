@@ -117,7 +117,7 @@ pub struct StepOutput {
 }
 
 /// The outcome of [`Trainer::fit`](super::Trainer::fit).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     /// Completed epochs.
     pub epochs: usize,

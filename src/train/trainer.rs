@@ -275,21 +275,12 @@ impl Trainer {
             frozen,
             resumed: self.resumed,
         });
-        let summary = RunSummary {
-            epochs: self.state.epoch,
-            steps: self.state.step,
-            stopped: false,
-            best_top1: self.state.best_top1,
-            best_epoch: self.state.best_epoch,
-            zero_shot: None,
-            last_eval: None,
-            multi_view: None,
-            seconds: 0.0,
-            epoch_losses: self.state.epoch_losses.clone(),
-        };
+        let mut summary = RunSummary { epoch_losses: self.state.epoch_losses.clone(), ..RunSummary::default() };
+        self.update_summary(&mut summary);
         let now = Instant::now();
         let mut run = Run { data, observer, out, classes, prompts, batches, summary, called, training: now, epoch_began: now, step_ended: now };
-        if let (Some(test), true, true) = (&data.test, self.cfg.zero_shot_eval, !self.resumed && self.state.step == 0) {
+        let fresh = !self.resumed && self.state.step == 0;
+        if let (Some(test), true) = (&data.test, fresh && self.cfg.zero_shot_eval) {
             run.summary.zero_shot = Some(self.run_eval(&mut run, test, EvalKind::ZeroShot)?);
         }
         run.training = Instant::now();
