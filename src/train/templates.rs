@@ -43,7 +43,7 @@ impl PromptBank {
         for s in &sentences {
             ids.extend(tokenizer.tokenize(s, true)?);
         }
-        let row = ids.len() / (prompts::ACTIONCLIP_TEMPLATES.len() * words.len());
+        let row = ids.len() / sentences.len().max(1);
         Ok(Self { ids, row, classes: words.len(), context })
     }
 
@@ -92,5 +92,6 @@ mod tests {
         let c = bank.draw(&labels, 3, 1, 3, &Device::Cpu).unwrap();
         assert_ne!(a.to_vec2::<u32>().unwrap(), c.to_vec2::<u32>().unwrap(), "another batch draws other templates");
         assert!(bank.draw(&[2], 3, 1, 2, &Device::Cpu).is_err());
+        assert!(PromptBank::new(&tok, &[], 77).unwrap().draw(&[0], 3, 1, 2, &Device::Cpu).is_err());
     }
 }
