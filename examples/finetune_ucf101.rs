@@ -9,40 +9,32 @@
 //! cargo run --release --features video --example finetune_ucf101 -- --root data/UCF-101 \
 //!     --weights runs/ucf101_b16/best --evaluate-only --multi-view 4x3
 //! ```
-//! Settings come from defaults (the reference's UCF101 recipe), then the optional `--config` file (TOML or
-//! YAML, with the reference's keys: `network.arch`, `network.sim_header`, `data.num_segments`,
-//! `solver.lr`, ... or the same names as the flags), then the flags. Ctrl-C saves `last/` and exits; a
-//! second Ctrl-C exits at once. Everything lands in `--output` (metrics.jsonl, config.json, curves.png,
-//! confusion.png, summary.md, last/, best/).
+//! Settings come from defaults (the reference's UCF101 recipe, or the demo's with `--demo`), then the
+//! optional `--config` file (TOML or YAML, with the reference's keys: `network.arch`, `network.sim_header`,
+//! `data.num_segments`, `solver.lr`, ... or the same names as the flags; see `actionclip::train::recipe`),
+//! then the flags. Ctrl-C saves `last/` and exits; a second Ctrl-C exits at once. Everything lands in
+//! `--output` (metrics.jsonl, config.json, curves.png, confusion.png, summary.md, last/, best/).
 //!
-//! The demo's model is tiny (vision width 64 x 2 layers, patch 8, 32 px; text width 64 x 1 layer; temporal
-//! shift + a 1-layer Transf head). Its text tower keeps its random initialisation: trained from scratch on
-//! eight label sentences that differ in one word, it maps the sentences of classes the image tower cannot
-//! tell apart yet onto one point, and then no gradient can separate them again (the four translations and
-//! the two rotations stayed confused at ~48% top-1); frozen, the eight sentence embeddings stay distinct
-//! targets and the image tower and temporal head learn the motions. Environment variables `DEMO_VW`,
-//! `DEMO_VL`, `DEMO_TW`, `DEMO_TL`, `DEMO_PATCH`, `DEMO_RES` and `DEMO_HL` change its vision width and
-//! layers, text width and layers, patch size, resolution (the clips are 64x64) and temporal-head layers,
-//! `DEMO_CLIPS` the clips per class (96 by default, 99 at most; a tenth of them, at least one, are test
-//! clips), `DEMO_TRAIN_TEXT=1` trains the text tower too (at `--lr`) and `DEMO_JITTER=1` turns colour
-//! jitter on.
+//! The demo (`actionclip::train::demo`) trains a tiny model (vision width 64 x 2 layers, patch 8, 32 px;
+//! a frozen text tower of width 64 x 1 layer; temporal shift + a 1-layer Transf head) on 8 synthetic motion
+//! classes; the `--demo-*` flags change its model, data and augmentation.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actionclip::data::{self, ClipPipeline, ClipTransform, Loader, LoaderConfig, Sampling, Storage, Subset, VideoDataset};
-use actionclip::train::{
-    AdamWConfig, EvalReport, Event, Freeze, Observer, Precision, SchedulePolicy, StartFrom, TrainConfig, TrainData, TrainError, Trainer,
-};
-use actionclip::{ActionClipConfig, ClipConfig, PostNetwork, TextConfig, TowerWeights, VisionConfig, VisualPrompt};
+use actionclip::data::{ClipPipeline, Loader, LoaderConfig, Sampling, Storage, Subset, VideoDataset};
+use actionclip::train::demo::Demo;
+use actionclip::train::recipe::Recipe;
+use actionclip::train::{AdamWConfig, EvalReport, Event, Freeze, Observer, Precision, RunSummary, StartFrom, TrainConfig, TrainData, TrainError, Trainer};
+use actionclip::{ActionClipConfig, ClipConfig, TowerWeights};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-#[derive(Parser, Debug, Default, Serialize)]
+#[derive(Parser, Debug, Serialize)]
 #[command(about = "Fine-tune ActionCLIP on UCF101 (or a synthetic demo dataset)")]
 struct Args {
     /// A TOML or YAML file with the reference's keys (or the flags' names); flags override it.
@@ -51,6 +43,8 @@ struct Args {
     /// Write a synthetic UCF101-layout dataset into the run directory and train a tiny model from scratch.
     #[arg(long)]
     demo: bool,
+    #[command(flatten)]
+    demo_flags: DemoFlags,
     /// UCF101 root (class folders with videos, or frame folders with --frame-folders).
     #[arg(long)]
     root: Option<PathBuf>,
@@ -112,7 +106,7 @@ struct Args {
     /// Warmup epochs.
     #[arg(long)]
     warmup: Option<f64>,
-    /// Schedule: cosine or multistep.
+    /// Schedule: cosine, multistep or constant.
     #[arg(long)]
     schedule: Option<String>,
     /// Clips per batch.
@@ -172,292 +166,100 @@ struct Args {
     device: String,
 }
 
-/// Every setting, resolved (written into the run's config.json).
-#[derive(Debug, Clone, Serialize)]
-struct Settings {
-    arch: String,
-    weights: Option<String>,
-    scratch: bool,
-    frames: usize,
-    seg_length: usize,
-    sim_header: String,
-    joint: bool,
-    tsm: bool,
-    epochs: usize,
-    lr: f64,
-    ratio: f64,
-    f_ratio: f64,
-    weight_decay: f64,
-    warmup: f64,
-    schedule: String,
-    lr_decay_step: Vec<f64>,
-    lr_decay_factor: f64,
-    batch_size: usize,
-    workers: usize,
-    split: u8,
-    input_size: Option<u32>,
-    root: Option<PathBuf>,
-    train_list: Option<PathBuf>,
-    val_list: Option<PathBuf>,
-    label_list: Option<PathBuf>,
-    output: PathBuf,
-    resume: Option<PathBuf>,
-    evaluate_only: bool,
-    seed: u64,
-    eval_freq: usize,
+/// The demo's model, data and augmentation (with --demo).
+#[derive(clap::Args, Debug, Serialize)]
+struct DemoFlags {
+    /// Demo: image tower width.
+    #[arg(long, default_value_t = Demo::default().vision_width)]
+    demo_vision_width: usize,
+    /// Demo: image tower layers.
+    #[arg(long, default_value_t = Demo::default().vision_layers)]
+    demo_vision_layers: usize,
+    /// Demo: text tower width (a multiple of 64).
+    #[arg(long, default_value_t = Demo::default().text_width)]
+    demo_text_width: usize,
+    /// Demo: text tower layers.
+    #[arg(long, default_value_t = Demo::default().text_layers)]
+    demo_text_layers: usize,
+    /// Demo: patch size.
+    #[arg(long, default_value_t = Demo::default().patch_size)]
+    demo_patch: usize,
+    /// Demo: resolution of the model and its input (the clips are 64x64).
+    #[arg(long, default_value_t = Demo::default().resolution)]
+    demo_resolution: usize,
+    /// Demo: layers of the temporal Transformer head.
+    #[arg(long, default_value_t = Demo::default().head_layers)]
+    demo_head_layers: usize,
+    /// Demo: clips per class (2 to 99; a tenth of them, at least one, are test clips).
+    #[arg(long, default_value_t = Demo::default().clips_per_class)]
+    demo_clips: usize,
+    /// Demo: train the text tower too (at --lr).
+    #[arg(long)]
+    demo_train_text: bool,
+    /// Demo: colour jitter and random grayscale on the training clips.
+    #[arg(long)]
+    demo_jitter: bool,
 }
 
-impl Default for Settings {
-    /// The reference's UCF101 recipe (configs/ucf101/ucf_train.yaml).
-    fn default() -> Self {
-        Self {
-            arch: "ViT-B/16".into(),
-            weights: None,
-            scratch: false,
-            frames: 8,
-            seg_length: 1,
-            sim_header: "Transf".into(),
-            joint: false,
-            tsm: false,
-            epochs: 50,
-            lr: 5e-6,
-            ratio: 1.0,
-            f_ratio: 10.0,
-            weight_decay: 0.2,
-            warmup: 5.0,
-            schedule: "cosine".into(),
-            lr_decay_step: vec![15.0],
-            lr_decay_factor: 0.1,
-            batch_size: 32,
-            workers: 2,
-            split: 1,
-            input_size: None,
-            root: None,
-            train_list: None,
-            val_list: None,
-            label_list: None,
-            output: PathBuf::from("runs/finetune_ucf101"),
-            resume: None,
-            evaluate_only: false,
-            seed: 1024,
-            eval_freq: 1,
+impl DemoFlags {
+    fn demo(&self) -> Demo {
+        Demo {
+            vision_width: self.demo_vision_width,
+            vision_layers: self.demo_vision_layers,
+            text_width: self.demo_text_width,
+            text_layers: self.demo_text_layers,
+            patch_size: self.demo_patch,
+            resolution: self.demo_resolution,
+            head_layers: self.demo_head_layers,
+            clips_per_class: self.demo_clips,
+            train_text: self.demo_train_text,
+            color_jitter: self.demo_jitter,
         }
     }
 }
 
-/// Reads a TOML or YAML config into JSON.
+/// Defaults (the reference's recipe or the demo's), then the `--config` file, then the flags.
+fn resolve_recipe(args: &Args) -> Result<Recipe> {
+    let mut recipe = if args.demo { args.demo_flags.demo().recipe() } else { Recipe::default() };
+    if let Some(path) = &args.config {
+        recipe.apply(&read_config(path)?).with_context(|| format!("reading {}", path.display()))?;
+    }
+    apply_args(&mut recipe, args);
+    Ok(recipe)
+}
+
+/// Reads a TOML or YAML file into JSON.
 fn read_config(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let is_toml = path.extension().is_some_and(|e| e == "toml");
-    Ok(if is_toml {
+    Ok(if path.extension().is_some_and(|e| e == "toml") {
         serde_json::to_value(toml::from_str::<toml::Value>(&text).with_context(|| format!("{} is not valid TOML", path.display()))?)?
     } else {
         serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&text).with_context(|| format!("{} is not valid YAML", path.display()))?)?
     })
 }
 
-/// The first of `keys` (dotted paths) present in the config.
-fn lookup<'a>(cfg: &'a serde_json::Value, keys: &[&str]) -> Option<&'a serde_json::Value> {
-    keys.iter().find_map(|k| {
-        let mut v = cfg;
-        for part in k.split('.') {
-            v = v.get(part)?;
-        }
-        (!v.is_null()).then_some(v)
-    })
-}
-
-fn apply_config(s: &mut Settings, cfg: &serde_json::Value) -> Result<()> {
-    macro_rules! take {
-        ($field:expr, $keys:expr, $conv:ident) => {
-            if let Some(v) = lookup(cfg, $keys) {
-                $field = $conv(v).with_context(|| format!("config key {:?}: {v}", $keys[0]))?;
-            }
-        };
-    }
-    fn f(v: &serde_json::Value) -> Result<f64> {
-        v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).context("expected a number")
-    }
-    fn u(v: &serde_json::Value) -> Result<usize> {
-        v.as_u64().map(|x| x as usize).context("expected a whole number")
-    }
-    fn b(v: &serde_json::Value) -> Result<bool> {
-        v.as_bool().context("expected true or false")
-    }
-    fn st(v: &serde_json::Value) -> Result<String> {
-        v.as_str().map(str::to_string).context("expected a string")
-    }
-    fn os(v: &serde_json::Value) -> Result<Option<String>> {
-        Ok(v.as_str().filter(|s| !s.is_empty()).map(str::to_string))
-    }
-    fn op(v: &serde_json::Value) -> Result<Option<PathBuf>> {
-        Ok(v.as_str().filter(|s| !s.is_empty()).map(PathBuf::from))
-    }
-    fn steps(v: &serde_json::Value) -> Result<Vec<f64>> {
-        match v {
-            serde_json::Value::Array(a) => a.iter().map(f).collect(),
-            other => Ok(vec![f(other)?]),
-        }
-    }
-    take!(s.arch, &["network.arch", "arch"], st);
-    take!(s.weights, &["pretrain", "weights"], os);
-    take!(s.frames, &["data.num_segments", "frames"], u);
-    take!(s.seg_length, &["data.seg_length", "seg_length"], u);
-    take!(s.sim_header, &["network.sim_header", "sim_header"], st);
-    take!(s.joint, &["network.joint", "joint"], b);
-    take!(s.tsm, &["network.tsm", "tsm"], b);
-    take!(s.epochs, &["solver.epochs", "epochs"], u);
-    take!(s.lr, &["solver.lr", "lr"], f);
-    take!(s.ratio, &["solver.ratio", "ratio"], f);
-    take!(s.f_ratio, &["solver.f_ratio", "f_ratio"], f);
-    take!(s.weight_decay, &["solver.weight_decay", "weight_decay"], f);
-    take!(s.warmup, &["solver.lr_warmup_step", "warmup"], f);
-    take!(s.schedule, &["solver.type", "schedule"], st);
-    take!(s.lr_decay_step, &["solver.lr_decay_step", "lr_decay_step"], steps);
-    take!(s.lr_decay_factor, &["solver.lr_decay_factor", "lr_decay_factor"], f);
-    take!(s.batch_size, &["data.batch_size", "batch_size"], u);
-    take!(s.workers, &["data.workers", "workers"], u);
-    if let Some(v) = lookup(cfg, &["data.split", "split"]) {
-        s.split = u(v)? as u8;
-    }
-    if let Some(v) = lookup(cfg, &["data.input_size", "input_size"]) {
-        s.input_size = Some(u(v)? as u32);
-    }
-    take!(s.root, &["data.root", "root"], op);
-    take!(s.train_list, &["data.train_list", "train_list"], op);
-    take!(s.val_list, &["data.val_list", "val_list"], op);
-    take!(s.label_list, &["data.label_list", "label_list"], op);
-    take!(s.resume, &["resume"], op);
-    take!(s.evaluate_only, &["solver.evaluate", "evaluate_only"], b);
-    if let Some(v) = lookup(cfg, &["output", "logging.output"]) {
-        s.output = PathBuf::from(st(v)?);
-    }
-    if let Some(v) = lookup(cfg, &["seed"]) {
-        s.seed = u(v)? as u64;
-    }
-    take!(s.eval_freq, &["logging.eval_freq", "eval_freq"], u);
-    Ok(())
-}
-
-fn apply_args(s: &mut Settings, a: &Args) {
+/// The flags given override the recipe.
+fn apply_args(r: &mut Recipe, a: &Args) {
     macro_rules! over {
-        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { s.$f = v; } )* };
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { r.$f = v; } )* };
     }
     over!(arch, frames, seg_length, sim_header, joint, tsm, epochs, lr, ratio, f_ratio, weight_decay, warmup, schedule, batch_size, workers, split, output, seed);
+    for (dst, src) in [(&mut r.root, &a.root), (&mut r.train_list, &a.train_list), (&mut r.val_list, &a.val_list), (&mut r.label_list, &a.label_list)] {
+        if src.is_some() {
+            dst.clone_from(src);
+        }
+    }
     if a.weights.is_some() {
-        s.weights = a.weights.clone();
+        r.weights.clone_from(&a.weights);
     }
     if a.input_size.is_some() {
-        s.input_size = a.input_size;
+        r.input_size = a.input_size;
     }
-    for (dst, src) in [(&mut s.root, &a.root), (&mut s.train_list, &a.train_list), (&mut s.val_list, &a.val_list), (&mut s.label_list, &a.label_list)] {
-        if src.is_some() {
-            *dst = src.clone();
-        }
+    if let Some(path) = &a.resume {
+        r.resume = Some(if path.as_os_str().is_empty() { r.output.join("last") } else { path.clone() });
     }
-    if let Some(r) = &a.resume {
-        s.resume = Some(if r.as_os_str().is_empty() { s.output.join("last") } else { r.clone() });
-    }
-    s.scratch |= a.scratch;
-    s.evaluate_only |= a.evaluate_only;
-}
-
-/// The demo: 8 synthetic motion classes, a tiny model from scratch (or from `--weights`, e.g. a demo run's
-/// `best`, to evaluate it).
-fn demo_settings(s: &mut Settings, a: &Args) {
-    s.arch = "demo-tiny".into();
-    s.scratch = true;
-    s.frames = a.frames.unwrap_or(8);
-    s.sim_header = a.sim_header.clone().unwrap_or_else(|| "Transf".into());
-    s.tsm = a.tsm.unwrap_or(true);
-    s.epochs = a.epochs.unwrap_or(DEMO_EPOCHS);
-    s.lr = a.lr.unwrap_or(1e-3);
-    s.ratio = a.ratio.unwrap_or(1.0);
-    s.f_ratio = a.f_ratio.unwrap_or(1.0);
-    s.weight_decay = a.weight_decay.unwrap_or(0.05);
-    s.warmup = a.warmup.unwrap_or(1.0);
-    s.batch_size = a.batch_size.unwrap_or(8);
-    s.workers = a.workers.unwrap_or(1);
-    s.input_size = Some(demo_env("DEMO_RES", 32) as u32);
-    s.seed = a.seed.unwrap_or(0);
-    if a.output.is_none() {
-        s.output = PathBuf::from("runs/finetune_demo");
-    }
-}
-
-/// Demo epochs (87 steps of 8 clips each).
-const DEMO_EPOCHS: usize = 60;
-/// Synthetic clips per class in the demo (one UCF group each; at most 99).
-const DEMO_CLIPS_PER_CLASS: usize = 96;
-
-/// The demo's synthetic dataset: 8 motion classes of `DEMO_CLIPS` (default 96) clips, a tenth of them
-/// test clips, 32 frames of 64x64 as JPEG frame folders.
-fn demo_data_config() -> data::synthetic::SyntheticConfig {
-    let clips = demo_env("DEMO_CLIPS", DEMO_CLIPS_PER_CLASS).max(2);
-    data::synthetic::SyntheticConfig {
-        num_classes: 8,
-        clips_per_class: clips,
-        test_clips_per_class: (clips / 10).max(1),
-        frames: 32,
-        width: 64,
-        height: 64,
-        seed: 0,
-        format: data::synthetic::SyntheticFormat::FrameFolders,
-        ..Default::default()
-    }
-}
-
-/// Writes the demo dataset into `root`, replacing whatever is there: it takes a few seconds and is
-/// deterministic, so a resumed run sees the same clips, while a dataset left by another version of the
-/// generator or other settings is never reused.
-fn demo_dataset(root: &Path) -> Result<()> {
-    if root.exists() {
-        std::fs::remove_dir_all(root).with_context(|| format!("removing the old demo dataset {}", root.display()))?;
-    }
-    data::synthetic::write_dataset(root, &demo_data_config())?;
-    Ok(())
-}
-
-fn demo_model(frames: usize, prompt: VisualPrompt) -> ActionClipConfig {
-    ActionClipConfig {
-        clip: ClipConfig {
-            vision: VisionConfig { width: demo_env("DEMO_VW", 64), layers: demo_env("DEMO_VL", 2), heads: 1, patch_size: demo_env("DEMO_PATCH", 8), image_size: demo_env("DEMO_RES", 32) },
-            text: TextConfig { width: demo_env("DEMO_TW", 64), layers: demo_env("DEMO_TL", 1), heads: demo_env("DEMO_TW", 64) / 64, vocab_size: 49408, context_length: 77 },
-            embed_dim: 64,
-        },
-        frames,
-        prompt,
-    }
-}
-
-fn demo_env(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn post_network(name: &str, layers: Option<usize>) -> Result<PostNetwork> {
-    let mut post = PostNetwork::from_reference_name(name)?;
-    match &mut post {
-        PostNetwork::Transformer { layers: l } | PostNetwork::TransformerCls { layers: l } => {
-            if let Some(n) = layers {
-                *l = n;
-            }
-        }
-        // Our files convolve along time; the reference's reshape is only for its own checkpoints.
-        PostNetwork::Conv1d { reference_reshape } => *reference_reshape = false,
-        _ => {}
-    }
-    Ok(post)
-}
-
-fn hub_id(arch: &str) -> Option<&'static str> {
-    let key: String = arch.to_lowercase().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '@').collect();
-    match key.as_str() {
-        "vitb32" => Some("openai/clip-vit-base-patch32"),
-        "vitb16" => Some("openai/clip-vit-base-patch16"),
-        "vitl14" => Some("openai/clip-vit-large-patch14"),
-        "vitl14@336px" | "vitl14336" => Some("openai/clip-vit-large-patch14-336"),
-        _ => None,
-    }
+    r.scratch |= a.scratch;
+    r.evaluate_only |= a.evaluate_only;
 }
 
 fn device(spec: &str) -> Result<Device> {
@@ -469,315 +271,130 @@ fn device(spec: &str) -> Result<Device> {
     })
 }
 
-/// Progress bars, Ctrl-C and a few printed lines.
-struct Console {
-    bars: MultiProgress,
-    total: ProgressBar,
-    epoch: ProgressBar,
-    eval: Option<ProgressBar>,
-    stop: Arc<AtomicBool>,
-    epochs: usize,
-    last_loss: f64,
-    started: Instant,
+/// The training and test clips: the demo's synthetic dataset, TSN list files or UCF101 splits.
+fn datasets(r: &Recipe, args: &Args) -> Result<(VideoDataset, VideoDataset)> {
+    if args.demo {
+        let t0 = Instant::now();
+        let root = r.output.join("data");
+        let (train, test) = args.demo_flags.demo().write_dataset(&root)?;
+        println!("demo dataset: {} ({} classes, {} training and {} test clips, written in {:.1} s)", root.display(), train.num_classes(), train.len(), test.len(), t0.elapsed().as_secs_f64());
+        return Ok((train, test));
+    }
+    if let Some(train_list) = &r.train_list {
+        let labels = r.label_list.as_ref().context("--train-list needs --label-list")?;
+        let val = r.val_list.as_ref().context("--train-list needs --val-list")?;
+        let root = r.root.as_deref();
+        return Ok((VideoDataset::from_list(train_list, labels, root)?, VideoDataset::from_list(val, labels, root)?));
+    }
+    let root = r.root.as_ref().context("give --root (the UCF101 folder), --train-list/--val-list/--label-list, or --demo")?;
+    let storage = if args.frame_folders { Storage::FrameFolders } else { Storage::Videos };
+    Ok(match &args.splits {
+        Some(dir) => (
+            VideoDataset::ucf101_with_splits(root, dir, r.split, Subset::Train, storage)?,
+            VideoDataset::ucf101_with_splits(root, dir, r.split, Subset::Test, storage)?,
+        ),
+        None => (VideoDataset::ucf101(root, r.split, Subset::Train, storage)?, VideoDataset::ucf101(root, r.split, Subset::Test, storage)?),
+    })
 }
 
-impl Console {
-    fn new(stop: Arc<AtomicBool>) -> Self {
-        let bars = MultiProgress::new();
-        let total = bars.add(ProgressBar::new(0));
-        total.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.cyan/blue}] {pos}/{len} steps  {elapsed_precise} elapsed, ETA {eta_precise}").unwrap().progress_chars("=> "));
-        total.set_prefix("run");
-        let epoch = bars.add(ProgressBar::new(0));
-        epoch.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.green/white}] {pos}/{len} batches  {msg}").unwrap().progress_chars("=> "));
-        Self { bars, total, epoch, eval: None, stop, epochs: 0, last_loss: f64::NAN, started: Instant::now() }
+/// The model to train and where its weights start: the demo's tiny model, the `--arch` dimensions from
+/// scratch, or a checkpoint (`--weights`, or OpenAI's weights for `--arch`).
+fn model(r: &Recipe, args: &Args) -> Result<(ActionClipConfig, StartFrom)> {
+    let head_layers = args.demo.then_some(args.demo_flags.demo_head_layers);
+    let prompt = r.visual_prompt(head_layers)?;
+    if args.demo && r.weights.is_none() {
+        return Ok((args.demo_flags.demo().model_config(r.frames, prompt), StartFrom::Scratch));
     }
-
-    fn println(&self, line: String) {
-        if self.bars.is_hidden() {
-            println!("{line}");
-        } else {
-            let _ = self.bars.println(line);
-        }
+    if r.scratch && r.weights.is_none() {
+        return Ok((ActionClipConfig { clip: ClipConfig::by_name(&r.arch)?, frames: r.frames, prompt }, StartFrom::Scratch));
     }
-}
-
-impl Observer for Console {
-    fn event(&mut self, event: &Event<'_>) {
-        match event {
-            Event::Started { epochs, start_epoch, start_step, steps_per_epoch, trainable, frozen, resumed, batches_per_epoch } => {
-                self.epochs = *epochs;
-                self.total.set_length((epochs * steps_per_epoch) as u64);
-                self.total.set_position(*start_step as u64);
-                self.total.reset_eta();
-                self.println(format!(
-                    "{} {} epochs x {} batches ({} steps each); {:.2} M trainable, {:.2} M frozen parameters{}",
-                    if *resumed { "resuming:" } else { "training:" },
-                    epochs,
-                    batches_per_epoch,
-                    steps_per_epoch,
-                    *trainable as f64 / 1e6,
-                    *frozen as f64 / 1e6,
-                    if *resumed { format!(" (from epoch {start_epoch}, step {start_step})") } else { String::new() }
-                ));
-            }
-            Event::EpochStarted { epoch, batches, done } => {
-                self.epoch.set_prefix(format!("ep {}/{}", epoch + 1, self.epochs));
-                self.epoch.set_length(*batches as u64);
-                self.epoch.set_position(*done as u64);
-                self.epoch.reset_eta();
-            }
-            Event::Batch { done, loss, .. } => {
-                self.epoch.set_position(*done as u64);
-                self.last_loss = *loss;
-            }
-            Event::Step(s) => {
-                self.total.set_position(s.step as u64);
-                self.epoch.set_message(format!("loss {:.4}  lr {:.2e}  {:.1} clips/s", s.loss, s.lr, s.clips_per_s));
-            }
-            Event::LoaderFailures(failures) => {
-                for f in failures.iter() {
-                    self.println(format!("skipped clip {}: {}", f.path.display(), f.reason));
-                }
-            }
-            Event::EvalStarted { batches, multi_view, .. } => {
-                let bar = self.bars.add(ProgressBar::new(*batches as u64));
-                bar.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.yellow/white}] {pos}/{len} batches  ETA {eta}").unwrap().progress_chars("=> "));
-                bar.set_prefix(if *multi_view { "test-mv" } else { "test" });
-                self.eval = Some(bar);
-            }
-            Event::EvalProgress { done, .. } => {
-                if let Some(b) = &self.eval {
-                    b.set_position(*done as u64);
-                }
-            }
-            Event::Evaluated(report, log) => {
-                if let Some(b) = self.eval.take() {
-                    b.finish_and_clear();
-                    self.bars.remove(&b);
-                }
-                let what = if log.zero_shot { "starting weights (zero-shot)".to_string() } else if report.views > 1 { format!("multi-view ({} views)", report.views) } else { format!("epoch {}", report.epoch) };
-                self.println(format!(
-                    "{what}: top-1 {:.2}%  top-5 {:.2}%  mean class {:.2}%  ({} clips, {:.1} s)",
-                    100.0 * report.top1,
-                    100.0 * report.top5,
-                    100.0 * report.mean_class_accuracy,
-                    report.samples,
-                    report.seconds
-                ));
-            }
-            Event::EpochEnded(e) => {
-                self.println(format!("epoch {} done: train loss {:.4}, {:.1} s training, {:.0} s so far", e.epoch, e.train_loss, e.train_seconds, self.started.elapsed().as_secs_f64()));
-            }
-            Event::CheckpointSaved { path, best } => {
-                if *best {
-                    self.println(format!("new best -> {}", path.display()));
-                }
-            }
-            Event::Stopped { epoch, step } => {
-                self.println(format!("stopped at epoch {epoch}, step {step}; resume with --resume"));
-            }
-        }
-    }
-
-    fn should_stop(&mut self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-}
-
-fn loader(ds: VideoDataset, pipeline: ClipPipeline, s: &Settings, train: bool, device: &Device) -> Result<Loader> {
-    let cfg = LoaderConfig {
-        batch_size: s.batch_size,
-        workers: s.workers,
-        prefetch: 2,
-        shuffle: train,
-        seed: s.seed,
-        drop_last: false,
-        device: device.clone(),
-        ..LoaderConfig::default()
+    let source = match (&r.weights, r.hub_id()) {
+        (Some(w), _) => w.clone(),
+        (None, Some(id)) => id.to_string(),
+        (None, None) => bail!("no --weights and no known --arch {:?}; give one (or --scratch)", r.arch),
     };
+    let weights = actionclip::weights::load(&source).with_context(|| format!("loading the starting weights {source}"))?;
+    let mut cfg = weights.action_clip_config()?;
+    // A checkpoint of our own runs knows its frames and prompt; flags still override them.
+    let from_our_run = weights.config.is_some();
+    if !from_our_run || args.frames.is_some() || args.sim_header.is_some() || args.tsm.is_some() || args.joint.is_some() {
+        cfg.frames = r.frames;
+        cfg.prompt = prompt;
+    }
+    println!("starting weights: {} ({}), {:?}", weights.path.display(), weights.format, cfg.prompt);
+    Ok((cfg, StartFrom::Weights(Box::new(weights))))
+}
+
+fn loader(ds: VideoDataset, pipeline: ClipPipeline, r: &Recipe, train: bool, device: &Device) -> Result<Loader> {
+    let cfg = LoaderConfig { batch_size: r.batch_size, workers: r.workers, prefetch: 2, shuffle: train, seed: r.seed, drop_last: false, device: device.clone(), ..LoaderConfig::default() };
     Ok(Loader::new(ds, pipeline, cfg)?)
 }
 
-fn datasets(s: &Settings, frame_folders: bool, splits: Option<&Path>) -> Result<(VideoDataset, VideoDataset)> {
-    if let Some(train_list) = &s.train_list {
-        let labels = s.label_list.as_ref().context("--train-list needs --label-list")?;
-        let val = s.val_list.as_ref().context("--train-list needs --val-list")?;
-        let root = s.root.as_deref();
-        return Ok((VideoDataset::from_list(train_list, labels, root)?, VideoDataset::from_list(val, labels, root)?));
+/// Loaders for training, the per-epoch test and the optional multi-view test.
+fn train_data(r: &Recipe, args: &Args, model_cfg: &ActionClipConfig, (train, test): (VideoDataset, VideoDataset), device: &Device) -> Result<TrainData> {
+    let frames = model_cfg.frames;
+    let input = r.input_size.unwrap_or(model_cfg.clip.vision.image_size as u32);
+    let with_segments = |mut p: ClipPipeline| -> Result<ClipPipeline> {
+        p.sampling = Sampling::with_seg_length(frames, r.seg_length)?;
+        Ok(p)
+    };
+    let mut train_pipeline = with_segments(ClipPipeline::train(frames, input)?)?;
+    if args.demo {
+        args.demo_flags.demo().adapt_train_pipeline(&mut train_pipeline);
     }
-    let root = s.root.as_ref().context("give --root (the UCF101 folder), --train-list/--val-list/--label-list, or --demo")?;
-    let storage = if frame_folders { Storage::FrameFolders } else { Storage::Videos };
-    Ok(match splits {
-        Some(dir) => (
-            VideoDataset::ucf101_with_splits(root, dir, s.split, Subset::Train, storage)?,
-            VideoDataset::ucf101_with_splits(root, dir, s.split, Subset::Test, storage)?,
-        ),
-        None => (VideoDataset::ucf101(root, s.split, Subset::Train, storage)?, VideoDataset::ucf101(root, s.split, Subset::Test, storage)?),
-    })
+    let test_pipeline = with_segments(ClipPipeline::test(frames, input)?)?;
+    let multi_view = match &args.multi_view {
+        Some(spec) => {
+            let (clips, crops) = parse_views(spec)?;
+            let pipeline = with_segments(ClipPipeline::multi_view(frames, input, clips, crops == 3)?)?;
+            Some(loader(test.clone(), pipeline, r, false, device)?)
+        }
+        None => None,
+    };
+    Ok(TrainData { train: loader(train, train_pipeline, r, true, device)?, test: Some(loader(test, test_pipeline, r, false, device)?), multi_view })
+}
+
+/// `CLIPSxCROPS` (crops 1 or 3).
+fn parse_views(spec: &str) -> Result<(usize, usize)> {
+    let (c, k) = spec.split_once('x').context("--multi-view takes CLIPSxCROPS, e.g. 4x3")?;
+    let (clips, crops): (usize, usize) = (c.parse()?, k.parse()?);
+    if crops != 1 && crops != 3 {
+        bail!("--multi-view crops must be 1 or 3");
+    }
+    Ok((clips, crops))
+}
+
+fn train_config(r: &Recipe, args: &Args, precision: Precision) -> Result<TrainConfig> {
+    let base = TrainConfig {
+        optimizer: AdamWConfig { exempt_from_decay: args.no_decay_exempt, ..AdamWConfig::default() },
+        accumulate: args.accumulate.unwrap_or(1),
+        clip_grad_norm: args.clip_grad,
+        freeze: Freeze { text: args.freeze_text || (args.demo && args.demo_flags.demo().freeze().text), vision: args.freeze_vision },
+        precision,
+        zero_shot_eval: !args.no_zero_shot,
+        ..TrainConfig::default()
+    };
+    Ok(r.train_config(base)?)
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let mut s = Settings::default();
-    if let Some(path) = &args.config {
-        apply_config(&mut s, &read_config(path)?)?;
-    }
-    apply_args(&mut s, &args);
-    if args.demo {
-        demo_settings(&mut s, &args);
-        if let Some(r) = &args.resume {
-            s.resume = Some(if r.as_os_str().is_empty() { s.output.join("last") } else { r.clone() });
-        }
-    }
+    let recipe = resolve_recipe(&args)?;
     let device = device(&args.device)?;
     let precision = Precision::parse(args.precision.as_deref().unwrap_or("auto"), &device)?;
-    std::fs::create_dir_all(&s.output).with_context(|| format!("creating {}", s.output.display()))?;
-
-    // ---- data ----
-    let t0 = Instant::now();
-    let (train_ds, test_ds) = if args.demo {
-        let root = s.output.join("data");
-        demo_dataset(&root)?;
-        let train = VideoDataset::ucf101(&root, 1, Subset::Train, Storage::FrameFolders)?;
-        let test = VideoDataset::ucf101(&root, 1, Subset::Test, Storage::FrameFolders)?;
-        println!("demo dataset: {} ({} classes, {} training and {} test clips, written in {:.1} s)", root.display(), train.num_classes(), train.len(), test.len(), t0.elapsed().as_secs_f64());
-        (train, test)
-    } else {
-        datasets(&s, args.frame_folders, args.splits.as_deref())?
-    };
-
-    // ---- model ----
-    let prompt = VisualPrompt { joint: s.joint, temporal_shift: s.tsm, post: post_network(&s.sim_header, args.demo.then_some(demo_env("DEMO_HL", 1)))? };
-    let (model_cfg, start) = if args.demo && s.weights.is_none() {
-        (demo_model(s.frames, prompt), StartFrom::Scratch)
-    } else if s.scratch && s.weights.is_none() {
-        (ActionClipConfig { clip: ClipConfig::by_name(&s.arch)?, frames: s.frames, prompt }, StartFrom::Scratch)
-    } else {
-        let source = match (&s.weights, hub_id(&s.arch)) {
-            (Some(w), _) => w.clone(),
-            (None, Some(id)) => id.to_string(),
-            (None, None) => bail!("no --weights and no known --arch {:?}; give one (or --scratch)", s.arch),
-        };
-        let weights = actionclip::weights::load(&source).with_context(|| format!("loading the starting weights {source}"))?;
-        let mut cfg = weights.action_clip_config()?;
-        let from_our_run = weights.config.is_some();
-        if !from_our_run || args.frames.is_some() || args.sim_header.is_some() || args.tsm.is_some() || args.joint.is_some() {
-            cfg.frames = s.frames;
-            cfg.prompt = prompt;
-        }
-        println!("starting weights: {} ({}), {:?}", weights.path.display(), weights.format, cfg.prompt);
-        (cfg, StartFrom::Weights(Box::new(weights)))
-    };
-    let input = s.input_size.unwrap_or(model_cfg.clip.vision.image_size as u32);
-
-    let mut train_pipeline = ClipPipeline::train(model_cfg.frames, input)?;
-    train_pipeline.sampling = Sampling::with_seg_length(model_cfg.frames, s.seg_length)?;
-    if args.demo {
-        // The synthetic classes include left/right and clockwise/counter-clockwise motion: no mirroring.
-        if let ClipTransform::Train(t) = &mut train_pipeline.transform {
-            t.flip = false;
-            if std::env::var("DEMO_JITTER").is_err() {
-                t.color_jitter = None;
-                t.grayscale_p = 0.0;
-            }
-        }
+    std::fs::create_dir_all(&recipe.output).with_context(|| format!("creating {}", recipe.output.display()))?;
+    let datasets = datasets(&recipe, &args)?;
+    let (model_cfg, start) = model(&recipe, &args)?;
+    let data = train_data(&recipe, &args, &model_cfg, datasets, &device)?;
+    let mut trainer = Trainer::new(&model_cfg, start, train_config(&recipe, &args, precision)?, &device)?.with_run_dir(&recipe.output);
+    trainer.set_run_info(serde_json::json!({ "settings": recipe, "args": args, "demo": args.demo }));
+    if recipe.evaluate_only {
+        return evaluate_only(&trainer, &data, &recipe.output, TowerWeights::parse(&args.tower_weights)?);
     }
-    let mut test_pipeline = ClipPipeline::test(model_cfg.frames, input)?;
-    test_pipeline.sampling = Sampling::with_seg_length(model_cfg.frames, s.seg_length)?;
-    let multi_view = match &args.multi_view {
-        Some(spec) => {
-            let (c, k) = spec.split_once('x').context("--multi-view takes CLIPSxCROPS, e.g. 4x3")?;
-            let (clips, crops): (usize, usize) = (c.parse()?, k.parse()?);
-            if crops != 1 && crops != 3 {
-                bail!("--multi-view crops must be 1 or 3");
-            }
-            let mut p = ClipPipeline::multi_view(model_cfg.frames, input, clips, crops == 3)?;
-            p.sampling = Sampling::with_seg_length(model_cfg.frames, s.seg_length)?;
-            Some(loader(test_ds.clone(), p, &s, false, &device)?)
-        }
-        None => None,
-    };
-    let data = TrainData {
-        train: loader(train_ds, train_pipeline, &s, true, &device)?,
-        test: Some(loader(test_ds, test_pipeline, &s, false, &device)?),
-        multi_view,
-    };
-
-    let schedule = match s.schedule.to_lowercase().as_str() {
-        "cosine" => SchedulePolicy::Cosine,
-        "multistep" => SchedulePolicy::MultiStep { milestones: s.lr_decay_step.clone(), gamma: s.lr_decay_factor },
-        "constant" => SchedulePolicy::Constant,
-        other => bail!("unknown schedule {other:?} (cosine, multistep, constant)"),
-    };
-    let train_cfg = TrainConfig {
-        epochs: s.epochs,
-        optimizer: AdamWConfig { lr: s.lr, ratio: s.ratio, f_ratio: s.f_ratio, weight_decay: s.weight_decay, exempt_from_decay: args.no_decay_exempt, ..AdamWConfig::default() },
-        warmup_epochs: s.warmup,
-        schedule,
-        accumulate: args.accumulate.unwrap_or(1),
-        clip_grad_norm: args.clip_grad,
-        freeze: Freeze { text: args.freeze_text || (args.demo && std::env::var("DEMO_TRAIN_TEXT").is_err()), vision: args.freeze_vision },
-        precision,
-        seed: s.seed,
-        eval_every: s.eval_freq,
-        zero_shot_eval: !args.no_zero_shot,
-        ..TrainConfig::default()
-    };
-    let mut trainer = Trainer::new(&model_cfg, start, train_cfg, &device)?.with_run_dir(&s.output);
-    trainer.set_run_info(serde_json::json!({ "settings": s, "args": args, "demo": args.demo }));
-
-    if s.evaluate_only {
-        let tower_weights = TowerWeights::parse(&args.tower_weights)?;
-        let mut console = Console::new(Arc::new(AtomicBool::new(false)));
-        for (name, l) in [("test", data.test.as_ref()), ("test_multiview", data.multi_view.as_ref())] {
-            let Some(l) = l else { continue };
-            let mut evaluate = |format: TowerWeights| -> Result<EvalReport> {
-                console.event(&Event::EvalStarted { epoch: 0, batches: l.num_batches(), multi_view: name != "test" });
-                let bar = console.eval.clone();
-                let report = trainer.evaluate_with(format, l, &mut |done, _| {
-                    if let Some(b) = &bar {
-                        b.set_position(done as u64)
-                    }
-                })?;
-                if let Some(b) = console.eval.take() {
-                    b.finish_and_clear();
-                }
-                Ok(report)
-            };
-            let report = evaluate(tower_weights)?;
-            if tower_weights != TowerWeights::Full {
-                // The same clips with f32 weights, to say how often the quantized model agrees.
-                let full = evaluate(TowerWeights::Full)?;
-                let agreement = report.top1_agreement(&full).map_or("n/a".into(), |a| format!("{:.2}%", 100.0 * a));
-                println!("{name}: f32 weights top-1 {:.2}% ({:.1} s); {tower_weights:?} weights agree with f32 on the top-1 class of {agreement} of the clips", 100.0 * full.top1, full.seconds);
-            }
-            println!("{name}: top-1 {:.2}%  top-5 {:.2}%  mean class {:.2}%  ({} clips, {} views, {:.1} s)", 100.0 * report.top1, 100.0 * report.top5, 100.0 * report.mean_class_accuracy, report.samples, report.views, report.seconds);
-            let path = s.output.join(format!("eval_{name}.json"));
-            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-            let classes = &data.train.dataset().classes;
-            actionclip::train::plots::plot_confusion(&report, classes, &s.output.join(format!("confusion_{name}.png")))?;
-        }
-        return Ok(());
-    }
-
-    if let Some(r) = &s.resume {
+    if let Some(r) = &recipe.resume {
         trainer.resume(r).with_context(|| format!("resuming from {}", r.display()))?;
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let presses = AtomicUsize::new(0);
-        ctrlc::set_handler(move || {
-            if presses.fetch_add(1, Ordering::SeqCst) > 0 {
-                eprintln!("\nsecond Ctrl-C: exiting without saving");
-                std::process::exit(130);
-            }
-            eprintln!("\nCtrl-C: finishing the current step, saving last/ (press again to quit at once)");
-            stop.store(true, Ordering::SeqCst);
-        })?;
-    }
-    let mut console = Console::new(stop);
+    let mut console = Console::new(stop_on_ctrl_c()?);
     let started = Instant::now();
     let summary = match trainer.fit(&data, &mut console) {
         Ok(s) => s,
@@ -790,6 +407,28 @@ fn main() -> Result<()> {
     };
     console.total.finish();
     console.epoch.finish_and_clear();
+    report(&summary, started, &recipe.output, args.demo);
+    Ok(())
+}
+
+/// A flag the first Ctrl-C raises (the trainer then saves `last/` and returns); a second one exits at once.
+fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let presses = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) > 0 {
+            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing the current step, saving last/ (press again to quit at once)");
+        flag.store(true, Ordering::SeqCst);
+    })?;
+    Ok(stop)
+}
+
+/// The run's last line; the demo warns when it missed its expected accuracy.
+fn report(summary: &RunSummary, started: Instant, output: &Path, demo: bool) {
     println!(
         "{} {} epochs in {:.1} s; best top-1 {} (epoch {}); run directory {}",
         if summary.stopped { "stopped after" } else { "done:" },
@@ -797,13 +436,143 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64(),
         summary.best_top1.map(|t| format!("{:.2}%", 100.0 * t)).unwrap_or("-".into()),
         summary.best_epoch.map(|e| e.to_string()).unwrap_or("-".into()),
-        s.output.display()
+        output.display()
     );
-    if args.demo && !summary.stopped {
-        let best = summary.best_top1.unwrap_or(0.0);
-        if best < 0.9 {
-            eprintln!("warning: the demo reached only {:.1}% top-1 (expected >= 90%)", 100.0 * best);
+    let best = summary.best_top1.unwrap_or(0.0);
+    if demo && !summary.stopped && best < 0.9 {
+        eprintln!("warning: the demo reached only {:.1}% top-1 (expected >= 90%)", 100.0 * best);
+    }
+}
+
+/// Scores the starting weights on the test splits with the towers' weights as `format`; a format other
+/// than full f32 is compared with f32 on the same clips.
+fn evaluate_only(trainer: &Trainer, data: &TrainData, output: &Path, format: TowerWeights) -> Result<()> {
+    let mut console = Console::new(Arc::new(AtomicBool::new(false)));
+    for (name, loader) in [("test", data.test.as_ref()), ("test_multiview", data.multi_view.as_ref())] {
+        let Some(loader) = loader else { continue };
+        let report = evaluate_with_bar(&mut console, trainer, loader, format, name != "test")?;
+        if format != TowerWeights::Full {
+            let full = evaluate_with_bar(&mut console, trainer, loader, TowerWeights::Full, name != "test")?;
+            let agreement = report.top1_agreement(&full).map_or("n/a".into(), |a| format!("{:.2}%", 100.0 * a));
+            println!("{name}: f32 weights top-1 {:.2}% ({:.1} s); {format:?} weights agree with f32 on the top-1 class of {agreement} of the clips", 100.0 * full.top1, full.seconds);
         }
+        println!("{name}: top-1 {:.2}%  top-5 {:.2}%  mean class {:.2}%  ({} clips, {} views, {:.1} s)", 100.0 * report.top1, 100.0 * report.top5, 100.0 * report.mean_class_accuracy, report.samples, report.views, report.seconds);
+        let path = output.join(format!("eval_{name}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        let classes = &data.train.dataset().classes;
+        actionclip::train::plots::plot_confusion(&report, classes, &output.join(format!("confusion_{name}.png")))?;
     }
     Ok(())
+}
+
+fn evaluate_with_bar(console: &mut Console, trainer: &Trainer, loader: &Loader, format: TowerWeights, multi_view: bool) -> Result<EvalReport> {
+    console.event(&Event::EvalStarted { epoch: 0, batches: loader.num_batches(), multi_view });
+    let bar = console.eval.clone();
+    let report = trainer.evaluate_with(format, loader, &mut |done, _| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64)
+        }
+    })?;
+    if let Some(b) = console.eval.take() {
+        b.finish_and_clear();
+    }
+    Ok(report)
+}
+
+/// Progress bars, Ctrl-C and a few printed lines.
+struct Console {
+    bars: MultiProgress,
+    total: ProgressBar,
+    epoch: ProgressBar,
+    eval: Option<ProgressBar>,
+    stop: Arc<AtomicBool>,
+    epochs: usize,
+    started: Instant,
+}
+
+impl Console {
+    fn new(stop: Arc<AtomicBool>) -> Self {
+        let bars = MultiProgress::new();
+        let total = bars.add(ProgressBar::new(0));
+        total.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.cyan/blue}] {pos}/{len} steps  {elapsed_precise} elapsed, ETA {eta_precise}").unwrap().progress_chars("=> "));
+        total.set_prefix("run");
+        let epoch = bars.add(ProgressBar::new(0));
+        epoch.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.green/white}] {pos}/{len} batches  {msg}").unwrap().progress_chars("=> "));
+        Self { bars, total, epoch, eval: None, stop, epochs: 0, started: Instant::now() }
+    }
+
+    fn println(&self, line: String) {
+        if self.bars.is_hidden() {
+            println!("{line}");
+        } else {
+            let _ = self.bars.println(line);
+        }
+    }
+
+    fn eval_started(&mut self, batches: usize, multi_view: bool) {
+        let bar = self.bars.add(ProgressBar::new(batches as u64));
+        bar.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.yellow/white}] {pos}/{len} batches  ETA {eta}").unwrap().progress_chars("=> "));
+        bar.set_prefix(if multi_view { "test-mv" } else { "test" });
+        self.eval = Some(bar);
+    }
+
+    fn evaluated(&mut self, report: &EvalReport, zero_shot: bool) {
+        if let Some(b) = self.eval.take() {
+            b.finish_and_clear();
+            self.bars.remove(&b);
+        }
+        let what = if zero_shot { "starting weights (zero-shot)".to_string() } else if report.views > 1 { format!("multi-view ({} views)", report.views) } else { format!("epoch {}", report.epoch) };
+        let (top1, top5, mean_class) = (100.0 * report.top1, 100.0 * report.top5, 100.0 * report.mean_class_accuracy);
+        self.println(format!("{what}: top-1 {top1:.2}%  top-5 {top5:.2}%  mean class {mean_class:.2}%  ({} clips, {:.1} s)", report.samples, report.seconds));
+    }
+}
+
+impl Observer for Console {
+    fn event(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Started { epochs, start_epoch, start_step, steps_per_epoch, trainable, frozen, resumed, batches_per_epoch } => {
+                self.epochs = *epochs;
+                self.total.set_length((epochs * steps_per_epoch) as u64);
+                self.total.set_position(*start_step as u64);
+                self.total.reset_eta();
+                let verb = if *resumed { "resuming:" } else { "training:" };
+                let from = if *resumed { format!(" (from epoch {start_epoch}, step {start_step})") } else { String::new() };
+                let (trainable, frozen) = (*trainable as f64 / 1e6, *frozen as f64 / 1e6);
+                self.println(format!("{verb} {epochs} epochs x {batches_per_epoch} batches ({steps_per_epoch} steps each); {trainable:.2} M trainable, {frozen:.2} M frozen parameters{from}"));
+            }
+            Event::EpochStarted { epoch, batches, done } => {
+                self.epoch.set_prefix(format!("ep {}/{}", epoch + 1, self.epochs));
+                self.epoch.set_length(*batches as u64);
+                self.epoch.set_position(*done as u64);
+                self.epoch.reset_eta();
+            }
+            Event::Batch { done, .. } => self.epoch.set_position(*done as u64),
+            Event::Step(s) => {
+                self.total.set_position(s.step as u64);
+                self.epoch.set_message(format!("loss {:.4}  lr {:.2e}  {:.1} clips/s", s.loss, s.lr, s.clips_per_s));
+            }
+            Event::LoaderFailures(failures) => {
+                for f in failures.iter() {
+                    self.println(format!("skipped clip {}: {}", f.path.display(), f.reason));
+                }
+            }
+            Event::EvalStarted { batches, multi_view, .. } => self.eval_started(*batches, *multi_view),
+            Event::EvalProgress { done, .. } => {
+                if let Some(b) = &self.eval {
+                    b.set_position(*done as u64);
+                }
+            }
+            Event::Evaluated(report, log) => self.evaluated(report, log.zero_shot),
+            Event::EpochEnded(e) => {
+                self.println(format!("epoch {} done: train loss {:.4}, {:.1} s training, {:.0} s so far", e.epoch, e.train_loss, e.train_seconds, self.started.elapsed().as_secs_f64()));
+            }
+            Event::CheckpointSaved { path, best: true } => self.println(format!("new best -> {}", path.display())),
+            Event::CheckpointSaved { best: false, .. } => {}
+            Event::Stopped { epoch, step } => self.println(format!("stopped at epoch {epoch}, step {step}; resume with --resume")),
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }

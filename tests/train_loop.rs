@@ -1,5 +1,6 @@
 //! The training loop on a tiny synthetic dataset: every output file, exact resume, typed errors for bad
-//! input, f16 compute with f32 master weights, gradient accumulation and frozen towers.
+//! input, f16 compute with f32 master weights, gradient accumulation and frozen towers. (A NaN loss is a
+//! unit test of `train::trainer`, which can reach the weights in the middle of a run.)
 use std::path::{Path, PathBuf};
 
 use actionclip::data::synthetic::{write_dataset, SyntheticConfig, SyntheticFormat};
@@ -77,30 +78,19 @@ fn run_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Records step losses; optionally stops after `stop_after` steps or poisons a weight after epoch 1.
+/// Records step losses; optionally stops after `stop_after` steps.
 #[derive(Default)]
 struct Recorder {
     losses: Vec<f64>,
     stop_after: Option<usize>,
     steps: usize,
-    poison: Option<candle_nn::VarMap>,
 }
 
 impl Observer for Recorder {
     fn event(&mut self, event: &Event<'_>) {
-        match event {
-            Event::Step(s) => {
-                self.losses.push(s.loss);
-                self.steps = s.step;
-            }
-            Event::CheckpointSaved { best: false, .. } => {
-                if let Some(vars) = self.poison.take() {
-                    let data = vars.data().lock().unwrap();
-                    let v = &data["logit_scale"];
-                    v.set(&Tensor::new(f32::NAN, v.device()).unwrap()).unwrap();
-                }
-            }
-            _ => {}
+        if let Event::Step(s) = event {
+            self.losses.push(s.loss);
+            self.steps = s.step;
         }
     }
     fn should_stop(&mut self) -> bool {
@@ -228,23 +218,11 @@ fn bad_input_gives_typed_errors() {
     assert!(matches!(&err, TrainError::LabelOutOfRange { label: 7, classes: 3, .. }), "{err}");
     eprintln!("label out of range: {err}");
 
-    // NaN loss after the first epoch: a clear error, and last/ keeps epoch 1 whole.
-    let dir = run_dir("nan");
-    let mut t = Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &dev).unwrap().with_run_dir(&dir);
-    let mut rec = Recorder { poison: Some(t.varmap().clone()), ..Default::default() };
-    let err = t.fit(&good, &mut rec).unwrap_err();
-    match &err {
-        TrainError::NonFiniteLoss { epoch: 1, last_good: Some(p), .. } => assert_eq!(p, &dir.join("last")),
-        other => panic!("expected a NaN-loss error, got {other}"),
-    }
-    eprintln!("NaN loss: {err}");
-    let state = actionclip::train::checkpoint::read_state(&dir.join("last")).unwrap();
-    assert_eq!((state.epoch, state.step), (1, 2));
-    let (model, _) = ActionClip::load(dir.join("last"), &dev, DType::F32).unwrap();
-    let scale = model.logit_scale().to_scalar::<f32>().unwrap();
-    assert!(scale.is_finite());
-
     // A checkpoint of a different architecture: resuming, and starting from its weights.
+    let dir = run_dir("other_architecture");
+    Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(1), &dev).unwrap().save_checkpoint(dir.join("last")).unwrap();
+    let state = actionclip::train::checkpoint::read_state(&dir.join("last")).unwrap();
+    assert_eq!((state.epoch, state.step, &state.model_config), (0, 0, &tiny_model()));
     let mut other = tiny_model();
     other.clip.vision.width = 128;
     other.clip.vision.heads = 2;
@@ -282,7 +260,7 @@ fn f16_compute_keeps_f32_master_weights_and_scales_the_loss() {
     };
     let mut t = Trainer::new(&tiny_model(), StartFrom::Scratch, cfg, &dev).unwrap();
     assert_eq!(t.model().dtype(), DType::F16);
-    assert!(t.varmap().all_vars().iter().all(|v| v.dtype() == DType::F32));
+    assert!(t.weights().values().all(|w| w.dtype() == DType::F32));
     let start = t.weights();
     t.set_schedule(actionclip::train::LrSchedule::Constant).unwrap();
     let mut outs = Vec::new();

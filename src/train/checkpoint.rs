@@ -1,7 +1,7 @@
 //! Checkpoint directories written atomically: the new checkpoint is written into a temporary directory beside
 //! the target, flushed, and swapped in by renames, so a kill at any moment leaves either the previous or the
-//! new checkpoint whole (between the two renames the previous one sits at `.{name}.old`, which
-//! [`resolve_checkpoint`] and [`recover`] use).
+//! new checkpoint whole (between the two renames the previous one sits at `.{name}.old`, where resuming
+//! looks for it and the next run puts it back).
 //!
 //! A checkpoint directory holds
 //! - `model.safetensors`: the f32 master weights in canonical names with the model config in the metadata
@@ -13,8 +13,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::config::TrainConfig;
+use super::error::{TrainError, TrainResult};
+use super::optimizer::AdamW;
 use super::schedule::LrSchedule;
-use super::trainer::TrainConfig;
+use super::vars::{ModelVars, Precision};
 use crate::{ActionClipConfig, Error, Result};
 
 /// File names inside a checkpoint directory.
@@ -72,9 +75,114 @@ pub struct TrainerState {
     pub epoch_loss_count: usize,
 }
 
+impl TrainerState {
+    /// The state of a run that has not started: epoch 0, no best metric, the f16 loss scale at its start.
+    pub(crate) fn new(cfg: &TrainConfig, model_cfg: &ActionClipConfig) -> Self {
+        Self {
+            version: 1,
+            epoch: 0,
+            batch_in_epoch: 0,
+            step: 0,
+            optimizer_steps: 0,
+            best_top1: None,
+            best_epoch: None,
+            loss_scale: if cfg.precision == Precision::F16 { cfg.loss_scale.init } else { 1.0 },
+            scale_good_steps: 0,
+            schedule: LrSchedule::Constant,
+            rng: RngState { seed: cfg.seed, scheme: "ChaCha8 keyed by (seed, epoch, batch) for templates; loader keyed by (seed, epoch, clip)".into() },
+            train_config: cfg.clone(),
+            model_config: model_cfg.clone(),
+            epoch_losses: Vec::new(),
+            epoch_loss_sum: 0.0,
+            epoch_loss_count: 0,
+        }
+    }
+
+    /// Adds the loss of an optimizer step to the current epoch's mean.
+    pub(crate) fn add_step_loss(&mut self, loss: f64) {
+        self.epoch_loss_sum += loss;
+        self.epoch_loss_count += 1;
+    }
+
+    /// Closes the current epoch: counts it, records its mean step loss (NaN without steps) and returns it.
+    pub(crate) fn close_epoch(&mut self) -> f64 {
+        let mean = if self.epoch_loss_count > 0 { self.epoch_loss_sum / self.epoch_loss_count as f64 } else { f64::NAN };
+        self.epoch += 1;
+        self.batch_in_epoch = 0;
+        self.epoch_loss_sum = 0.0;
+        self.epoch_loss_count = 0;
+        self.epoch_losses.push(mean);
+        mean
+    }
+
+    /// Records a test top-1 after the current epoch; returns whether it is the best so far.
+    pub(crate) fn record_top1(&mut self, top1: f64) -> bool {
+        let improved = self.best_top1.is_none_or(|b| top1 > b);
+        if improved {
+            self.best_top1 = Some(top1);
+            self.best_epoch = Some(self.epoch);
+        }
+        improved
+    }
+}
+
+/// Writes the checkpoint directory `dir` atomically: the master weights (with `model_cfg` in the metadata),
+/// the optimizer's moments and `state`.
+pub(crate) fn save(dir: &Path, vars: &ModelVars, model_cfg: &ActionClipConfig, optimizer: &AdamW, state: &TrainerState) -> Result<()> {
+    write_atomic(dir, |tmp| {
+        crate::weights::save_safetensors(&vars.master_tensors()?, Some(model_cfg), tmp.join(MODEL_FILE))?;
+        optimizer.save(tmp.join(OPTIMIZER_FILE))?;
+        write_json(&tmp.join(STATE_FILE), state)
+    })
+}
+
+/// Restores weights and optimizer moments from the checkpoint `dir` names (`run/last`, or `run` meaning
+/// `run/last`) and returns its trainer state. The checkpoint must be of `model_cfg`'s architecture.
+pub(crate) fn load(dir: &Path, vars: &ModelVars, model_cfg: &ActionClipConfig, optimizer: &mut AdamW) -> TrainResult<TrainerState> {
+    let dir = locate(dir)?;
+    let state = read_state(&dir)?;
+    if &state.model_config != model_cfg {
+        return Err(TrainError::ArchitectureMismatch { path: dir, reason: describe_config_difference(&state.model_config, model_cfg) });
+    }
+    let model_file = dir.join(MODEL_FILE);
+    let weights = crate::weights::load(&model_file)?;
+    vars.load_master(&weights.tensors).map_err(|e| TrainError::from_weights(&model_file, e))?;
+    optimizer.load(dir.join(OPTIMIZER_FILE), state.optimizer_steps)?;
+    Ok(state)
+}
+
+/// The checkpoint directory a resume names: `dir` itself, or `dir/last` when `dir` is a run directory, or
+/// the previous checkpoint a swap left at `.{name}.old`.
+fn locate(dir: &Path) -> Result<PathBuf> {
+    let last = dir.join("last");
+    let is_run_dir = !dir.join(STATE_FILE).is_file() && (last.exists() || old_path(&last).exists());
+    resolve_checkpoint(if is_run_dir { &last } else { dir })
+}
+
+/// What differs between the model a checkpoint was trained with (`found`) and the requested one.
+fn describe_config_difference(found: &ActionClipConfig, expected: &ActionClipConfig) -> String {
+    let mut parts = Vec::new();
+    if found.clip.vision != expected.clip.vision {
+        parts.push(format!("image tower {:?} vs {:?}", found.clip.vision, expected.clip.vision));
+    }
+    if found.clip.text != expected.clip.text {
+        parts.push(format!("text tower {:?} vs {:?}", found.clip.text, expected.clip.text));
+    }
+    if found.clip.embed_dim != expected.clip.embed_dim {
+        parts.push(format!("embed_dim {} vs {}", found.clip.embed_dim, expected.clip.embed_dim));
+    }
+    if found.frames != expected.frames {
+        parts.push(format!("frames {} vs {}", found.frames, expected.frames));
+    }
+    if found.prompt != expected.prompt {
+        parts.push(format!("visual prompt {:?} vs {:?}", found.prompt, expected.prompt));
+    }
+    format!("the checkpoint was trained with a different model (checkpoint vs requested: {})", parts.join("; "))
+}
+
 /// Writes a checkpoint directory atomically: `write(tmp)` fills a temporary directory, which then replaces
 /// `dir`.
-pub fn write_atomic(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub(crate) fn write_atomic(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -126,14 +234,14 @@ fn sync_dir(dir: &Path) {
 }
 
 /// `.{name}.old` beside `dir`: where the previous checkpoint waits during a swap.
-pub fn old_path(dir: &Path) -> PathBuf {
+pub(crate) fn old_path(dir: &Path) -> PathBuf {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dir.with_file_name(format!(".{name}.old"))
 }
 
 /// The directory that holds the checkpoint `dir` names: `dir` itself when it holds a trainer state, or the
 /// previous checkpoint a swap left at `.{name}.old` when a kill came between the two renames.
-pub fn resolve_checkpoint(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve_checkpoint(dir: &Path) -> Result<PathBuf> {
     if dir.join(STATE_FILE).is_file() {
         return Ok(dir.to_path_buf());
     }
@@ -145,7 +253,7 @@ pub fn resolve_checkpoint(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Puts back a checkpoint a kill left at `.{name}.old` (when `dir` is missing). Returns whether it did.
-pub fn recover(dir: &Path) -> Result<bool> {
+pub(crate) fn recover(dir: &Path) -> Result<bool> {
     let old = old_path(dir);
     if !dir.exists() && old.join(STATE_FILE).is_file() {
         fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
@@ -162,7 +270,7 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 }
 
 /// Writes `value` as pretty JSON to `path`.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Config(format!("cannot serialise {}: {e}", path.display())))?;
     fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }

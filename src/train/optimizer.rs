@@ -350,13 +350,25 @@ pub fn global_grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
 /// `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let norm = global_grad_norm(grads)?;
+    clip_to_norm(grads, norm, max_norm)?;
+    Ok(norm)
+}
+
+/// Scales gradients whose global norm is `norm` by `max_norm / (norm + 1e-6)` when that is below 1.
+pub(crate) fn clip_to_norm(grads: &mut [Option<Tensor>], norm: f64, max_norm: f64) -> Result<()> {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        for g in grads.iter_mut().flatten() {
-            *g = g.affine(coef, 0.0)?;
-        }
+        scale_grads(grads, coef)?;
     }
-    Ok(norm)
+    Ok(())
+}
+
+/// Multiplies every gradient by `factor`.
+pub(crate) fn scale_grads(grads: &mut [Option<Tensor>], factor: f64) -> Result<()> {
+    for g in grads.iter_mut().flatten() {
+        *g = g.affine(factor, 0.0)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

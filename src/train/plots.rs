@@ -3,11 +3,12 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, RGBColor};
 
 use super::eval::EvalReport;
-use super::metrics::Record;
+use super::metrics::{EpochLog, EvalLog, Record, StepLog};
 use crate::{Error, Result};
 
 /// DejaVu Sans, embedded (see assets/README.md for its licence).
@@ -61,95 +62,104 @@ pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let panels = root.split_evenly((1, 3));
     let max_step = steps.iter().map(|s| s.step).max().unwrap_or(1).max(1) as f64;
-
-    // Loss.
-    {
-        let (lo, hi) = bounds(steps.iter().map(|s| s.loss).chain(epochs.iter().map(|e| e.train_loss)));
-        let mut chart = ChartBuilder::on(&panels[0])
-            .caption("training loss", (FONT, 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..max_step, lo.max(0.0)..hi)
-            .map_err(|e| plot_err(path, e))?;
-        chart.configure_mesh().x_desc("step").y_desc("loss").x_labels(6).x_label_formatter(&whole).label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
-        chart
-            .draw_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, s.loss)), BLUE.mix(0.5)))
-            .map_err(|e| plot_err(path, e))?
-            .label("per step")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
-        chart
-            .draw_series(LineSeries::new(epochs.iter().map(|e| (e.step as f64, e.train_loss)), ORANGE.stroke_width(3)))
-            .map_err(|e| plot_err(path, e))?
-            .label("epoch mean")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], ORANGE.stroke_width(3)));
-        chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
-    }
-
-    // Learning rate.
-    {
-        let (_, hi) = bounds(steps.iter().flat_map(|s| [s.lr, s.lr_visual, s.lr_fusion]));
-        let mut chart = ChartBuilder::on(&panels[1])
-            .caption("learning rate", (FONT, 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..max_step, 0f64..hi.max(1e-12))
-            .map_err(|e| plot_err(path, e))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("lr")
-            .x_labels(6)
-            .x_label_formatter(&whole)
-            .y_label_formatter(&|v| format!("{v:.1e}"))
-            .label_style((FONT, 14))
-            .draw()
-            .map_err(|e| plot_err(path, e))?;
-        for (name, color, get) in [
-            ("text", BLUE, (|s: &super::metrics::StepLog| s.lr) as fn(&super::metrics::StepLog) -> f64),
-            ("visual", GREEN, |s| s.lr_visual),
-            ("fusion", ORANGE, |s| s.lr_fusion),
-        ] {
-            chart
-                .draw_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, get(s))), color.stroke_width(2)))
-                .map_err(|e| plot_err(path, e))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        }
-        chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
-    }
-
-    // Accuracy per epoch.
-    {
-        let max_epoch = evals.iter().map(|e| e.epoch).max().unwrap_or(1).max(1) as f64;
-        let mut chart = ChartBuilder::on(&panels[2])
-            .caption("test accuracy (template ensemble)", (FONT, 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..max_epoch, 0f64..100f64)
-            .map_err(|e| plot_err(path, e))?;
-        chart.configure_mesh().x_desc("epoch (0 = starting weights)").y_desc("%").x_label_formatter(&whole).label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
-        for (name, color, top5) in [("top-1", BLUE, false), ("top-5", GREEN, true)] {
-            let pts: Vec<(f64, f64)> = evals.iter().map(|e| (e.epoch as f64, 100.0 * if top5 { e.top5 } else { e.top1 })).collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(|e| plot_err(path, e))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| plot_err(path, e))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_err(path, e))?;
-    }
+    draw_loss(&panels[0], &steps, &epochs, max_step, path)?;
+    draw_learning_rates(&panels[1], &steps, max_step, path)?;
+    draw_accuracy(&panels[2], &evals, path)?;
     root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// A panel of `curves.png`.
+type Panel<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// The loss per step and the epoch means.
+fn draw_loss(area: &Panel, steps: &[&StepLog], epochs: &[&EpochLog], max_step: f64, path: &Path) -> Result<()> {
+    let (lo, hi) = bounds(steps.iter().map(|s| s.loss).chain(epochs.iter().map(|e| e.train_loss)));
+    let mut chart = ChartBuilder::on(area)
+        .caption("training loss", (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_step, lo.max(0.0)..hi)
+        .map_err(|e| plot_err(path, e))?;
+    chart.configure_mesh().x_desc("step").y_desc("loss").x_labels(6).x_label_formatter(&whole).label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, s.loss)), BLUE.mix(0.5)))
+        .map_err(|e| plot_err(path, e))?
+        .label("per step")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(epochs.iter().map(|e| (e.step as f64, e.train_loss)), ORANGE.stroke_width(3)))
+        .map_err(|e| plot_err(path, e))?
+        .label("epoch mean")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], ORANGE.stroke_width(3)));
+    chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// The learning rate of each parameter group per step.
+fn draw_learning_rates(area: &Panel, steps: &[&StepLog], max_step: f64, path: &Path) -> Result<()> {
+    let (_, hi) = bounds(steps.iter().flat_map(|s| [s.lr, s.lr_visual, s.lr_fusion]));
+    let mut chart = ChartBuilder::on(area)
+        .caption("learning rate", (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..max_step, 0f64..hi.max(1e-12))
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("lr")
+        .x_labels(6)
+        .x_label_formatter(&whole)
+        .y_label_formatter(&|v| format!("{v:.1e}"))
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    for (name, color, get) in [
+        ("text", BLUE, (|s: &StepLog| s.lr) as fn(&StepLog) -> f64),
+        ("visual", GREEN, |s| s.lr_visual),
+        ("fusion", ORANGE, |s| s.lr_fusion),
+    ] {
+        chart
+            .draw_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, get(s))), color.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// Test top-1 and top-5 per epoch (epoch 0: the starting weights).
+fn draw_accuracy(area: &Panel, evals: &[&EvalLog], path: &Path) -> Result<()> {
+    let max_epoch = evals.iter().map(|e| e.epoch).max().unwrap_or(1).max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption("test accuracy (template ensemble)", (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..max_epoch, 0f64..100f64)
+        .map_err(|e| plot_err(path, e))?;
+    chart.configure_mesh().x_desc("epoch (0 = starting weights)").y_desc("%").x_label_formatter(&whole).label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
+    for (name, color, top5) in [("top-1", BLUE, false), ("top-5", GREEN, true)] {
+        let pts: Vec<(f64, f64)> = evals.iter().map(|e| (e.epoch as f64, 100.0 * if top5 { e.top5 } else { e.top1 })).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| plot_err(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
     Ok(())
 }
 

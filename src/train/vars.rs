@@ -164,26 +164,22 @@ pub(crate) fn build_model(vars: &VarMap, cfg: &ActionClipConfig, seed: u64, free
 
 /// The model's trainable state: f32 master variables (what the optimizer updates and checkpoints hold) and,
 /// for half precision, a compute copy the model runs on.
-pub struct ModelVars {
+pub(crate) struct ModelVars {
     /// Master variables (f32), by canonical name.
-    pub master: VarMap,
+    pub(crate) master: VarMap,
     /// Half-precision compute variables (same names), when the precision is not f32.
-    pub compute: Option<VarMap>,
+    pub(crate) compute: Option<VarMap>,
     /// The model used for forward and backward (over `compute`, or over `master` in f32).
-    pub model: ActionClip,
+    pub(crate) model: ActionClip,
     /// Trainable parameters in a fixed order: name, master variable, compute tensor (what gradients are
     /// keyed by).
-    pub trainable: Vec<(String, Var, Tensor)>,
-    /// Frozen towers.
-    pub freeze: Freeze,
-    /// The compute precision.
-    pub precision: Precision,
+    pub(crate) trainable: Vec<(String, Var, Tensor)>,
 }
 
 impl ModelVars {
     /// Builds the model for `cfg`. Weights already in `master` are used; missing ones are initialised from
     /// `seed`. With a half precision a compute copy is made.
-    pub fn new(master: VarMap, cfg: &ActionClipConfig, seed: u64, freeze: Freeze, precision: Precision, device: &Device) -> Result<Self> {
+    pub(crate) fn new(master: VarMap, cfg: &ActionClipConfig, seed: u64, freeze: Freeze, precision: Precision, device: &Device) -> Result<Self> {
         let master_model = build_model(&master, cfg, seed, freeze, DType::F32, device)?;
         let (model, compute) = match precision {
             Precision::F32 => (master_model, None),
@@ -213,11 +209,11 @@ impl ModelVars {
                 trainable.push((name.clone(), data[name].clone(), t.clone()));
             }
         }
-        Ok(Self { master, compute, model, trainable, freeze, precision })
+        Ok(Self { master, compute, model, trainable })
     }
 
     /// Copies the master weights into the compute copy (after an optimizer step or a restore).
-    pub fn sync_compute(&self) -> Result<()> {
+    pub(crate) fn sync_compute(&self) -> Result<()> {
         let Some(compute) = &self.compute else { return Ok(()) };
         let src = self.master.data().lock().unwrap_or_else(|e| e.into_inner());
         let dst = compute.data().lock().unwrap_or_else(|e| e.into_inner());
@@ -230,14 +226,14 @@ impl ModelVars {
     }
 
     /// A copy of the master weights by canonical name (f32); later steps do not change it.
-    pub fn master_tensors(&self) -> Result<HashMap<String, Tensor>> {
+    pub(crate) fn master_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let data = self.master.data().lock().unwrap_or_else(|e| e.into_inner());
         data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?.detach()))).collect()
     }
 
     /// Overwrites master weights from `tensors` (names must exist with the same shapes), then refreshes the
     /// compute copy.
-    pub fn load_master(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    pub(crate) fn load_master(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         {
             let data = self.master.data().lock().unwrap_or_else(|e| e.into_inner());
             for (name, var) in data.iter() {
@@ -252,7 +248,7 @@ impl ModelVars {
     }
 
     /// Number of trainable and frozen scalars.
-    pub fn counts(&self) -> (usize, usize) {
+    pub(crate) fn counts(&self) -> (usize, usize) {
         let data = self.master.data().lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = data.values().map(|v| v.elem_count()).sum();
         let trainable: usize = self.trainable.iter().map(|(_, v, _)| v.elem_count()).sum();
