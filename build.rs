@@ -29,8 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_path = out_dir.join(VOCAB_TXT);
     // Only rewrite when the content changed, so dependent crates are not rebuilt for nothing.
     if std::fs::read_to_string(&out_path).ok().as_deref() != Some(text.as_str()) {
-        std::fs::write(&out_path, text)
-            .map_err(|e| format!("cannot write {}: {e}", out_path.display()))?;
+        std::fs::write(&out_path, text).map_err(|e| format!("cannot write {}: {e}", out_path.display()))?;
     }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         compile_cuda_kernels(&manifest_dir, &out_dir)?;
@@ -53,7 +52,8 @@ fn compile_cuda_kernels(manifest_dir: &Path, out_dir: &Path) -> Result<(), Box<d
             .unwrap_or_else(|| PathBuf::from("nvcc"))
     });
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
-    let cap: u32 = cap.trim().parse().map_err(|_| format!("CUDA_COMPUTE_CAP must be a number like 80 or 90, got {cap:?}"))?;
+    let cap: u32 =
+        cap.trim().parse().map_err(|_| format!("CUDA_COMPUTE_CAP must be a number like 80 or 90, got {cap:?}"))?;
     if cap < 80 {
         return Err(format!("the fused kernels need compute capability 8.0 or newer (bf16 mma.sync, cp.async); CUDA_COMPUTE_CAP is {cap}").into());
     }

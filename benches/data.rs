@@ -55,7 +55,10 @@ fn avi_files(root: &Path) -> Vec<PathBuf> {
         })
         .collect();
     let bytes: u64 = paths.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
-    eprintln!("AVI clips: {CLIPS} x {FRAMES} frames 320x240, {:.0} kbit/s average", bytes as f64 * 8.0 / CLIPS as f64 / 7.0 / 1000.0);
+    eprintln!(
+        "AVI clips: {CLIPS} x {FRAMES} frames 320x240, {:.0} kbit/s average",
+        bytes as f64 * 8.0 / CLIPS as f64 / 7.0 / 1000.0
+    );
     paths
 }
 

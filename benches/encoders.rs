@@ -6,7 +6,10 @@
 //!
 //! `cargo bench --bench encoders -- 'video/ViT-B-16'` runs one group; `tools/bench_pytorch.py` prints
 //! the same shapes for PyTorch and `tools/bench_compare.sh` runs both and prints the ratios.
-use actionclip::{prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights, VisualPrompt, ZeroShotClassifier};
+use actionclip::{
+    prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights, VisualPrompt,
+    ZeroShotClassifier,
+};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -51,11 +54,17 @@ fn video(c: &mut Criterion) {
         for (head, post) in heads {
             for shift in [false, true] {
                 // The full grid for ViT-B/32; ViT-B/16 (slow on a CPU) measures the main variants.
-                if arch == "ViT-B-16" && (shift || !matches!(post, PostNetwork::MeanPool | PostNetwork::Transformer { .. })) {
+                if arch == "ViT-B-16"
+                    && (shift || !matches!(post, PostNetwork::MeanPool | PostNetwork::Transformer { .. }))
+                {
                     continue;
                 }
                 let full = random_model(clip.clone(), VisualPrompt { joint: false, temporal_shift: shift, post }, &dev);
-                let formats = if matches!(post, PostNetwork::MeanPool) && !shift { weight_formats(&dev) } else { vec![(TowerWeights::Full, "")] };
+                let formats = if matches!(post, PostNetwork::MeanPool) && !shift {
+                    weight_formats(&dev)
+                } else {
+                    vec![(TowerWeights::Full, "")]
+                };
                 for (format, suffix) in formats {
                     let model = full.with_tower_weights(format).expect("tower weights");
                     for batch in [1usize, 4] {
@@ -84,7 +93,9 @@ fn text(c: &mut Criterion) {
     group.throughput(Throughput::Elements(sentences.len() as u64));
     group.bench_function("tokenize/1616", |b| b.iter(|| tok.encode_batch(&sentences, &dev).expect("tokens")));
     let tokens = tok.encode_batch(&sentences, &dev).expect("tokens");
-    group.bench_function("encode/101x16", |b| b.iter(|| model.encode_text(&tokens).expect("text").to_vec2::<f32>().expect("sync")));
+    group.bench_function("encode/101x16", |b| {
+        b.iter(|| model.encode_text(&tokens).expect("text").to_vec2::<f32>().expect("sync"))
+    });
     group.finish();
 }
 
@@ -102,15 +113,20 @@ fn zero_shot(c: &mut Criterion) {
             let model = full.with_tower_weights(format).expect("tower weights");
             group.throughput(Throughput::Elements(labels.len() as u64));
             group.bench_function(format!("build{suffix}/101x16"), |b| {
-                b.iter(|| ZeroShotClassifier::new(&model, &tok, &labels, &prompts::ACTIONCLIP_TEMPLATES).expect("classifier"))
+                b.iter(|| {
+                    ZeroShotClassifier::new(&model, &tok, &labels, &prompts::ACTIONCLIP_TEMPLATES).expect("classifier")
+                })
             });
-            let classifier = ZeroShotClassifier::new(&model, &tok, &labels, &prompts::ACTIONCLIP_TEMPLATES).expect("classifier");
+            let classifier =
+                ZeroShotClassifier::new(&model, &tok, &labels, &prompts::ACTIONCLIP_TEMPLATES).expect("classifier");
             for batch in [1usize, 4] {
                 let frames = Tensor::randn(0f32, 1., (batch, FRAMES, 3, 224, 224), &dev).expect("frames");
                 group.throughput(Throughput::Elements(batch as u64));
-                group.bench_with_input(BenchmarkId::new(format!("classify{suffix}"), format!("b{batch}")), &frames, |b, f| {
-                    b.iter(|| classifier.classify(f, 5).expect("classify"))
-                });
+                group.bench_with_input(
+                    BenchmarkId::new(format!("classify{suffix}"), format!("b{batch}")),
+                    &frames,
+                    |b, f| b.iter(|| classifier.classify(f, 5).expect("classify")),
+                );
             }
         }
         group.finish();

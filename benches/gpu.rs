@@ -14,7 +14,11 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 const FRAMES: usize = 8;
 
 fn config() -> ActionClipConfig {
-    ActionClipConfig { clip: ClipConfig::vit_b16(), frames: FRAMES, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::MeanPool } }
+    ActionClipConfig {
+        clip: ClipConfig::vit_b16(),
+        frames: FRAMES,
+        prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::MeanPool },
+    }
 }
 
 fn gpu() -> Device {

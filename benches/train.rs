@@ -18,7 +18,8 @@ const BATCH: usize = 4;
 fn train_step(c: &mut Criterion) {
     let dev = device();
     let tok = Tokenizer::new();
-    let labels: Vec<String> = include_str!("../weights/ucf101_classes.txt").lines().take(BATCH).map(prompts::humanize).collect();
+    let labels: Vec<String> =
+        include_str!("../weights/ucf101_classes.txt").lines().take(BATCH).map(prompts::humanize).collect();
     let sentences = prompts::fill_all(&prompts::ACTIONCLIP_TEMPLATES[..1], &labels);
     let tokens = tok.encode_batch(&sentences, &dev).expect("tokens");
     let targets: Vec<u32> = (0..BATCH as u32).collect();

@@ -26,7 +26,10 @@ use std::time::Instant;
 use actionclip::data::{ClipPipeline, Loader, LoaderConfig, Sampling, Storage, Subset, VideoDataset};
 use actionclip::train::demo::Demo;
 use actionclip::train::recipe::Recipe;
-use actionclip::train::{AdamWConfig, EvalReport, Event, Freeze, Observer, Precision, RunSummary, StartFrom, TrainConfig, TrainData, TrainError, Trainer};
+use actionclip::train::{
+    AdamWConfig, EvalReport, Event, Freeze, Observer, Precision, RunSummary, StartFrom, TrainConfig, TrainData,
+    TrainError, Trainer,
+};
 use actionclip::{ActionClipConfig, ClipConfig, TowerWeights};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -232,9 +235,14 @@ fn resolve_recipe(args: &Args) -> Result<Recipe> {
 fn read_config(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(if path.extension().is_some_and(|e| e == "toml") {
-        serde_json::to_value(toml::from_str::<toml::Value>(&text).with_context(|| format!("{} is not valid TOML", path.display()))?)?
+        serde_json::to_value(
+            toml::from_str::<toml::Value>(&text).with_context(|| format!("{} is not valid TOML", path.display()))?,
+        )?
     } else {
-        serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&text).with_context(|| format!("{} is not valid YAML", path.display()))?)?
+        serde_json::to_value(
+            serde_yaml::from_str::<serde_yaml::Value>(&text)
+                .with_context(|| format!("{} is not valid YAML", path.display()))?,
+        )?
     })
 }
 
@@ -243,8 +251,32 @@ fn apply_args(r: &mut Recipe, a: &Args) {
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { r.$f = v; } )* };
     }
-    over!(arch, frames, seg_length, sim_header, joint, tsm, epochs, lr, ratio, f_ratio, weight_decay, warmup, schedule, batch_size, workers, split, output, seed);
-    for (dst, src) in [(&mut r.root, &a.root), (&mut r.train_list, &a.train_list), (&mut r.val_list, &a.val_list), (&mut r.label_list, &a.label_list)] {
+    over!(
+        arch,
+        frames,
+        seg_length,
+        sim_header,
+        joint,
+        tsm,
+        epochs,
+        lr,
+        ratio,
+        f_ratio,
+        weight_decay,
+        warmup,
+        schedule,
+        batch_size,
+        workers,
+        split,
+        output,
+        seed
+    );
+    for (dst, src) in [
+        (&mut r.root, &a.root),
+        (&mut r.train_list, &a.train_list),
+        (&mut r.val_list, &a.val_list),
+        (&mut r.label_list, &a.label_list),
+    ] {
         if src.is_some() {
             dst.clone_from(src);
         }
@@ -266,7 +298,9 @@ fn device(spec: &str) -> Result<Device> {
     Ok(match spec {
         "cpu" => Device::Cpu,
         "metal" => Device::new_metal(0)?,
-        s if s.starts_with("cuda") => Device::new_cuda(s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0))?,
+        s if s.starts_with("cuda") => {
+            Device::new_cuda(s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0))?
+        }
         other => bail!("unknown device {other:?} (cpu, cuda, cuda:N, metal)"),
     })
 }
@@ -277,7 +311,14 @@ fn datasets(r: &Recipe, args: &Args) -> Result<(VideoDataset, VideoDataset)> {
         let t0 = Instant::now();
         let root = r.output.join("data");
         let (train, test) = args.demo_flags.demo().write_dataset(&root)?;
-        println!("demo dataset: {} ({} classes, {} training and {} test clips, written in {:.1} s)", root.display(), train.num_classes(), train.len(), test.len(), t0.elapsed().as_secs_f64());
+        println!(
+            "demo dataset: {} ({} classes, {} training and {} test clips, written in {:.1} s)",
+            root.display(),
+            train.num_classes(),
+            train.len(),
+            test.len(),
+            t0.elapsed().as_secs_f64()
+        );
         return Ok((train, test));
     }
     if let Some(train_list) = &r.train_list {
@@ -286,14 +327,18 @@ fn datasets(r: &Recipe, args: &Args) -> Result<(VideoDataset, VideoDataset)> {
         let root = r.root.as_deref();
         return Ok((VideoDataset::from_list(train_list, labels, root)?, VideoDataset::from_list(val, labels, root)?));
     }
-    let root = r.root.as_ref().context("give --root (the UCF101 folder), --train-list/--val-list/--label-list, or --demo")?;
+    let root =
+        r.root.as_ref().context("give --root (the UCF101 folder), --train-list/--val-list/--label-list, or --demo")?;
     let storage = if args.frame_folders { Storage::FrameFolders } else { Storage::Videos };
     Ok(match &args.splits {
         Some(dir) => (
             VideoDataset::ucf101_with_splits(root, dir, r.split, Subset::Train, storage)?,
             VideoDataset::ucf101_with_splits(root, dir, r.split, Subset::Test, storage)?,
         ),
-        None => (VideoDataset::ucf101(root, r.split, Subset::Train, storage)?, VideoDataset::ucf101(root, r.split, Subset::Test, storage)?),
+        None => (
+            VideoDataset::ucf101(root, r.split, Subset::Train, storage)?,
+            VideoDataset::ucf101(root, r.split, Subset::Test, storage)?,
+        ),
     })
 }
 
@@ -306,18 +351,23 @@ fn model(r: &Recipe, args: &Args) -> Result<(ActionClipConfig, StartFrom)> {
         return Ok((args.demo_flags.demo().model_config(r.frames, prompt), StartFrom::Scratch));
     }
     if r.scratch && r.weights.is_none() {
-        return Ok((ActionClipConfig { clip: ClipConfig::by_name(&r.arch)?, frames: r.frames, prompt }, StartFrom::Scratch));
+        return Ok((
+            ActionClipConfig { clip: ClipConfig::by_name(&r.arch)?, frames: r.frames, prompt },
+            StartFrom::Scratch,
+        ));
     }
     let source = match (&r.weights, r.hub_id()) {
         (Some(w), _) => w.clone(),
         (None, Some(id)) => id.to_string(),
         (None, None) => bail!("no --weights and no known --arch {:?}; give one (or --scratch)", r.arch),
     };
-    let weights = actionclip::weights::load(&source).with_context(|| format!("loading the starting weights {source}"))?;
+    let weights =
+        actionclip::weights::load(&source).with_context(|| format!("loading the starting weights {source}"))?;
     let mut cfg = weights.action_clip_config()?;
     // A checkpoint of our own runs knows its frames and prompt; flags still override them.
     let from_our_run = weights.config.is_some();
-    if !from_our_run || args.frames.is_some() || args.sim_header.is_some() || args.tsm.is_some() || args.joint.is_some() {
+    if !from_our_run || args.frames.is_some() || args.sim_header.is_some() || args.tsm.is_some() || args.joint.is_some()
+    {
         cfg.frames = r.frames;
         cfg.prompt = prompt;
     }
@@ -326,12 +376,27 @@ fn model(r: &Recipe, args: &Args) -> Result<(ActionClipConfig, StartFrom)> {
 }
 
 fn loader(ds: VideoDataset, pipeline: ClipPipeline, r: &Recipe, train: bool, device: &Device) -> Result<Loader> {
-    let cfg = LoaderConfig { batch_size: r.batch_size, workers: r.workers, prefetch: 2, shuffle: train, seed: r.seed, drop_last: false, device: device.clone(), ..LoaderConfig::default() };
+    let cfg = LoaderConfig {
+        batch_size: r.batch_size,
+        workers: r.workers,
+        prefetch: 2,
+        shuffle: train,
+        seed: r.seed,
+        drop_last: false,
+        device: device.clone(),
+        ..LoaderConfig::default()
+    };
     Ok(Loader::new(ds, pipeline, cfg)?)
 }
 
 /// Loaders for training, the per-epoch test and the optional multi-view test.
-fn train_data(r: &Recipe, args: &Args, model_cfg: &ActionClipConfig, (train, test): (VideoDataset, VideoDataset), device: &Device) -> Result<TrainData> {
+fn train_data(
+    r: &Recipe,
+    args: &Args,
+    model_cfg: &ActionClipConfig,
+    (train, test): (VideoDataset, VideoDataset),
+    device: &Device,
+) -> Result<TrainData> {
     let frames = model_cfg.frames;
     let input = r.input_size.unwrap_or(model_cfg.clip.vision.image_size as u32);
     let with_segments = |mut p: ClipPipeline| -> Result<ClipPipeline> {
@@ -351,7 +416,11 @@ fn train_data(r: &Recipe, args: &Args, model_cfg: &ActionClipConfig, (train, tes
         }
         None => None,
     };
-    Ok(TrainData { train: loader(train, train_pipeline, r, true, device)?, test: Some(loader(test, test_pipeline, r, false, device)?), multi_view })
+    Ok(TrainData {
+        train: loader(train, train_pipeline, r, true, device)?,
+        test: Some(loader(test, test_pipeline, r, false, device)?),
+        multi_view,
+    })
 }
 
 /// `CLIPSxCROPS` (crops 1 or 3).
@@ -369,7 +438,10 @@ fn train_config(r: &Recipe, args: &Args, precision: Precision) -> Result<TrainCo
         optimizer: AdamWConfig { exempt_from_decay: args.no_decay_exempt, ..AdamWConfig::default() },
         accumulate: args.accumulate.unwrap_or(1),
         clip_grad_norm: args.clip_grad,
-        freeze: Freeze { text: args.freeze_text || (args.demo && args.demo_flags.demo().freeze().text), vision: args.freeze_vision },
+        freeze: Freeze {
+            text: args.freeze_text || (args.demo && args.demo_flags.demo().freeze().text),
+            vision: args.freeze_vision,
+        },
         precision,
         zero_shot_eval: !args.no_zero_shot,
         ..TrainConfig::default()
@@ -386,7 +458,8 @@ fn main() -> Result<()> {
     let datasets = datasets(&recipe, &args)?;
     let (model_cfg, start) = model(&recipe, &args)?;
     let data = train_data(&recipe, &args, &model_cfg, datasets, &device)?;
-    let mut trainer = Trainer::new(&model_cfg, start, train_config(&recipe, &args, precision)?, &device)?.with_run_dir(&recipe.output);
+    let mut trainer = Trainer::new(&model_cfg, start, train_config(&recipe, &args, precision)?, &device)?
+        .with_run_dir(&recipe.output);
     trainer.set_run_info(serde_json::json!({ "settings": recipe, "args": args, "demo": args.demo }));
     if recipe.evaluate_only {
         return evaluate_only(&trainer, &data, &recipe.output, TowerWeights::parse(&args.tower_weights)?);
@@ -456,7 +529,15 @@ fn evaluate_only(trainer: &Trainer, data: &TrainData, output: &Path, format: Tow
             let agreement = report.top1_agreement(&full).map_or("n/a".into(), |a| format!("{:.2}%", 100.0 * a));
             println!("{name}: f32 weights top-1 {:.2}% ({:.1} s); {format:?} weights agree with f32 on the top-1 class of {agreement} of the clips", 100.0 * full.top1, full.seconds);
         }
-        println!("{name}: top-1 {:.2}%  top-5 {:.2}%  mean class {:.2}%  ({} clips, {} views, {:.1} s)", 100.0 * report.top1, 100.0 * report.top5, 100.0 * report.mean_class_accuracy, report.samples, report.views, report.seconds);
+        println!(
+            "{name}: top-1 {:.2}%  top-5 {:.2}%  mean class {:.2}%  ({} clips, {} views, {:.1} s)",
+            100.0 * report.top1,
+            100.0 * report.top5,
+            100.0 * report.mean_class_accuracy,
+            report.samples,
+            report.views,
+            report.seconds
+        );
         let path = output.join(format!("eval_{name}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         let classes = &data.train.dataset().classes;
@@ -465,7 +546,13 @@ fn evaluate_only(trainer: &Trainer, data: &TrainData, output: &Path, format: Tow
     Ok(())
 }
 
-fn evaluate_with_bar(console: &mut Console, trainer: &Trainer, loader: &Loader, format: TowerWeights, multi_view: bool) -> Result<EvalReport> {
+fn evaluate_with_bar(
+    console: &mut Console,
+    trainer: &Trainer,
+    loader: &Loader,
+    format: TowerWeights,
+    multi_view: bool,
+) -> Result<EvalReport> {
     console.event(&Event::EvalStarted { epoch: 0, batches: loader.num_batches(), multi_view });
     let bar = console.eval.clone();
     let report = trainer.evaluate_with(format, loader, &mut |done, _| {
@@ -494,10 +581,20 @@ impl Console {
     fn new(stop: Arc<AtomicBool>) -> Self {
         let bars = MultiProgress::new();
         let total = bars.add(ProgressBar::new(0));
-        total.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.cyan/blue}] {pos}/{len} steps  {elapsed_precise} elapsed, ETA {eta_precise}").unwrap().progress_chars("=> "));
+        total.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30.cyan/blue}] {pos}/{len} steps  {elapsed_precise} elapsed, ETA {eta_precise}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
         total.set_prefix("run");
         let epoch = bars.add(ProgressBar::new(0));
-        epoch.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.green/white}] {pos}/{len} batches  {msg}").unwrap().progress_chars("=> "));
+        epoch.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:30.green/white}] {pos}/{len} batches  {msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
         Self { bars, total, epoch, eval: None, stop, epochs: 0, started: Instant::now() }
     }
 
@@ -511,7 +608,11 @@ impl Console {
 
     fn eval_started(&mut self, batches: usize, multi_view: bool) {
         let bar = self.bars.add(ProgressBar::new(batches as u64));
-        bar.set_style(ProgressStyle::with_template("{prefix:>8} [{bar:30.yellow/white}] {pos}/{len} batches  ETA {eta}").unwrap().progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:30.yellow/white}] {pos}/{len} batches  ETA {eta}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
         bar.set_prefix(if multi_view { "test-mv" } else { "test" });
         self.eval = Some(bar);
     }
@@ -521,22 +622,41 @@ impl Console {
             b.finish_and_clear();
             self.bars.remove(&b);
         }
-        let what = if zero_shot { "starting weights (zero-shot)".to_string() } else if report.views > 1 { format!("multi-view ({} views)", report.views) } else { format!("epoch {}", report.epoch) };
+        let what = if zero_shot {
+            "starting weights (zero-shot)".to_string()
+        } else if report.views > 1 {
+            format!("multi-view ({} views)", report.views)
+        } else {
+            format!("epoch {}", report.epoch)
+        };
         let (top1, top5, mean_class) = (100.0 * report.top1, 100.0 * report.top5, 100.0 * report.mean_class_accuracy);
-        self.println(format!("{what}: top-1 {top1:.2}%  top-5 {top5:.2}%  mean class {mean_class:.2}%  ({} clips, {:.1} s)", report.samples, report.seconds));
+        self.println(format!(
+            "{what}: top-1 {top1:.2}%  top-5 {top5:.2}%  mean class {mean_class:.2}%  ({} clips, {:.1} s)",
+            report.samples, report.seconds
+        ));
     }
 }
 
 impl Observer for Console {
     fn event(&mut self, event: &Event<'_>) {
         match event {
-            Event::Started { epochs, start_epoch, start_step, steps_per_epoch, trainable, frozen, resumed, batches_per_epoch } => {
+            Event::Started {
+                epochs,
+                start_epoch,
+                start_step,
+                steps_per_epoch,
+                trainable,
+                frozen,
+                resumed,
+                batches_per_epoch,
+            } => {
                 self.epochs = *epochs;
                 self.total.set_length((epochs * steps_per_epoch) as u64);
                 self.total.set_position(*start_step as u64);
                 self.total.reset_eta();
                 let verb = if *resumed { "resuming:" } else { "training:" };
-                let from = if *resumed { format!(" (from epoch {start_epoch}, step {start_step})") } else { String::new() };
+                let from =
+                    if *resumed { format!(" (from epoch {start_epoch}, step {start_step})") } else { String::new() };
                 let (trainable, frozen) = (*trainable as f64 / 1e6, *frozen as f64 / 1e6);
                 self.println(format!("{verb} {epochs} epochs x {batches_per_epoch} batches ({steps_per_epoch} steps each); {trainable:.2} M trainable, {frozen:.2} M frozen parameters{from}"));
             }
@@ -564,11 +684,19 @@ impl Observer for Console {
             }
             Event::Evaluated(report, log) => self.evaluated(report, log.zero_shot),
             Event::EpochEnded(e) => {
-                self.println(format!("epoch {} done: train loss {:.4}, {:.1} s training, {:.0} s so far", e.epoch, e.train_loss, e.train_seconds, self.started.elapsed().as_secs_f64()));
+                self.println(format!(
+                    "epoch {} done: train loss {:.4}, {:.1} s training, {:.0} s so far",
+                    e.epoch,
+                    e.train_loss,
+                    e.train_seconds,
+                    self.started.elapsed().as_secs_f64()
+                ));
             }
             Event::CheckpointSaved { path, best: true } => self.println(format!("new best -> {}", path.display())),
             Event::CheckpointSaved { best: false, .. } => {}
-            Event::Stopped { epoch, step } => self.println(format!("stopped at epoch {epoch}, step {step}; resume with --resume")),
+            Event::Stopped { epoch, step } => {
+                self.println(format!("stopped at epoch {epoch}, step {step}; resume with --resume"))
+            }
         }
     }
 

@@ -81,7 +81,11 @@ struct Args {
 /// The random tiny model of `--demo` (predictions are meaningless; it shows the pipeline).
 fn tiny_model(device: &Device) -> Result<(ActionClip, ActionClipConfig)> {
     let clip = ClipConfig::tiny();
-    let cfg = ActionClipConfig { clip, frames: 8, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 2 } } };
+    let cfg = ActionClipConfig {
+        clip,
+        frames: 8,
+        prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 2 } },
+    };
     let model = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, device), &cfg)?;
     Ok((model, cfg))
 }
@@ -107,7 +111,10 @@ fn main() -> Result<()> {
     let demo_classes = if args.demo { Some(prepare_demo(&mut args)?) } else { None };
     let (model, cfg) = load_model(&args, &device)?;
     let model = model.with_tower_weights(args.tower_weights)?;
-    eprintln!("model: {} frames, {} px input, {:?} tower weights", cfg.frames, cfg.clip.vision.image_size, args.tower_weights);
+    eprintln!(
+        "model: {} frames, {} px input, {:?} tower weights",
+        cfg.frames, cfg.clip.vision.image_size, args.tower_weights
+    );
 
     let spec = match (&args.labels, &args.videos_dir, demo_classes) {
         (Some(s), _, _) => s.clone(),
@@ -121,7 +128,13 @@ fn main() -> Result<()> {
     }
     let tokenizer = Tokenizer::new();
     let zs = ZeroShotClassifier::new(&model, &tokenizer, &labels.labels, &prompts::ACTIONCLIP_TEMPLATES)?;
-    let opts = viz::VisualizeOptions { window: args.window, stride: args.stride, top_k: args.top_k, max_frames: args.max_frames, ..Default::default() };
+    let opts = viz::VisualizeOptions {
+        window: args.window,
+        stride: args.stride,
+        top_k: args.top_k,
+        max_frames: args.max_frames,
+        ..Default::default()
+    };
     match (&args.video, &args.videos_dir) {
         (Some(video), _) => visualize_one(&zs, video, &args, &opts),
         (None, Some(dir)) => visualize_per_class(&zs, dir, &args, &opts),
@@ -143,7 +156,8 @@ fn prepare_demo(args: &mut Args) -> Result<String> {
         }
         None => {
             let root = args.output.join("synthetic_data");
-            let cfg = data::synthetic::SyntheticConfig { clips_per_class: 4, test_clips_per_class: 1, ..Default::default() };
+            let cfg =
+                data::synthetic::SyntheticConfig { clips_per_class: 4, test_clips_per_class: 1, ..Default::default() };
             let synthetic = data::synthetic::write_dataset(&root, &cfg)?;
             eprintln!("demo: synthetic dataset ({} classes) in {}", synthetic.classes.len(), root.display());
             root
@@ -161,7 +175,9 @@ fn load_model(args: &Args, device: &Device) -> Result<(ActionClip, ActionClipCon
     match (&args.weights, args.demo) {
         (Some(w), _) => Ok(ActionClip::load(w, device, DType::F32).with_context(|| format!("loading weights {w}"))?),
         (None, true) => {
-            eprintln!("demo: random tiny model (predictions are meaningless; pass --weights RUN_DIR for a trained one)");
+            eprintln!(
+                "demo: random tiny model (predictions are meaningless; pass --weights RUN_DIR for a trained one)"
+            );
             tiny_model(device)
         }
         (None, false) => bail!("--weights PATH|HUB_ID is required (or --demo)"),
@@ -177,12 +193,20 @@ fn visualize_one(zs: &ZeroShotClassifier, video: &Path, args: &Args, opts: &viz:
         }
     }
     let name = video.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "video".into());
-    let out = viz::visualize_video(zs, video, truth.as_deref(), &args.output, &name, opts).with_context(|| format!("visualizing {}", video.display()))?;
+    let out = viz::visualize_video(zs, video, truth.as_deref(), &args.output, &name, opts)
+        .with_context(|| format!("visualizing {}", video.display()))?;
     println!("{} ({} frames; {} windows of the timeline)", video.display(), out.total_frames, out.windows.len());
     for (rank, (label, p)) in out.prediction.top.iter().enumerate() {
         println!("  {:>2}. {:<40} {:>6.2}%", rank + 1, label, 100.0 * p);
     }
-    println!("annotated video: {} ({:?}, {} frames of {}x{})", out.annotated.display(), out.format, out.frames_written, out.size.0, out.size.1);
+    println!(
+        "annotated video: {} ({:?}, {} frames of {}x{})",
+        out.annotated.display(),
+        out.format,
+        out.frames_written,
+        out.size.0,
+        out.size.1
+    );
     println!("contact sheet:   {}", out.sheet.display());
     Ok(())
 }
@@ -193,20 +217,28 @@ fn visualize_per_class(zs: &ZeroShotClassifier, dir: &Path, args: &Args, opts: &
     eprintln!("{} videos from {} ({} per class, seed {})", clips.len(), dir.display(), args.per_class, args.seed);
     let raw = args.raw_labels;
     let n = clips.len();
-    let batch = viz::run_batch(zs, &clips, |c| Some(label_words(&c.class, raw)), dir, &args.output, opts, |i, e| {
-        let status = match (&e.outcome, e.correct()) {
-            (Err(reason), _) => format!("FAILED: {reason}"),
-            (Ok(p), c) => {
-                let mark = match c {
-                    Some(true) => "correct",
-                    Some(false) => "wrong",
-                    None => "-",
-                };
-                format!("{} {:.1}% ({mark})", p.top[0].0, 100.0 * p.top[0].1)
-            }
-        };
-        eprintln!("[{}/{n}] {}: {status}", i + 1, e.video);
-    })?;
+    let batch = viz::run_batch(
+        zs,
+        &clips,
+        |c| Some(label_words(&c.class, raw)),
+        dir,
+        &args.output,
+        opts,
+        |i, e| {
+            let status = match (&e.outcome, e.correct()) {
+                (Err(reason), _) => format!("FAILED: {reason}"),
+                (Ok(p), c) => {
+                    let mark = match c {
+                        Some(true) => "correct",
+                        Some(false) => "wrong",
+                        None => "-",
+                    };
+                    format!("{} {:.1}% ({mark})", p.top[0].0, 100.0 * p.top[0].1)
+                }
+            };
+            eprintln!("[{}/{n}] {}: {status}", i + 1, e.video);
+        },
+    )?;
     let total = batch.classes.iter().fold((0, 0), |(c, d), s| (c + s.correct, d + s.videos - s.failed));
     let failed: usize = batch.classes.iter().map(|s| s.failed).sum();
     println!("top-1 accuracy {}/{} ({} failed)", total.0, total.1, failed);

@@ -18,8 +18,8 @@
 use std::path::{Path, PathBuf};
 
 use actionclip::{
-    data, inference, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights, VisualPrompt,
-    ZeroShotClassifier,
+    data, inference, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights,
+    VisualPrompt, ZeroShotClassifier,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -82,10 +82,15 @@ fn clips(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
         let is_frame_folder = input.is_dir() && input.join("img_00001.jpg").exists();
         if input.is_dir() && !is_frame_folder {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(input)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut entries: Vec<PathBuf> =
+                std::fs::read_dir(input)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
             entries.sort();
             out.extend(clips(&entries)?);
-        } else if is_frame_folder || input.extension().is_some_and(|e| ["avi", "mp4", "mkv", "webm", "mov"].contains(&e.to_string_lossy().to_lowercase().as_str())) {
+        } else if is_frame_folder
+            || input.extension().is_some_and(|e| {
+                ["avi", "mp4", "mkv", "webm", "mov"].contains(&e.to_string_lossy().to_lowercase().as_str())
+            })
+        {
             out.push(input.clone());
         }
     }
@@ -94,23 +99,47 @@ fn clips(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// A random tiny model and a few generated clips, for `--demo`.
 fn demo(dir: &Path, device: &Device) -> Result<(ActionClip, ActionClipConfig, Vec<PathBuf>, String)> {
-    let synthetic = data::synthetic::write_dataset(dir, &data::synthetic::SyntheticConfig { clips_per_class: 2, test_clips_per_class: 1, ..Default::default() })?;
+    let synthetic = data::synthetic::write_dataset(
+        dir,
+        &data::synthetic::SyntheticConfig { clips_per_class: 2, test_clips_per_class: 1, ..Default::default() },
+    )?;
     let clip = ClipConfig::tiny();
-    let cfg = ActionClipConfig { clip, frames: 8, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 2 } } };
+    let cfg = ActionClipConfig {
+        clip,
+        frames: 8,
+        prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 2 } },
+    };
     let model = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, device), &cfg)?;
     Ok((model, cfg, vec![synthetic.root.clone()], synthetic.classes.join(",")))
 }
 
 /// A real-size model with random weights for `--random-weights`, and (without inputs) a generated clip
 /// of UCF101's size and mean length.
-fn random_model(name: &str, dir: &Path, inputs: &[PathBuf], device: &Device) -> Result<(ActionClip, ActionClipConfig, Vec<PathBuf>)> {
+fn random_model(
+    name: &str,
+    dir: &Path,
+    inputs: &[PathBuf],
+    device: &Device,
+) -> Result<(ActionClip, ActionClipConfig, Vec<PathBuf>)> {
     let clip = if name == "vit-b16" { ClipConfig::vit_b16() } else { ClipConfig::vit_b32() };
-    let cfg = ActionClipConfig { clip, frames: 8, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } } };
+    let cfg = ActionClipConfig {
+        clip,
+        frames: 8,
+        prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } },
+    };
     let model = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, device), &cfg)?;
     if !inputs.is_empty() {
         return Ok((model, cfg, inputs.to_vec()));
     }
-    let synthetic = data::synthetic::SyntheticConfig { num_classes: 1, clips_per_class: 2, test_clips_per_class: 1, frames: 175, width: 320, height: 240, ..Default::default() };
+    let synthetic = data::synthetic::SyntheticConfig {
+        num_classes: 1,
+        clips_per_class: 2,
+        test_clips_per_class: 1,
+        frames: 175,
+        width: 320,
+        height: 240,
+        ..Default::default()
+    };
     let ds = data::synthetic::write_dataset(dir, &synthetic)?;
     let first = viz_first_clip(&ds.root)?;
     Ok((model, cfg, vec![first]))
@@ -125,21 +154,7 @@ fn main() -> Result<()> {
     let device = Device::Cpu;
     let tmp = tempfile::tempdir()?;
     let timing = args.random_weights.is_some();
-    let t_build = std::time::Instant::now();
-    let (model, cfg, inputs) = if let Some(name) = &args.random_weights {
-        let (model, cfg, inputs) = random_model(name, tmp.path(), &args.inputs, &device)?;
-        eprintln!("latency mode: {name} with random weights, {} frames; built in {:.2} s", cfg.frames, t_build.elapsed().as_secs_f64());
-        (model, cfg, inputs)
-    } else if args.demo {
-        let (model, cfg, inputs, labels) = demo(tmp.path(), &device)?;
-        eprintln!("demo: random tiny model, synthetic clips in {} (predictions are meaningless)", tmp.path().display());
-        args.labels = labels;
-        (model, cfg, inputs)
-    } else {
-        let weights = args.weights.as_deref().context("--weights PATH|HUB_ID is required (or --demo)")?;
-        let (model, cfg) = ActionClip::load(weights, &device, DType::F32)?;
-        (model, cfg, args.inputs.clone())
-    };
+    let (model, cfg, inputs) = load_model(&mut args, tmp.path(), &device)?;
     let model = model.with_tower_weights(args.tower_weights)?;
     let labels = labels(&args.labels, args.raw_labels)?;
     let tokenizer = Tokenizer::new();
@@ -148,7 +163,12 @@ fn main() -> Result<()> {
     if timing {
         let n = labels.len() * prompts::ACTIONCLIP_TEMPLATES.len();
         let dt = t_labels.elapsed().as_secs_f64();
-        eprintln!("class sentences: {} labels x {} templates = {n} encoded in {dt:.2} s ({:.1} ms each; done once)", labels.len(), prompts::ACTIONCLIP_TEMPLATES.len(), 1e3 * dt / n as f64);
+        eprintln!(
+            "class sentences: {} labels x {} templates = {n} encoded in {dt:.2} s ({:.1} ms each; done once)",
+            labels.len(),
+            prompts::ACTIONCLIP_TEMPLATES.len(),
+            1e3 * dt / n as f64
+        );
     }
     let frames = args.frames.unwrap_or(cfg.frames);
     let size = cfg.clip.vision.image_size as u32;
@@ -167,25 +187,61 @@ fn main() -> Result<()> {
             zs.classify(&batch, args.top_k)
         });
         let t2 = std::time::Instant::now();
-        match result {
-            Ok(top) if args.json => {
-                let top: Vec<_> = top[0].iter().map(|(l, p)| serde_json::json!({"label": l, "probability": p})).collect();
-                println!("{}", serde_json::json!({"video": path.display().to_string(), "top": top}));
-            }
-            Ok(top) => {
-                println!("{}", path.display());
-                for (rank, (label, p)) in top[0].iter().enumerate() {
-                    println!("  {:>2}. {:<40} {:>6.2}%", rank + 1, label, 100.0 * p);
-                }
-            }
-            Err(e) if args.json => println!("{}", serde_json::json!({"video": path.display().to_string(), "error": e.to_string()})),
-            Err(e) => println!("{}\n  error: {e}", path.display()),
-        }
+        print_result(path, result.map(|mut top| top.remove(0)), args.json);
         if timing {
             let ms = |a: std::time::Instant, b: std::time::Instant| 1e3 * (b - a).as_secs_f64();
             let t3 = std::time::Instant::now();
-            eprintln!("latency: file to printed label {:.0} ms (decode + preprocess {:.0} ms, encode + classify {:.0} ms)", ms(t0, t3), ms(t0, t1), ms(t1, t2));
+            eprintln!(
+                "latency: file to printed label {:.0} ms (decode + preprocess {:.0} ms, encode + classify {:.0} ms)",
+                ms(t0, t3),
+                ms(t0, t1),
+                ms(t1, t2)
+            );
         }
     }
     Ok(())
+}
+
+/// The model and the inputs to classify: a random model of `--random-weights` (latency mode), the demo's
+/// random tiny model and synthetic clips (which also set the labels), or the `--weights` checkpoint.
+fn load_model(args: &mut Args, tmp: &Path, device: &Device) -> Result<(ActionClip, ActionClipConfig, Vec<PathBuf>)> {
+    if let Some(name) = &args.random_weights {
+        let t_build = std::time::Instant::now();
+        let (model, cfg, inputs) = random_model(name, tmp, &args.inputs, device)?;
+        eprintln!(
+            "latency mode: {name} with random weights, {} frames; built in {:.2} s",
+            cfg.frames,
+            t_build.elapsed().as_secs_f64()
+        );
+        Ok((model, cfg, inputs))
+    } else if args.demo {
+        let (model, cfg, inputs, labels) = demo(tmp, device)?;
+        eprintln!("demo: random tiny model, synthetic clips in {} (predictions are meaningless)", tmp.display());
+        args.labels = labels;
+        Ok((model, cfg, inputs))
+    } else {
+        let weights = args.weights.as_deref().context("--weights PATH|HUB_ID is required (or --demo)")?;
+        let (model, cfg) = ActionClip::load(weights, device, DType::F32)?;
+        Ok((model, cfg, args.inputs.clone()))
+    }
+}
+
+/// Prints one clip's top labels (or its error) as text or as a JSON line.
+fn print_result(path: &Path, result: actionclip::Result<Vec<(String, f32)>>, json: bool) {
+    match result {
+        Ok(top) if json => {
+            let top: Vec<_> = top.iter().map(|(l, p)| serde_json::json!({"label": l, "probability": p})).collect();
+            println!("{}", serde_json::json!({"video": path.display().to_string(), "top": top}));
+        }
+        Ok(top) => {
+            println!("{}", path.display());
+            for (rank, (label, p)) in top.iter().enumerate() {
+                println!("  {:>2}. {:<40} {:>6.2}%", rank + 1, label, 100.0 * p);
+            }
+        }
+        Err(e) if json => {
+            println!("{}", serde_json::json!({"video": path.display().to_string(), "error": e.to_string()}))
+        }
+        Err(e) => println!("{}\n  error: {e}", path.display()),
+    }
 }

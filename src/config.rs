@@ -140,10 +140,7 @@ impl ClipConfig {
             Ok(shape)
         };
         let count_blocks = |prefix: &str| {
-            shapes
-                .keys()
-                .filter(|k| k.starts_with(prefix) && k.ends_with(".attn.in_proj_weight"))
-                .count()
+            shapes.keys().filter(|k| k.starts_with(prefix) && k.ends_with(".attn.in_proj_weight")).count()
         };
         let conv = get("visual.conv1.weight", 4)?;
         let (width, patch) = (conv[0], conv[2]);
@@ -187,9 +184,18 @@ impl ClipConfig {
         let problems = [
             (v.layers == 0, "the image tower has no blocks".to_string()),
             (t.layers == 0, "the text tower has no blocks".to_string()),
-            (v.heads == 0 || !v.width.is_multiple_of(v.heads), format!("vision width {} is not divisible by {} heads", v.width, v.heads)),
-            (t.heads == 0 || !t.width.is_multiple_of(t.heads), format!("text width {} is not divisible by {} heads", t.width, t.heads)),
-            (v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size), format!("image size {} is not a multiple of patch size {}", v.image_size, v.patch_size)),
+            (
+                v.heads == 0 || !v.width.is_multiple_of(v.heads),
+                format!("vision width {} is not divisible by {} heads", v.width, v.heads),
+            ),
+            (
+                t.heads == 0 || !t.width.is_multiple_of(t.heads),
+                format!("text width {} is not divisible by {} heads", t.width, t.heads),
+            ),
+            (
+                v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size),
+                format!("image size {} is not a multiple of patch size {}", v.image_size, v.patch_size),
+            ),
             (self.embed_dim == 0, "embed_dim is 0".to_string()),
         ];
         match problems.into_iter().find(|(bad, _)| *bad) {
@@ -338,7 +344,8 @@ mod tests {
 
     #[test]
     fn invalid_prompt_combinations_are_rejected() {
-        let joint_transf = VisualPrompt { joint: true, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } };
+        let joint_transf =
+            VisualPrompt { joint: true, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } };
         assert!(matches!(joint_transf.validate(), Err(Error::InvalidPrompt(_))));
         let joint_shift = VisualPrompt { joint: true, temporal_shift: true, post: PostNetwork::MeanPool };
         assert!(matches!(joint_shift.validate(), Err(Error::InvalidPrompt(_))));

@@ -74,7 +74,10 @@ impl WindowPrediction {
 /// nearest (the earlier one on ties); `None` when no window holds it.
 pub(crate) fn window_for_frame(windows: &[WindowPrediction], frame: usize) -> Option<&WindowPrediction> {
     let at = frame as f64 + 0.5;
-    windows.iter().filter(|w| w.contains(frame)).min_by(|a, b| (a.centre() - at).abs().total_cmp(&(b.centre() - at).abs()))
+    windows
+        .iter()
+        .filter(|w| w.contains(frame))
+        .min_by(|a, b| (a.centre() - at).abs().total_cmp(&(b.centre() - at).abs()))
 }
 
 /// The `[start, end)` frame ranges of windows of `window` frames every `stride` frames over a clip of
@@ -82,7 +85,9 @@ pub(crate) fn window_for_frame(windows: &[WindowPrediction], frame: usize) -> Op
 /// not land there, so every frame is covered; a clip shorter than `window` is one window.
 pub(crate) fn window_ranges(num_frames: usize, window: usize, stride: usize) -> Result<Vec<(usize, usize)>> {
     if window == 0 || stride == 0 {
-        return Err(Error::Config(format!("sliding windows need a window and a stride of at least one frame (got {window} and {stride})")));
+        return Err(Error::Config(format!(
+            "sliding windows need a window and a stride of at least one frame (got {window} and {stride})"
+        )));
     }
     if num_frames == 0 {
         return Ok(Vec::new());
@@ -90,7 +95,8 @@ pub(crate) fn window_ranges(num_frames: usize, window: usize, stride: usize) -> 
     if num_frames <= window {
         return Ok(vec![(0, num_frames)]);
     }
-    let mut out: Vec<(usize, usize)> = (0..).map(|i| i * stride).take_while(|s| s + window <= num_frames).map(|s| (s, s + window)).collect();
+    let mut out: Vec<(usize, usize)> =
+        (0..).map(|i| i * stride).take_while(|s| s + window <= num_frames).map(|s| (s, s + window)).collect();
     if out.last().is_some_and(|&(_, e)| e < num_frames) {
         out.push((num_frames - window, num_frames));
     }
@@ -108,12 +114,20 @@ pub struct LabelList {
 
 /// The 101 UCF101 class names (`ApplyEyeMakeup`, ...), in class-index order.
 fn ucf101_classes() -> Vec<String> {
-    include_str!("../weights/ucf101_classes.txt").lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+    include_str!("../weights/ucf101_classes.txt")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// The 51 HMDB51 class names (`brush_hair`, ...), in class-index order.
 fn hmdb51_classes() -> Vec<String> {
-    include_str!("../weights/hmdb51_classes.txt").lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+    include_str!("../weights/hmdb51_classes.txt")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Reads a label list: `ucf101` or `hmdb51` (built in), an existing file (one label per line; blank lines
@@ -124,7 +138,9 @@ pub fn parse_labels(spec: &str, humanize: bool) -> Result<LabelList> {
     let raw: Vec<String> = match spec.trim() {
         "ucf101" => ucf101_classes(),
         "hmdb51" => hmdb51_classes(),
-        s if Path::new(s).is_file() => std::fs::read_to_string(s).map_err(|e| Error::io(s, e))?.lines().map(str::to_string).collect(),
+        s if Path::new(s).is_file() => {
+            std::fs::read_to_string(s).map_err(|e| Error::io(s, e))?.lines().map(str::to_string).collect()
+        }
         s => s.split(',').map(str::to_string).collect(),
     };
     let mut labels: Vec<String> = Vec::with_capacity(raw.len());
@@ -181,14 +197,26 @@ impl ZeroShotClassifier<'_> {
     /// frame when the stride does not land there, so every frame is covered; fewer frames than `window`
     /// make one window.
     // N frames -> windows of [T, 3, S, S] -> one top-k list per window
-    pub fn predict_windows(&self, frames: &[RgbImage], window: usize, stride: usize, k: usize) -> Result<Vec<WindowPrediction>> {
+    pub fn predict_windows(
+        &self,
+        frames: &[RgbImage],
+        window: usize,
+        stride: usize,
+        k: usize,
+    ) -> Result<Vec<WindowPrediction>> {
         let plan = self.window_plan(frames.len(), window, stride)?;
         self.run_windows(plan, |i| frames.get(i), k)
     }
 
     /// [`ZeroShotClassifier::predict_windows`] over a video file (feature `video`) or frame folder,
     /// decoding only the frames the windows sample.
-    pub fn predict_windows_path(&self, path: impl AsRef<Path>, window: usize, stride: usize, k: usize) -> Result<Vec<WindowPrediction>> {
+    pub fn predict_windows_path(
+        &self,
+        path: impl AsRef<Path>,
+        window: usize,
+        stride: usize,
+        k: usize,
+    ) -> Result<Vec<WindowPrediction>> {
         let path = path.as_ref();
         let naming = FrameNaming::default();
         let num_frames = ClipSource::open(path, &naming, None)?.len();
@@ -198,7 +226,10 @@ impl ZeroShotClassifier<'_> {
         wanted.dedup();
         let images = ClipSource::open(path, &naming, Some(num_frames))?.read(&wanted)?;
         if images.len() != wanted.len() {
-            return Err(Error::Video { path: path.to_path_buf(), reason: format!("{} of {} frames could be read", images.len(), wanted.len()) });
+            return Err(Error::Video {
+                path: path.to_path_buf(),
+                reason: format!("{} of {} frames could be read", images.len(), wanted.len()),
+            });
         }
         let by_index: BTreeMap<usize, RgbImage> = wanted.into_iter().zip(images).collect();
         self.run_windows(plan, |i| by_index.get(&i), k)
@@ -213,7 +244,12 @@ impl ZeroShotClassifier<'_> {
             .collect())
     }
 
-    fn run_windows<'f>(&self, plan: Vec<(usize, usize, Vec<usize>)>, frame: impl Fn(usize) -> Option<&'f RgbImage>, k: usize) -> Result<Vec<WindowPrediction>> {
+    fn run_windows<'f>(
+        &self,
+        plan: Vec<(usize, usize, Vec<usize>)>,
+        frame: impl Fn(usize) -> Option<&'f RgbImage>,
+        k: usize,
+    ) -> Result<Vec<WindowPrediction>> {
         let cfg = self.model().config();
         let size = cfg.clip.vision.image_size as u32;
         let (t, s) = (cfg.frames, size as usize);
@@ -225,13 +261,23 @@ impl ZeroShotClassifier<'_> {
             for ((_, _, idx), dst) in chunk.iter().zip(data.chunks_mut(per_window)) {
                 let imgs = idx
                     .iter()
-                    .map(|&i| frame(i).cloned().ok_or_else(|| Error::Config(format!("window frame {i} is not among the frames given"))))
+                    .map(|&i| {
+                        frame(i)
+                            .cloned()
+                            .ok_or_else(|| Error::Config(format!("window frame {i} is not among the frames given")))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 transform.apply_into(&imgs, dst)?;
             }
-            let batch = Tensor::from_vec(data, (chunk.len(), t, 3, s, s), &Device::Cpu)?.to_device(self.model().device())?; // [W, T, 3, S, S]
+            let batch =
+                Tensor::from_vec(data, (chunk.len(), t, 3, s, s), &Device::Cpu)?.to_device(self.model().device())?; // [W, T, 3, S, S]
             let tops = self.classify(&batch, k)?;
-            out.extend(chunk.iter().zip(tops).map(|((s, e, idx), top)| WindowPrediction { start: *s, end: *e, indices: idx.clone(), top }));
+            out.extend(chunk.iter().zip(tops).map(|((s, e, idx), top)| WindowPrediction {
+                start: *s,
+                end: *e,
+                indices: idx.clone(),
+                top,
+            }));
         }
         Ok(out)
     }

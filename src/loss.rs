@@ -54,7 +54,11 @@ pub fn symmetric_kl_loss(logits_v2t: &Tensor, logits_t2v: &Tensor, labels: &[u32
     let b = labels.len();
     for (name, l) in [("logits_v2t", logits_v2t), ("logits_t2v", logits_t2v)] {
         if l.dims() != [b, b] {
-            return Err(Error::InputShape { what: name, expected: format!("[{b}, {b}] for {b} labels"), found: l.dims().to_vec() });
+            return Err(Error::InputShape {
+                what: name,
+                expected: format!("[{b}, {b}] for {b} labels"),
+                found: l.dims().to_vec(),
+            });
         }
     }
     let gt = ground_truth(labels, logits_v2t.device())?;

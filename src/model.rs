@@ -153,11 +153,18 @@ impl ActionClip {
     /// the class of the sentence at the same row) are given, the symmetric KL loss. `train = true` uses
     /// only differentiable ops.
     // [B, T, 3, H, W], [N, 77] u32 -> ActionClipOutput (loss needs N = B)
-    pub fn forward_t(&self, frames: &Tensor, tokens: &Tensor, labels: Option<&[u32]>, train: bool) -> Result<ActionClipOutput> {
+    pub fn forward_t(
+        &self,
+        frames: &Tensor,
+        tokens: &Tensor,
+        labels: Option<&[u32]>,
+        train: bool,
+    ) -> Result<ActionClipOutput> {
         let video_embeds = self.encode_video_t(frames, train)?;
         let text_embeds = self.encode_text_t(tokens, train)?;
         let (logits_per_video, logits_per_text) = self.logits(&video_embeds, &text_embeds)?;
-        let loss = labels.map(|labels| loss::symmetric_kl_loss(&logits_per_video, &logits_per_text, labels)).transpose()?;
+        let loss =
+            labels.map(|labels| loss::symmetric_kl_loss(&logits_per_video, &logits_per_text, labels)).transpose()?;
         Ok(ActionClipOutput { video_embeds, text_embeds, logits_per_video, logits_per_text, loss })
     }
 
@@ -216,12 +223,23 @@ pub struct ZeroShotClassifier<'a> {
 
 impl<'a> ZeroShotClassifier<'a> {
     /// Encodes `labels` x `templates` with the model's text tower.
-    pub fn new<S: AsRef<str>>(model: &'a ActionClip, tokenizer: &'a Tokenizer, labels: &[S], templates: &[Template]) -> Result<Self> {
+    pub fn new<S: AsRef<str>>(
+        model: &'a ActionClip,
+        tokenizer: &'a Tokenizer,
+        labels: &[S],
+        templates: &[Template],
+    ) -> Result<Self> {
         if templates.is_empty() {
             return Err(Error::Labels("no templates given".into()));
         }
         let labels = dedup_labels(labels, &[])?;
-        let mut zs = Self { model, tokenizer, templates: templates.to_vec(), labels: Vec::new(), class_features: Tensor::zeros(0, DType::F32, model.device())? };
+        let mut zs = Self {
+            model,
+            tokenizer,
+            templates: templates.to_vec(),
+            labels: Vec::new(),
+            class_features: Tensor::zeros(0, DType::F32, model.device())?,
+        };
         zs.class_features = zs.encode_labels(&labels)?;
         zs.labels = labels;
         Ok(zs)
@@ -292,7 +310,10 @@ impl<'a> ZeroShotClassifier<'a> {
     // [B, D] -> B lists of k (label, probability)
     pub fn classify_features(&self, video_features: &Tensor, k: usize) -> Result<Vec<Vec<(String, f32)>>> {
         let probs = self.probabilities(video_features)?.to_vec2::<f32>()?;
-        Ok(probs.into_iter().map(|row| top_k(&row, k).into_iter().map(|(i, p)| (self.labels[i].clone(), p)).collect()).collect())
+        Ok(probs
+            .into_iter()
+            .map(|row| top_k(&row, k).into_iter().map(|(i, p)| (self.labels[i].clone(), p)).collect())
+            .collect())
     }
 }
 
@@ -363,7 +384,11 @@ mod tests {
         ];
         for post in posts {
             for (joint, temporal_shift) in [(false, false), (false, true), (true, false), (true, true)] {
-                let cfg = ActionClipConfig { clip: clip.clone(), frames: 4, prompt: VisualPrompt { joint, temporal_shift, post } };
+                let cfg = ActionClipConfig {
+                    clip: clip.clone(),
+                    frames: 4,
+                    prompt: VisualPrompt { joint, temporal_shift, post },
+                };
                 if cfg.validate().is_err() {
                     assert!(ActionClip::expected_shapes(&cfg).is_err(), "{:?}", cfg.prompt);
                     continue;

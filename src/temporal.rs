@@ -6,8 +6,9 @@ use candle_nn::{Init, VarBuilder};
 use crate::{
     config::{PostNetwork, CONTEXT_LENGTH},
     nn::{
+        forward_blocks,
         params::{Named, Params},
-        forward_blocks, LayerNorm, Linear, MultiHeadAttention, ResidualAttentionBlock,
+        LayerNorm, Linear, MultiHeadAttention, ResidualAttentionBlock,
     },
     Error, Result,
 };
@@ -50,16 +51,22 @@ impl TemporalHead {
     pub fn new(vb: VarBuilder, post: &PostNetwork, dim: usize, heads: usize, frames: usize) -> Result<Self> {
         let pool = match *post {
             PostNetwork::MeanPool => Pool::MeanPool,
-            PostNetwork::Conv1d { reference_reshape } => Pool::Conv1d(Conv1dHead::new(vb.clone(), dim, reference_reshape)?),
+            PostNetwork::Conv1d { reference_reshape } => {
+                Pool::Conv1d(Conv1dHead::new(vb.clone(), dim, reference_reshape)?)
+            }
             PostNetwork::Lstm => Pool::Lstm(LstmHead::new(vb.clone(), dim)?),
-            PostNetwork::Transformer { layers } => Pool::Transformer(TransformerHead::new(vb.clone(), dim, heads, layers)?),
+            PostNetwork::Transformer { layers } => {
+                Pool::Transformer(TransformerHead::new(vb.clone(), dim, heads, layers)?)
+            }
             PostNetwork::TransformerCls { layers } => {
                 Pool::TransformerCls(TransformerClsHead::new(vb.pp("transformer"), dim, layers, frames)?)
             }
         };
         let unused_frame_positions = match pool {
             Pool::Transformer(_) => None,
-            _ if vb.contains_tensor(FRAME_POSITIONS) => Some(Named::read(&vb, (CONTEXT_LENGTH, dim), FRAME_POSITIONS, Init::Const(0.))?),
+            _ if vb.contains_tensor(FRAME_POSITIONS) => {
+                Some(Named::read(&vb, (CONTEXT_LENGTH, dim), FRAME_POSITIONS, Init::Const(0.))?)
+            }
             _ => None,
         };
         Ok(Self { pool, unused_frame_positions })
@@ -158,7 +165,13 @@ impl Conv1dHead {
 fn fixed_shift(dim: usize, like: &Tensor) -> Result<Tensor> {
     let taps: Vec<f32> = (0..dim)
         .flat_map(|c| {
-            let tap = if c < dim / 4 { 0 } else if c < dim / 4 + dim / 2 { 1 } else { 2 };
+            let tap = if c < dim / 4 {
+                0
+            } else if c < dim / 4 + dim / 2 {
+                1
+            } else {
+                2
+            };
             (0..3).map(move |k| if k == tap { 1. } else { 0. })
         })
         .collect();
@@ -251,7 +264,9 @@ impl TransformerHead {
         let normal = Init::Randn { mean: 0., stdev: 0.02 };
         let frame_position_embeddings = Named::read(&vb, (CONTEXT_LENGTH, dim), FRAME_POSITIONS, normal)?;
         let blocks = (0..layers)
-            .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), dim, heads, TRANSF_LN_EPS))
+            .map(|i| {
+                ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), dim, heads, TRANSF_LN_EPS)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { frame_position_embeddings, blocks })
     }
@@ -330,7 +345,9 @@ impl TransformerClsHead {
         Ok(Self {
             cls_token: Named::read(&vb, (1, 1, dim), "cls_token", Init::Const(0.))?,
             pos_embed: Named::read(&vb, (1, frames + 1, dim), "pos_embed", Init::Randn { mean: 0., stdev: 0.02 })?,
-            layers: (0..layers).map(|i| EncoderLayer::new(enc.pp(format!("layers.{i}")), dim)).collect::<Result<Vec<_>>>()?,
+            layers: (0..layers)
+                .map(|i| EncoderLayer::new(enc.pp(format!("layers.{i}")), dim))
+                .collect::<Result<Vec<_>>>()?,
             norm: LayerNorm::new(enc.pp("norm"), dim, TORCH_LN_EPS)?,
             frames,
         })
@@ -369,10 +386,18 @@ mod tests {
         let varmap = candle_nn::VarMap::new();
         let head = Conv1dHead::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), 4, false).unwrap();
         // The initial value lives in the VarMap's variable, so training starts from it.
-        let stored = varmap.data().lock().unwrap()["shift.weight"].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let stored =
+            varmap.data().lock().unwrap()["shift.weight"].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(stored, head.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         // x[b, t, d] = t for every channel
-        let x = Tensor::arange(0f32, 3., &dev).unwrap().reshape((1, 3, 1)).unwrap().broadcast_as((1, 3, 4)).unwrap().contiguous().unwrap();
+        let x = Tensor::arange(0f32, 3., &dev)
+            .unwrap()
+            .reshape((1, 3, 1))
+            .unwrap()
+            .broadcast_as((1, 3, 4))
+            .unwrap()
+            .contiguous()
+            .unwrap();
         let y = depthwise_conv3(&x.transpose(1, 2).unwrap(), &head.weight).unwrap().transpose(1, 2).unwrap();
         let y = y.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         // channel 0 (tap 0) sees t-1, channel 1..3 (tap 1) sees t, channel 3 (tap 2) sees t+1

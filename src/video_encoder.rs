@@ -90,9 +90,18 @@ impl VideoEncoder {
     /// video is encoded on its own, so the result is the same, and on a 32 MiB L3 four 8-frame ViT-B/16
     /// videos run 1.2x faster in chunks than in one call. Training and other devices take the batch whole.
     // [B, T, 3, H, W] -> encode([b*T, 3, H, W]) per chunk of b videos, concatenated
-    fn in_video_chunks(&self, frames: &Tensor, train: bool, encode: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    fn in_video_chunks(
+        &self,
+        frames: &Tensor,
+        train: bool,
+        encode: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let (b, t) = (frames.dim(0)?, frames.dim(1)?);
-        let per_chunk = if train || !frames.device().is_cpu() { b } else { (CPU_CHUNK_TOKENS / (t * self.cfg.clip.vision.tokens())).max(1) };
+        let per_chunk = if train || !frames.device().is_cpu() {
+            b
+        } else {
+            (CPU_CHUNK_TOKENS / (t * self.cfg.clip.vision.tokens())).max(1)
+        };
         if per_chunk >= b {
             return encode(&frames.flatten_to(1)?);
         }

@@ -86,7 +86,8 @@ fn tiny_model_gradients_match_cpu() {
     let grads_of = |dev: &Device, dtype: DType| {
         let (model, _) = tiny_model(dev, dtype, true, PostNetwork::Transformer { layers: 2 });
         let video = model.encode_video_t(&io["frames"].to_device(dev).unwrap(), true).unwrap();
-        let text = model.encode_text_t(&io["tokens"].to_dtype(DType::U32).unwrap().to_device(dev).unwrap(), true).unwrap();
+        let text =
+            model.encode_text_t(&io["tokens"].to_dtype(DType::U32).unwrap().to_device(dev).unwrap(), true).unwrap();
         let (v2t, t2v) = model.logits(&video, &text).unwrap();
         let grads = loss::symmetric_kl_loss(&v2t, &t2v, &labels).unwrap().backward().unwrap();
         model

@@ -3,9 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use actionclip::data::{
-    sample_rng, ClipPipeline, FrameNaming, FrameTemplate, Sampling, TestTransform, CLIP_STD,
-};
+use actionclip::data::{sample_rng, ClipPipeline, FrameNaming, FrameTemplate, Sampling, TestTransform, CLIP_STD};
 use candle_core::{DType, Device, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -64,7 +62,11 @@ fn test_pipeline_matches_torchvision_tensors() {
             let diff: Vec<f32> = diff.flatten_all().unwrap().to_vec1().unwrap();
             let within = diff.iter().filter(|d| **d <= 1.0 / 255.0).count();
             let max = diff.iter().cloned().fold(0f32, f32::max);
-            assert!(within as f64 >= 0.999 * diff.len() as f64, "{name} frame {t}: {within}/{} within 1/255", diff.len());
+            assert!(
+                within as f64 >= 0.999 * diff.len() as f64,
+                "{name} frame {t}: {within}/{} within 1/255",
+                diff.len()
+            );
             if t == 0 {
                 eprintln!("{name}: {within}/{} values within 1/255, max |diff| {max:.2e} (0..1 scale)", diff.len());
             }
@@ -116,7 +118,10 @@ fn train_sampling_follows_reference_segments() {
             assert_eq!(idx.len(), t * l);
             for i in 0..*t {
                 let start = idx[i * l];
-                assert!(start >= ticks[i] && start + l <= ticks[i + 1], "T={t} L={l} N={n} segment {i}: start {start}, ticks {ticks:?}");
+                assert!(
+                    start >= ticks[i] && start + l <= ticks[i + 1],
+                    "T={t} L={l} N={n} segment {i}: start {start}, ticks {ticks:?}"
+                );
                 for j in 0..*l {
                     assert_eq!(idx[i * l + j], start + j);
                 }

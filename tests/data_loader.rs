@@ -1,8 +1,6 @@
 //! Datasets, the synthetic UCF101-layout writer and the threaded loader: shapes, labels, determinism.
 use actionclip::data::synthetic::{self, SyntheticConfig, SyntheticFormat};
-use actionclip::data::{
-    self, ClipPipeline, Loader, LoaderConfig, Storage, Subset, VideoDataset,
-};
+use actionclip::data::{self, ClipPipeline, Loader, LoaderConfig, Storage, Subset, VideoDataset};
 use candle_core::DType;
 
 fn small_cfg(format: SyntheticFormat) -> SyntheticConfig {
@@ -120,13 +118,21 @@ fn tsn_list_files_with_label_csv() {
     synthetic::write_dataset(dir.path(), &small_cfg(SyntheticFormat::FrameFolders)).unwrap();
     let list = "ShapeMovesUp/v_ShapeMovesUp_g01_c01 12 2\nShapeMovesDown/v_ShapeMovesDown_g02_c01 12 3\n";
     std::fs::write(dir.path().join("val.txt"), list).unwrap();
-    std::fs::write(dir.path().join("labels.csv"), "id,name\n0,ShapeMovesRight\n1,ShapeMovesLeft\n2,ShapeMovesUp\n3,ShapeMovesDown\n").unwrap();
-    let ds = VideoDataset::from_list(dir.path().join("val.txt"), dir.path().join("labels.csv"), Some(dir.path())).unwrap();
+    std::fs::write(
+        dir.path().join("labels.csv"),
+        "id,name\n0,ShapeMovesRight\n1,ShapeMovesLeft\n2,ShapeMovesUp\n3,ShapeMovesDown\n",
+    )
+    .unwrap();
+    let ds =
+        VideoDataset::from_list(dir.path().join("val.txt"), dir.path().join("labels.csv"), Some(dir.path())).unwrap();
     assert_eq!(ds.len(), 2);
     assert_eq!(ds.samples[1].label, 3);
     assert_eq!(ds.samples[1].num_frames, Some(12));
     assert_eq!(ds.classes[2], "ShapeMovesUp");
-    let clip = ClipPipeline::test(8, 32).unwrap().load(&ds.samples[0].path, ds.samples[0].num_frames, &mut data::sample_rng(0, 0, 0)).unwrap();
+    let clip = ClipPipeline::test(8, 32)
+        .unwrap()
+        .load(&ds.samples[0].path, ds.samples[0].num_frames, &mut data::sample_rng(0, 0, 0))
+        .unwrap();
     assert_eq!(clip.shape, vec![8, 3, 32, 32]);
     assert_eq!(clip.indices, data::Sampling::new(8).unwrap().test_indices(12));
 }
@@ -142,14 +148,18 @@ fn synthetic_avi_dataset_decodes() {
     let info = data::probe(&ds.samples[0].path).unwrap();
     assert_eq!((info.frames, info.width, info.height, info.codec.as_str()), (12, 32, 32, "mpeg4"));
     // The AVI holds what the renderer drew (lossy, but close).
-    let clip_no: usize = ds.samples[0].path.file_stem().unwrap().to_string_lossy()[..].split("_g").nth(1).unwrap()[..2].parse().unwrap();
+    let clip_no: usize =
+        ds.samples[0].path.file_stem().unwrap().to_string_lossy()[..].split("_g").nth(1).unwrap()[..2].parse().unwrap();
     let drawn = synthetic::render_clip(&cfg, ds.samples[0].label, clip_no - 1).unwrap();
     let decoded = data::decode_frames(&ds.samples[0].path, &[0, 11]).unwrap();
     for (d, k) in decoded.iter().zip([0, 11]) {
-        let err: f64 = d.as_raw().iter().zip(drawn[k].as_raw()).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / d.as_raw().len() as f64;
+        let err: f64 = d.as_raw().iter().zip(drawn[k].as_raw()).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>()
+            / d.as_raw().len() as f64;
         assert!(err < 12.0, "frame {k}: mean abs error {err}");
     }
-    let loader = Loader::new(ds, ClipPipeline::train(8, 32).unwrap(), LoaderConfig { batch_size: 6, ..Default::default() }).unwrap();
+    let loader =
+        Loader::new(ds, ClipPipeline::train(8, 32).unwrap(), LoaderConfig { batch_size: 6, ..Default::default() })
+            .unwrap();
     let mut epoch = loader.epoch(0);
     let n: usize = epoch.by_ref().map(|b| b.unwrap().ids.len()).sum();
     assert_eq!(n, 12);

@@ -82,7 +82,8 @@ fn label_outside_class_index_is_a_typed_error() {
         "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\nArchery/v_Archery_g08_c01.avi 102\r\n",
     )
     .unwrap();
-    std::fs::write(root.join("testlist01.txt"), "Archery/v_Archery_g01_c01.avi\nBowling/v_Bowling_g01_c01.avi\n").unwrap();
+    std::fs::write(root.join("testlist01.txt"), "Archery/v_Archery_g01_c01.avi\nBowling/v_Bowling_g01_c01.avi\n")
+        .unwrap();
     let err = VideoDataset::ucf101(root, 1, Subset::Train, Storage::Videos).unwrap_err();
     match &err {
         Error::UnknownLabel { path, line, label } => {

@@ -17,15 +17,43 @@ struct Case {
 
 const CASES: [Case; 6] = [
     Case { name: "mpeg4 avi", file: "a.avi", args: &["-c:v", "mpeg4", "-q:v", "4", "-g", "12"], codec: "mpeg4" },
-    Case { name: "mpeg4 avi b-frames", file: "b.avi", args: &["-c:v", "mpeg4", "-q:v", "4", "-bf", "2", "-g", "250"], codec: "mpeg4" },
-    Case { name: "h264 mp4", file: "c.mp4", args: &["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"], codec: "h264" },
+    Case {
+        name: "mpeg4 avi b-frames",
+        file: "b.avi",
+        args: &["-c:v", "mpeg4", "-q:v", "4", "-bf", "2", "-g", "250"],
+        codec: "mpeg4",
+    },
+    Case {
+        name: "h264 mp4",
+        file: "c.mp4",
+        args: &["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"],
+        codec: "h264",
+    },
     Case {
         name: "h264 mp4 bt709",
         file: "d.mp4",
-        args: &["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"],
+        args: &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-pix_fmt",
+            "yuv420p",
+            "-colorspace",
+            "bt709",
+            "-color_primaries",
+            "bt709",
+            "-color_trc",
+            "bt709",
+        ],
         codec: "h264",
     },
-    Case { name: "mjpeg avi", file: "e.avi", args: &["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p"], codec: "mjpeg" },
+    Case {
+        name: "mjpeg avi",
+        file: "e.avi",
+        args: &["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p"],
+        codec: "mjpeg",
+    },
     Case { name: "mpeg4 mkv (no header count)", file: "f.mkv", args: &["-c:v", "mpeg4", "-q:v", "4"], codec: "mpeg4" },
 ];
 
@@ -140,7 +168,11 @@ fn header_overstating_by_a_frame_is_tolerated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cut_end.avi");
     let frames: Vec<image::RgbImage> = (0..20u32)
-        .map(|t| image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 3 + t * 9) as u8, ((y * 5) ^ t) as u8, (x ^ y) as u8])))
+        .map(|t| {
+            image::RgbImage::from_fn(64, 48, |x, y| {
+                image::Rgb([(x * 3 + t * 9) as u8, ((y * 5) ^ t) as u8, (x ^ y) as u8])
+            })
+        })
         .collect();
     let opts = data::EncodeOptions { gop: 5, ..Default::default() };
     data::write_video(&path, &frames, &opts).unwrap();
@@ -156,5 +188,8 @@ fn header_overstating_by_a_frame_is_tolerated() {
     assert_eq!(got[1], data::decode_frames(&path, &[17]).unwrap()[0]);
     let max = got[0].as_raw().iter().zip(full[0].as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
     assert!(max <= 1);
-    assert!(matches!(data::decode_frames(&path, &[20]).unwrap_err(), actionclip::Error::MissingFrame { index: 20, .. }));
+    assert!(matches!(
+        data::decode_frames(&path, &[20]).unwrap_err(),
+        actionclip::Error::MissingFrame { index: 20, .. }
+    ));
 }

@@ -11,7 +11,15 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let b: Vec<f32> = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     a.iter()
         .zip(&b)
-        .map(|(x, y)| if x == y { 0. } else if (x - y).is_finite() { (x - y).abs() / y.abs().max(1.) } else { f32::INFINITY })
+        .map(|(x, y)| {
+            if x == y {
+                0.
+            } else if (x - y).is_finite() {
+                (x - y).abs() / y.abs().max(1.)
+            } else {
+                f32::INFINITY
+            }
+        })
         .fold(0., f32::max)
 }
 
@@ -66,7 +74,8 @@ fn inference_in_video_chunks_matches_the_whole_batch() {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let model = ActionClip::new(vb, &ActionClipConfig { clip: clip.clone(), frames: 2, prompt }).unwrap();
-        let (chunked, whole) = (model.encode_video_t(&frames, false).unwrap(), model.encode_video_t(&frames, true).unwrap());
+        let (chunked, whole) =
+            (model.encode_video_t(&frames, false).unwrap(), model.encode_video_t(&frames, true).unwrap());
         assert_close(&format!("{prompt:?}"), &chunked, &whole);
     }
 }

@@ -90,7 +90,8 @@ fn logits_loss_and_ensemble_match_reference() {
     assert_close("forward loss", &out.loss.unwrap().reshape(1).unwrap(), &io["loss"]);
     assert!(m.forward_t(&io["frames"], &tokens(&io, "tokens"), None, false).unwrap().loss.is_none());
 
-    let zs_text = loss::normalize(&m.encode_text(&tokens(&io, "zs_tokens")).unwrap()).unwrap().reshape((2, 3, 64)).unwrap();
+    let zs_text =
+        loss::normalize(&m.encode_text(&tokens(&io, "zs_tokens")).unwrap()).unwrap().reshape((2, 3, 64)).unwrap();
     let probs = ensemble_probabilities(&video, &zs_text).unwrap();
     assert_close("zs_probs", &probs, &io["zs_probs"]);
 }

@@ -70,6 +70,9 @@ fn inference_path_has_no_gradient_through_fused_layer_norm() {
     let v = model.encode_video_t(&frames, false).unwrap();
     let grads = v.sum_all().unwrap().backward().unwrap();
     let ln_pre = model.named_tensors().into_iter().find(|(n, _)| n == "visual.ln_pre.weight").unwrap().1;
-    let zero = grads.get(&ln_pre).map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.).unwrap_or(true);
+    let zero = grads
+        .get(&ln_pre)
+        .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.)
+        .unwrap_or(true);
     assert!(zero, "the fused path unexpectedly propagated a gradient; training mode may be unnecessary");
 }

@@ -6,14 +6,20 @@ use std::path::{Path, PathBuf};
 
 use actionclip::{
     data::{self, synthetic, Sampling},
-    inference, prompts, Error, Tokenizer,
-    ZeroShotClassifier,
+    inference, prompts, Error, Tokenizer, ZeroShotClassifier,
 };
 use common::tiny_random_model;
 
 /// A 3-class synthetic dataset of 20-frame clips in `format`; returns (classes in words, clips).
 fn dataset(root: &Path, format: synthetic::SyntheticFormat) -> (Vec<String>, Vec<PathBuf>) {
-    let cfg = synthetic::SyntheticConfig { num_classes: 3, clips_per_class: 2, test_clips_per_class: 1, frames: 20, format, ..Default::default() };
+    let cfg = synthetic::SyntheticConfig {
+        num_classes: 3,
+        clips_per_class: 2,
+        test_clips_per_class: 1,
+        frames: 20,
+        format,
+        ..Default::default()
+    };
     let ds = synthetic::write_dataset(root, &cfg).unwrap();
     let clips = viz_clips(&ds.root);
     (ds.classes.iter().map(|c| prompts::humanize(c)).collect(), clips)
@@ -55,7 +61,10 @@ fn classify_path_is_the_evaluation_and_windows_agree() {
         // Windows from decoded frames and from the path are the same timeline.
         let from_frames = zs.predict_windows(&all, 8, 4, 2).unwrap();
         let from_path = zs.predict_windows_path(clip, 8, 4, 2).unwrap();
-        assert_eq!(from_frames.iter().map(|w| (w.start, w.end)).collect::<Vec<_>>(), vec![(0, 8), (4, 12), (8, 16), (12, 20)]);
+        assert_eq!(
+            from_frames.iter().map(|w| (w.start, w.end)).collect::<Vec<_>>(),
+            vec![(0, 8), (4, 12), (8, 16), (12, 20)]
+        );
         assert_eq!(from_frames.len(), from_path.len());
         for (a, b) in from_frames.iter().zip(&from_path) {
             assert_eq!((a.start, a.end, &a.indices), (b.start, b.end, &b.indices));
@@ -85,7 +94,9 @@ fn bad_input_gives_typed_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_random_model();
     let tok = Tokenizer::new();
-    let zs = ZeroShotClassifier::new(&model, &tok, &["archery", "bowling"], &prompts::ACTIONCLIP_TEMPLATES[..TEMPLATES]).unwrap();
+    let zs =
+        ZeroShotClassifier::new(&model, &tok, &["archery", "bowling"], &prompts::ACTIONCLIP_TEMPLATES[..TEMPLATES])
+            .unwrap();
 
     // A missing file names the path.
     let missing = tmp.path().join("nope.avi");
@@ -105,7 +116,10 @@ fn bad_input_gives_typed_errors() {
     assert!(zs.classify_path(&empty, 1).is_err());
 
     // Empty label lists.
-    assert!(matches!(ZeroShotClassifier::new(&model, &tok, &Vec::<String>::new(), &prompts::ACTIONCLIP_TEMPLATES), Err(Error::Labels(_))));
+    assert!(matches!(
+        ZeroShotClassifier::new(&model, &tok, &Vec::<String>::new(), &prompts::ACTIONCLIP_TEMPLATES),
+        Err(Error::Labels(_))
+    ));
     assert!(matches!(inference::parse_labels("", true), Err(Error::Labels(_))));
     let empty_file = tmp.path().join("labels.txt");
     std::fs::write(&empty_file, "\n  \n").unwrap();
@@ -117,7 +131,13 @@ fn bad_input_gives_typed_errors() {
     let parsed = inference::parse_labels(file.to_str().unwrap(), true).unwrap();
     assert_eq!(parsed.labels, ["archery", "bowling"]);
     assert_eq!(parsed.repeated, ["archery", "bowling"]);
-    let dup = ZeroShotClassifier::new(&model, &tok, &["archery", "bowling", "archery"], &prompts::ACTIONCLIP_TEMPLATES[..TEMPLATES]).unwrap();
+    let dup = ZeroShotClassifier::new(
+        &model,
+        &tok,
+        &["archery", "bowling", "archery"],
+        &prompts::ACTIONCLIP_TEMPLATES[..TEMPLATES],
+    )
+    .unwrap();
     assert_eq!(dup.labels(), ["archery", "bowling"]);
 
     // Windows need a length and a stride.

@@ -113,7 +113,11 @@ fn unknown_layout_lists_what_was_found() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.safetensors");
     let t = candle_core::Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
-    candle_core::safetensors::save(&std::collections::HashMap::from([("encoder.layer.0.weight".to_string(), t)]), &path).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("encoder.layer.0.weight".to_string(), t)]),
+        &path,
+    )
+    .unwrap();
     let err = ActionClip::load(&path, &Device::Cpu, DType::F32).err().expect("unknown layout must fail");
     assert!(matches!(err, actionclip::Error::UnknownFormat { .. }), "{err}");
     assert!(err.to_string().contains("encoder.layer.0.weight"), "{err}");

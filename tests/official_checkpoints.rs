@@ -22,7 +22,8 @@ const HEADS: [(&str, PostNetwork, bool); 5] = [
 ];
 
 fn io() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(official("io.safetensors"), &Device::Cpu).expect("tests/fixtures/official/io.safetensors")
+    candle_core::safetensors::load(official("io.safetensors"), &Device::Cpu)
+        .expect("tests/fixtures/official/io.safetensors")
 }
 
 /// The official fusion model's keys (its state dict without DataParallel's `module.`).

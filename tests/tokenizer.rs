@@ -34,8 +34,7 @@ fn matches_openai_clip_tokenize() {
     let mut mismatches = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let line_no = i + 1;
-        let case: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("line {line_no}: {e}"));
+        let case: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("line {line_no}: {e}"));
         let input = case["text"].as_str().unwrap_or_else(|| panic!("line {line_no}: no text"));
         count += 1;
         let problem = if case.get("error").is_some() {

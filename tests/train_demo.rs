@@ -69,10 +69,16 @@ fn the_reference_yaml_becomes_our_settings() {
     let tree: serde_yaml::Value = serde_yaml::from_str(REFERENCE_YAML).unwrap();
     let mut recipe = Recipe::default();
     recipe.apply(&serde_json::to_value(tree).unwrap()).unwrap();
-    assert_eq!((recipe.arch.as_str(), recipe.frames, recipe.batch_size, recipe.input_size), ("ViT-B/16", 8, 16, Some(224)));
+    assert_eq!(
+        (recipe.arch.as_str(), recipe.frames, recipe.batch_size, recipe.input_size),
+        ("ViT-B/16", 8, 16, Some(224))
+    );
     assert_eq!(recipe.hub_id(), Some("openai/clip-vit-base-patch16"));
     let prompt = recipe.visual_prompt(None).unwrap();
-    assert_eq!((prompt.joint, prompt.temporal_shift, prompt.post), (false, false, PostNetwork::Transformer { layers: 6 }));
+    assert_eq!(
+        (prompt.joint, prompt.temporal_shift, prompt.post),
+        (false, false, PostNetwork::Transformer { layers: 6 })
+    );
     let cfg = recipe.train_config(TrainConfig::default()).unwrap();
     assert_eq!((cfg.epochs, cfg.warmup_epochs, cfg.schedule, cfg.seed), (50, 5.0, SchedulePolicy::Cosine, 1024));
     let o = &cfg.optimizer;
@@ -89,17 +95,31 @@ fn the_demo_trains_end_to_end() {
     let input = recipe.input_size.unwrap();
     let mut train_pipeline = ClipPipeline::train(recipe.frames, input).unwrap();
     demo.adapt_train_pipeline(&mut train_pipeline);
-    let loader_cfg = |shuffle| LoaderConfig { batch_size: recipe.batch_size, workers: 0, shuffle, seed: recipe.seed, ..LoaderConfig::default() };
+    let loader_cfg = |shuffle| LoaderConfig {
+        batch_size: recipe.batch_size,
+        workers: 0,
+        shuffle,
+        seed: recipe.seed,
+        ..LoaderConfig::default()
+    };
     let data = TrainData {
         train: Loader::new(train, train_pipeline, loader_cfg(true)).unwrap(),
         test: Some(Loader::new(test, ClipPipeline::test(recipe.frames, input).unwrap(), loader_cfg(false)).unwrap()),
         multi_view: None,
     };
-    let cfg = recipe.train_config(TrainConfig { freeze: demo.freeze(), plots: false, ..TrainConfig::default() }).unwrap();
+    let cfg =
+        recipe.train_config(TrainConfig { freeze: demo.freeze(), plots: false, ..TrainConfig::default() }).unwrap();
     let cfg = TrainConfig { epochs: 1, ..cfg };
     let dir = root.path().join("run");
     let mut trainer = Trainer::new(&model_cfg, StartFrom::Scratch, cfg, &Device::Cpu).unwrap().with_run_dir(&dir);
-    assert!(trainer.optimizer().params().iter().all(|p| p.name.starts_with("visual.") || p.name.starts_with("fusion_model.") || p.name == "logit_scale"), "the text tower is frozen");
+    assert!(
+        trainer
+            .optimizer()
+            .params()
+            .iter()
+            .all(|p| p.name.starts_with("visual.") || p.name.starts_with("fusion_model.") || p.name == "logit_scale"),
+        "the text tower is frozen"
+    );
     let summary = trainer.fit(&data, &mut Silent).unwrap();
     assert_eq!((summary.epochs, summary.steps), (1, 2), "16 training clips in batches of 8");
     assert!(summary.epoch_losses[0].is_finite());

@@ -7,7 +7,8 @@ use actionclip::data::synthetic::{write_dataset, SyntheticConfig, SyntheticForma
 use actionclip::data::{ClipPipeline, Loader, LoaderConfig, Storage, Subset, VideoDataset, VideoSample};
 use actionclip::train::metrics::{read_records, Record};
 use actionclip::train::{
-    AdamWConfig, EvalReport, Event, Freeze, LossScaleConfig, Observer, Precision, Silent, StartFrom, TrainConfig, TrainData, TrainError, Trainer,
+    AdamWConfig, EvalReport, Event, Freeze, LossScaleConfig, Observer, Precision, Silent, StartFrom, TrainConfig,
+    TrainData, TrainError, Trainer,
 };
 use actionclip::{ActionClip, ActionClipConfig, ClipConfig, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
 use candle_core::{DType, Device, Tensor};
@@ -119,7 +120,16 @@ fn end_to_end_run_writes_every_output() {
     assert_eq!(rec.losses.len(), 4);
     assert!(summary.zero_shot.is_some() && summary.multi_view.as_ref().is_some_and(|m| m.views == 2 && m.samples == 3));
 
-    for f in ["metrics.jsonl", "config.json", "curves.png", "confusion.png", "summary.md", "summary.json", "eval_zero_shot.json", "eval_last.json"] {
+    for f in [
+        "metrics.jsonl",
+        "config.json",
+        "curves.png",
+        "confusion.png",
+        "summary.md",
+        "summary.json",
+        "eval_zero_shot.json",
+        "eval_last.json",
+    ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     for ck in ["last", "best"] {
@@ -147,7 +157,10 @@ fn end_to_end_run_writes_every_output() {
     assert_eq!(last.predictions.iter().filter(|&&p| p < last.confusion.len()).count(), last.samples);
     // Raw JSON lines carry top1/top5 fields on evaluation lines.
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    assert!(text.lines().filter(|l| l.contains("\"type\":\"eval\"")).all(|l| l.contains("\"top1\":") && l.contains("\"top5\":")));
+    assert!(text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"eval\""))
+        .all(|l| l.contains("\"top1\":") && l.contains("\"top5\":")));
 
     // The checkpoints load as models; last/ holds the final weights exactly.
     let (best, cfg) = ActionClip::load(dir.join("best"), &Device::Cpu, DType::F32).unwrap();
@@ -163,19 +176,22 @@ fn end_to_end_run_writes_every_output() {
 fn resume_gives_the_same_losses_and_weights() {
     let data = data(false);
     let full_dir = run_dir("resume_full");
-    let mut full = Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&full_dir);
+    let mut full =
+        Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&full_dir);
     let mut rec_full = Recorder::default();
     full.fit(&data, &mut rec_full).unwrap();
 
     // Stop after 3 of 4 steps (in the middle of epoch 2), then resume in a new trainer.
     let dir = run_dir("resume_part");
-    let mut first = Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
+    let mut first =
+        Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
     let mut rec1 = Recorder { stop_after: Some(3), ..Default::default() };
     let s1 = first.fit(&data, &mut rec1).unwrap();
     assert!(s1.stopped && s1.steps == 3);
     assert_eq!(first.state().batch_in_epoch, 1);
     drop(first);
-    let mut second = Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
+    let mut second =
+        Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
     second.resume(&dir).unwrap();
     let mut rec2 = Recorder::default();
     let s2 = second.fit(&data, &mut rec2).unwrap();
@@ -187,7 +203,11 @@ fn resume_gives_the_same_losses_and_weights() {
     assert!(d <= 1e-6, "weights differ by {d}");
     // The resumed run's metrics describe one history, identical in its steps.
     let steps = |dir: &Path| -> Vec<(usize, f64)> {
-        read_records(&dir.join("metrics.jsonl")).unwrap().into_iter().filter_map(|r| if let Record::Step(s) = r { Some((s.step, s.loss)) } else { None }).collect()
+        read_records(&dir.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| if let Record::Step(s) = r { Some((s.step, s.loss)) } else { None })
+            .collect()
     };
     assert_eq!(steps(&dir), steps(&full_dir));
     for d in [dir, full_dir] {
@@ -220,7 +240,10 @@ fn bad_input_gives_typed_errors() {
 
     // A checkpoint of a different architecture: resuming, and starting from its weights.
     let dir = run_dir("other_architecture");
-    Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(1), &dev).unwrap().save_checkpoint(dir.join("last")).unwrap();
+    Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(1), &dev)
+        .unwrap()
+        .save_checkpoint(dir.join("last"))
+        .unwrap();
     let state = actionclip::train::checkpoint::read_state(&dir.join("last")).unwrap();
     assert_eq!((state.epoch, state.step, &state.model_config), (0, 0, &tiny_model()));
     let mut other = tiny_model();
@@ -231,7 +254,8 @@ fn bad_input_gives_typed_errors() {
     assert!(matches!(err, TrainError::ArchitectureMismatch { .. }), "{err}");
     eprintln!("different architecture (resume): {err}");
     let weights = actionclip::weights::load(dir.join("last")).unwrap();
-    let err = Trainer::new(&other, StartFrom::Weights(Box::new(weights)), train_config(1), &dev).err().expect("an error");
+    let err =
+        Trainer::new(&other, StartFrom::Weights(Box::new(weights)), train_config(1), &dev).err().expect("an error");
     assert!(matches!(err, TrainError::ArchitectureMismatch { .. }), "{err}");
     eprintln!("different architecture (weights): {err}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -242,7 +266,10 @@ fn fixed_batch(dev: &Device) -> (Tensor, Tensor, Vec<u32>) {
     let batch = d.train.epoch(0).next().unwrap().unwrap();
     let labels = batch.labels.to_vec1::<u32>().unwrap();
     let tok = actionclip::Tokenizer::new();
-    let words: Vec<String> = labels.iter().map(|&l| format!("a video of {}", actionclip::prompts::humanize(&d.train.dataset().classes[l as usize]))).collect();
+    let words: Vec<String> = labels
+        .iter()
+        .map(|&l| format!("a video of {}", actionclip::prompts::humanize(&d.train.dataset().classes[l as usize])))
+        .collect();
     (batch.frames.to_device(dev).unwrap(), tok.encode_batch(&words, dev).unwrap(), labels)
 }
 
@@ -270,7 +297,11 @@ fn f16_compute_keeps_f32_master_weights_and_scales_the_loss() {
             break;
         }
     }
-    eprintln!("f16 steps: {:?}; loss scale now {}", outs.iter().map(|o| (o.loss, o.skipped)).collect::<Vec<_>>(), t.state().loss_scale);
+    eprintln!(
+        "f16 steps: {:?}; loss scale now {}",
+        outs.iter().map(|o| (o.loss, o.skipped)).collect::<Vec<_>>(),
+        t.state().loss_scale
+    );
     // Same initial weights, so the first loss matches f32 up to half precision.
     assert!((outs[0].loss - reference.loss).abs() / reference.loss < 2e-2, "{} vs {}", outs[0].loss, reference.loss);
     assert!(outs[0].skipped, "2^30 overflows f16 gradients: the step is skipped");
@@ -284,7 +315,16 @@ fn f16_compute_keeps_f32_master_weights_and_scales_the_loss() {
     for (name, c) in &compute {
         assert_eq!(c.dtype(), DType::F16);
         let expect = master[name].to_dtype(DType::F16).unwrap();
-        let d = (c.to_dtype(DType::F32).unwrap() - expect.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let d = (c.to_dtype(DType::F32).unwrap() - expect.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0, "{name}: the compute copy is the master rounded to f16");
     }
 }
@@ -294,10 +334,14 @@ fn accumulation_and_freezing() {
     let dev = Device::Cpu;
     let (frames, tokens, labels) = fixed_batch(&dev);
     // Accumulating the same batch twice averages to its own gradient.
-    let mut one = Trainer::new(&tiny_model(), StartFrom::Scratch, TrainConfig { warmup_epochs: 0.0, ..train_config(1) }, &dev).unwrap();
+    let mut one =
+        Trainer::new(&tiny_model(), StartFrom::Scratch, TrainConfig { warmup_epochs: 0.0, ..train_config(1) }, &dev)
+            .unwrap();
     one.set_schedule(actionclip::train::LrSchedule::Constant).unwrap();
     one.train_step(&frames, &tokens, &labels).unwrap();
-    let mut two = Trainer::new(&tiny_model(), StartFrom::Scratch, TrainConfig { accumulate: 2, ..train_config(1) }, &dev).unwrap();
+    let mut two =
+        Trainer::new(&tiny_model(), StartFrom::Scratch, TrainConfig { accumulate: 2, ..train_config(1) }, &dev)
+            .unwrap();
     two.set_schedule(actionclip::train::LrSchedule::Constant).unwrap();
     two.accumulate(&frames, &tokens, &labels).unwrap();
     two.accumulate(&frames, &tokens, &labels).unwrap();
@@ -315,7 +359,17 @@ fn accumulation_and_freezing() {
     t.train_step(&frames, &tokens, &labels).unwrap();
     let after = t.weights();
     for (name, w) in &after {
-        let same = (w - &before[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() == 0.0;
+        let same = (w - &before[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            == 0.0;
         if name.starts_with("visual.") {
             assert!(same, "{name} is frozen but moved");
         } else if name == "text_projection" || name.starts_with("fusion_model.") {

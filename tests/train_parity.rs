@@ -40,10 +40,14 @@ fn three_steps_match_pytorch_adamw() {
     for step in 0..steps {
         let frames = fx[&format!("frames.{step}")].to_dtype(DType::F32).unwrap();
         let tokens = fx[&format!("tokens.{step}")].to_dtype(DType::U32).unwrap();
-        let labels: Vec<u32> = fx[&format!("labels.{step}")].to_vec1::<i64>().unwrap().into_iter().map(|l| l as u32).collect();
+        let labels: Vec<u32> =
+            fx[&format!("labels.{step}")].to_vec1::<i64>().unwrap().into_iter().map(|l| l as u32).collect();
         let out = trainer.train_step(&frames, &tokens, &labels).unwrap();
         let rel = (out.loss - golden_losses[step]).abs() / golden_losses[step].abs();
-        eprintln!("step {step}: loss {:.8} (PyTorch {:.8}, rel {rel:.2e}), lr factor {}", out.loss, golden_losses[step], out.lr_factor);
+        eprintln!(
+            "step {step}: loss {:.8} (PyTorch {:.8}, rel {rel:.2e}), lr factor {}",
+            out.loss, golden_losses[step], out.lr_factor
+        );
         assert!(rel <= 1e-5, "step {step}: loss {} vs {}", out.loss, golden_losses[step]);
         assert!((out.lr_factor * lr - golden_lr[step]).abs() <= 1e-12 * lr.max(1.0));
     }
@@ -56,7 +60,8 @@ fn three_steps_match_pytorch_adamw() {
         let Some(name) = key.strip_prefix("final.") else { continue };
         let w = ours.get(name).unwrap_or_else(|| panic!("{name}: not a trained weight"));
         let flat = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let sample: Vec<f32> = if flat.len() <= 4096 { flat.clone() } else { flat.iter().step_by(stride).copied().collect() };
+        let sample: Vec<f32> =
+            if flat.len() <= 4096 { flat.clone() } else { flat.iter().step_by(stride).copied().collect() };
         let mut golden = golden.to_vec1::<f32>().unwrap();
         assert_eq!(sample.len(), golden.len(), "{name}");
         let mut sample = sample;
@@ -88,7 +93,11 @@ fn three_steps_match_pytorch_adamw() {
         let stats = fx[&format!("stats.{name}")].to_vec1::<f64>().unwrap();
         let sum_sq: f64 = flat.iter().map(|&x| (x as f64) * (x as f64)).sum();
         if !name.ends_with("attn.in_proj_bias") {
-            assert!((sum_sq - stats[1]).abs() <= 1e-5 * stats[1].abs().max(1e-12), "{name}: sum of squares {sum_sq} vs {}", stats[1]);
+            assert!(
+                (sum_sq - stats[1]).abs() <= 1e-5 * stats[1].abs().max(1e-12),
+                "{name}: sum of squares {sum_sq} vs {}",
+                stats[1]
+            );
         }
         checked += 1;
     }

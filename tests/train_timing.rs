@@ -41,6 +41,10 @@ fn time_per_training_step() {
         let t = Instant::now();
         let out = trainer.train_step(&frames.to_dtype(DType::F32).unwrap(), &tokens, &labels).unwrap();
         let s = t.elapsed().as_secs_f64();
-        eprintln!("{arch} {precision:?} batch {batch} x 8 frames: step {step}: {s:.2} s ({:.2} clips/s), loss {:.4}", batch as f64 / s, out.loss);
+        eprintln!(
+            "{arch} {precision:?} batch {batch} x 8 frames: step {step}: {s:.2} s ({:.2} clips/s), loss {:.4}",
+            batch as f64 / s,
+            out.loss
+        );
     }
 }

@@ -11,11 +11,17 @@ use actionclip::{
     viz::{self, AnimationFormat},
     Tokenizer, ZeroShotClassifier,
 };
-use image::AnimationDecoder;
 use common::tiny_random_model;
+use image::AnimationDecoder;
 
 fn synthetic_cfg() -> synthetic::SyntheticConfig {
-    synthetic::SyntheticConfig { num_classes: 3, clips_per_class: 3, test_clips_per_class: 1, frames: 16, ..Default::default() }
+    synthetic::SyntheticConfig {
+        num_classes: 3,
+        clips_per_class: 3,
+        test_clips_per_class: 1,
+        frames: 16,
+        ..Default::default()
+    }
 }
 
 /// Frame count and size of a GIF, decoded with the image crate.
@@ -36,7 +42,17 @@ fn video_info(path: &Path) -> (usize, (u32, u32)) {
     let last = data::decode_frames(path, &[n - 1]).unwrap();
     assert_eq!(last.len(), 1);
     let cli = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries", "stream=nb_read_packets,width,height", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-count_packets",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_packets,width,height",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output();
     if let Ok(out) = cli {
@@ -62,7 +78,13 @@ fn visualizer_matches_the_evaluation_and_writes_decodable_files() {
     // Single video.
     let clip = &viz::sample_per_class(&ds.root, 1, 0).unwrap()[0];
     let out_dir = tmp.path().join("single");
-    let opts = viz::VisualizeOptions { window: Some(8), stride: Some(4), thumbnail_width: Some(96), min_side: 128, ..Default::default() };
+    let opts = viz::VisualizeOptions {
+        window: Some(8),
+        stride: Some(4),
+        thumbnail_width: Some(96),
+        min_side: 128,
+        ..Default::default()
+    };
     let truth = prompts::humanize(&clip.class);
     let out = viz::visualize_video(&zs, &clip.path, Some(&truth), &out_dir, "one", &opts).unwrap();
     assert_eq!(out.prediction.top, zs.classify_path(&clip.path, 5).unwrap(), "video-level = evaluation");
@@ -98,13 +120,26 @@ fn visualizer_matches_the_evaluation_and_writes_decodable_files() {
     std::fs::write(&corrupt, b"not a video").unwrap();
     let clips = viz::sample_per_class(&ds.root, 1, 7).unwrap();
     assert_eq!(clips, viz::sample_per_class(&ds.root, 1, 7).unwrap(), "seeded");
-    assert_eq!(viz::sample_per_class(&ds.root, 10, 7).unwrap().len(), 3 * 3 + 1, "all clips, the corrupt file among them");
+    assert_eq!(
+        viz::sample_per_class(&ds.root, 10, 7).unwrap().len(),
+        3 * 3 + 1,
+        "all clips, the corrupt file among them"
+    );
     let mut clips: Vec<_> = clips.into_iter().filter(|c| c.path != corrupt).collect();
     clips.push(viz::SampledClip { class: ds.classes[1].clone(), path: corrupt.clone() });
     let batch_dir = tmp.path().join("batch");
     let opts = viz::VisualizeOptions { window: Some(8), stride: Some(8), min_side: 128, ..Default::default() };
     let mut seen = 0;
-    let batch = viz::run_batch(&zs, &clips, |c| Some(prompts::humanize(&c.class)), &ds.root, &batch_dir, &opts, |_, _| seen += 1).unwrap();
+    let batch = viz::run_batch(
+        &zs,
+        &clips,
+        |c| Some(prompts::humanize(&c.class)),
+        &ds.root,
+        &batch_dir,
+        &opts,
+        |_, _| seen += 1,
+    )
+    .unwrap();
     assert_eq!(seen, clips.len());
     assert_eq!(batch.entries.len(), clips.len());
     let html = std::fs::read_to_string(&batch.report).unwrap();

@@ -13,7 +13,8 @@ use common::*;
 fn min_row_cosine(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     let dot = (a * b).unwrap().sum(1).unwrap();
-    let norms = (a.sqr().unwrap().sum(1).unwrap().sqrt().unwrap() * b.sqr().unwrap().sum(1).unwrap().sqrt().unwrap()).unwrap();
+    let norms =
+        (a.sqr().unwrap().sum(1).unwrap().sqrt().unwrap() * b.sqr().unwrap().sum(1).unwrap().sqrt().unwrap()).unwrap();
     (dot / norms).unwrap().to_vec1::<f32>().unwrap().into_iter().fold(f32::INFINITY, f32::min)
 }
 
@@ -26,7 +27,8 @@ fn packing_applies() -> bool {
 }
 
 fn golden_model(joint: bool, shift: bool, post: PostNetwork) -> ActionClip {
-    ActionClip::new(VarBuilder::from_tensors(weights(), DType::F32, &Device::Cpu), &tiny_config(joint, shift, post)).unwrap()
+    ActionClip::new(VarBuilder::from_tensors(weights(), DType::F32, &Device::Cpu), &tiny_config(joint, shift, post))
+        .unwrap()
 }
 
 #[test]
@@ -43,11 +45,15 @@ fn f16_int8_and_packed_towers_stay_close_to_f32_on_the_golden_model() {
         let full = golden_model(joint, shift, post);
         let video = full.encode_video(&io["frames"]).unwrap();
         let text = full.encode_text(&tokens).unwrap();
-        for (format, bound) in [(TowerWeights::F16, 0.99999), (TowerWeights::Int8, 0.999), (TowerWeights::Packed, 1.0 - 1e-6)] {
+        for (format, bound) in
+            [(TowerWeights::F16, 0.99999), (TowerWeights::Int8, 0.999), (TowerWeights::Packed, 1.0 - 1e-6)]
+        {
             let m = full.with_tower_weights(format).unwrap();
             let (v, t) = (m.encode_video(&io["frames"]).unwrap(), m.encode_text(&tokens).unwrap());
             let (cv, ct) = (min_row_cosine(&v, &video), min_row_cosine(&t, &text));
-            eprintln!("joint={joint} shift={shift} {post:?} {format:?}: video cosine >= {cv:.6}, text cosine >= {ct:.6}");
+            eprintln!(
+                "joint={joint} shift={shift} {post:?} {format:?}: video cosine >= {cv:.6}, text cosine >= {ct:.6}"
+            );
             assert!(cv >= bound && ct >= bound, "{format:?}: cosine {cv} / {ct} < {bound}");
             // The golden weights are f16-exact, so only int8 changes them; packed f32 runs the same sums.
             assert_eq!(max_abs_diff(&v, &video) > 0.0, format == TowerWeights::Int8);
@@ -70,7 +76,11 @@ fn f16_towers_round_only_the_weights() {
 
 #[test]
 fn int8_towers_of_a_full_size_vit_b16_keep_video_features() {
-    let cfg = ActionClipConfig { clip: ClipConfig::vit_b16(), frames: 8, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::MeanPool } };
+    let cfg = ActionClipConfig {
+        clip: ClipConfig::vit_b16(),
+        frames: 8,
+        prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::MeanPool },
+    };
     let full = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu), &cfg).unwrap();
     let frames = Tensor::randn(0f32, 1., (1, 8, 3, 224, 224), &Device::Cpu).unwrap();
     let want = full.encode_video(&frames).unwrap();

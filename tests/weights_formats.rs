@@ -7,7 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use actionclip::weights::{self, Format, LoadedWeights};
-use actionclip::{ActionClip, ActionClipConfig, ClipConfig, Error, PostNetwork, TextConfig, VisionConfig, VisualPrompt};
+use actionclip::{
+    ActionClip, ActionClipConfig, ClipConfig, Error, PostNetwork, TextConfig, VisionConfig, VisualPrompt,
+};
 use candle_core::{DType, Device, Tensor};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -567,7 +569,10 @@ fn save_and_load_round_trip_bit_exact_with_config() {
     assert_eq!(w2.format, Format::OpenAiSafetensors);
     assert!(w2.config.is_none());
     assert_same_maps(&w2.tensors, &map);
-    assert_eq!(w2.infer_config(weights::DEFAULT_FRAMES).unwrap().prompt.post, PostNetwork::Conv1d { reference_reshape: true });
+    assert_eq!(
+        w2.infer_config(weights::DEFAULT_FRAMES).unwrap().prompt.post,
+        PostNetwork::Conv1d { reference_reshape: true }
+    );
 }
 
 #[test]

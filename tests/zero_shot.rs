@@ -17,7 +17,8 @@ fn frames() -> Tensor {
 fn classify_returns_sorted_probabilities_over_the_labels() {
     let model = tiny_random_model();
     let tok = Tokenizer::new();
-    let labels: Vec<String> = ["ApplyEyeMakeup", "Archery", "brush_hair", "YoYo"].iter().map(|l| prompts::humanize(l)).collect();
+    let labels: Vec<String> =
+        ["ApplyEyeMakeup", "Archery", "brush_hair", "YoYo"].iter().map(|l| prompts::humanize(l)).collect();
     let zs = ZeroShotClassifier::new(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES).unwrap();
     let top = zs.classify(&frames(), 3).unwrap();
     assert_eq!(top.len(), 3);
@@ -55,7 +56,10 @@ fn bad_labels_are_typed_errors() {
     let tok = Tokenizer::new();
     let empty: [&str; 0] = [];
     assert!(matches!(ZeroShotClassifier::new(&model, &tok, &empty, &ACTIONCLIP_TEMPLATES), Err(Error::Labels(_))));
-    assert!(matches!(ZeroShotClassifier::new(&model, &tok, &["ok", "  "], &ACTIONCLIP_TEMPLATES), Err(Error::Labels(_))));
+    assert!(matches!(
+        ZeroShotClassifier::new(&model, &tok, &["ok", "  "], &ACTIONCLIP_TEMPLATES),
+        Err(Error::Labels(_))
+    ));
     assert!(matches!(ZeroShotClassifier::new(&model, &tok, &["ok"], &[]), Err(Error::Labels(_))));
     let long = "very ".repeat(80);
     match ZeroShotClassifier::new(&model, &tok, &[long.as_str()], &ACTIONCLIP_TEMPLATES) {

@@ -7,8 +7,9 @@ use super::{tokenizer::Tokenizer, vision::CLIP_LN_EPS};
 use crate::{
     config::TextConfig,
     nn::{
+        forward_blocks_at,
         params::{Named, Params},
-        forward_blocks_at, LayerNorm, ResidualAttentionBlock, TowerWeights,
+        LayerNorm, ResidualAttentionBlock, TowerWeights,
     },
     Error, Result,
 };
@@ -30,15 +31,27 @@ impl TextTransformer {
     pub fn new(vb: VarBuilder, cfg: &TextConfig, embed_dim: usize) -> Result<Self> {
         let w = cfg.width;
         let blocks = (0..cfg.layers)
-            .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), w, cfg.heads, CLIP_LN_EPS))
+            .map(|i| {
+                ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), w, cfg.heads, CLIP_LN_EPS)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
             token_embedding: Named::read(&vb, (cfg.vocab_size, w), "token_embedding.weight", crate::nn::WEIGHT_INIT)?,
-            positional_embedding: Named::read(&vb, (cfg.context_length, w), "positional_embedding", Init::Randn { mean: 0., stdev: 0.01 })?,
+            positional_embedding: Named::read(
+                &vb,
+                (cfg.context_length, w),
+                "positional_embedding",
+                Init::Randn { mean: 0., stdev: 0.01 },
+            )?,
             blocks,
             ln_final: LayerNorm::new(vb.pp("ln_final"), w, CLIP_LN_EPS)?,
-            text_projection: Named::read(&vb, (w, embed_dim), "text_projection", Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) })?,
+            text_projection: Named::read(
+                &vb,
+                (w, embed_dim),
+                "text_projection",
+                Init::Randn { mean: 0., stdev: (w as f64).powf(-0.5) },
+            )?,
         })
     }
 

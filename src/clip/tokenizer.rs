@@ -20,7 +20,8 @@ const VOCAB_FILE: &str = include_str!(concat!(env!("OUT_DIR"), "/bpe_simple_voca
 /// Merges used by CLIP: lines `1..=48894` of the vocabulary file (`49152 - 256 - 2`).
 const NUM_MERGES: usize = 49152 - 256 - 2;
 /// The pre-tokenizer of `SimpleTokenizer` (`regex` with `re.IGNORECASE` there).
-const PIECE_PATTERN: &str = r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const PIECE_PATTERN: &str =
+    r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// ftfy fixes one line at a time, and cuts longer lines into segments of this many characters.
 const FTFY_MAX_SEGMENT_CHARS: usize = 1_000_000;
 
@@ -149,11 +150,7 @@ impl Tokenizer {
         ids.push(EOT);
         if ids.len() > CONTEXT_LENGTH {
             if !truncate {
-                return Err(Error::TextTooLong {
-                    text: text.to_string(),
-                    tokens: ids.len(),
-                    max: CONTEXT_LENGTH,
-                });
+                return Err(Error::TextTooLong { text: text.to_string(), tokens: ids.len(), max: CONTEXT_LENGTH });
             }
             ids.truncate(CONTEXT_LENGTH);
             if let Some(last) = ids.last_mut() {
@@ -258,9 +255,7 @@ impl Shared {
         for (rank, pair) in pairs.iter().enumerate() {
             let Some((a, b)) = pair else { continue };
             let merged = format!("{a}{b}");
-            if let (Some(&ia), Some(&ib), Some(&im)) =
-                (encoder.get(a), encoder.get(b), encoder.get(merged.as_str()))
-            {
+            if let (Some(&ia), Some(&ib), Some(&im)) = (encoder.get(a), encoder.get(b), encoder.get(merged.as_str())) {
                 merges.insert((ia, ib), (rank as u32, im));
             }
         }
@@ -275,10 +270,8 @@ impl Shared {
         for (b, &c) in byte_symbols.iter().enumerate() {
             byte_decoder.insert(c, b as u8);
         }
-        let id_bytes = vocab
-            .iter()
-            .map(|symbol| symbol.chars().filter_map(|c| byte_decoder.get(&c).copied()).collect())
-            .collect();
+        let id_bytes =
+            vocab.iter().map(|symbol| symbol.chars().filter_map(|c| byte_decoder.get(&c).copied()).collect()).collect();
         Shared {
             id_bytes,
             byte_ids,
@@ -425,9 +418,7 @@ impl Shared {
         if !text.contains('&') {
             return text.to_string();
         }
-        self.html_charref
-            .replace_all(text, |caps: &regex::Captures<'_>| replace_charref(&caps[1]))
-            .into_owned()
+        self.html_charref.replace_all(text, |caps: &regex::Captures<'_>| replace_charref(&caps[1])).into_owned()
     }
 }
 
@@ -466,10 +457,10 @@ fn python_strip(text: &str) -> &str {
 /// keep their code point (Python's `html` table and ftfy's "sloppy" codec agree on this).
 fn windows_1252_c1(c: char) -> char {
     const TABLE: [char; 32] = [
-        '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
-        '\u{2C6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}', '\u{8F}',
-        '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
-        '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}', '\u{9D}', '\u{17E}', '\u{178}',
+        '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{2C6}',
+        '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}', '\u{8F}', '\u{90}', '\u{2018}', '\u{2019}',
+        '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}', '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}',
+        '\u{153}', '\u{9D}', '\u{17E}', '\u{178}',
     ];
     match c {
         '\u{80}'..='\u{9f}' => TABLE[c as usize - 0x80],
@@ -591,10 +582,7 @@ fn named_entity(name: &str) -> Option<&'static str> {
         return Some(MULTI_CODEPOINT_ENTITIES[i].1);
     }
     let table = &html_escape::NAMED_ENTITIES;
-    table
-        .binary_search_by(|(n, _)| (*n).cmp(name.as_bytes()))
-        .ok()
-        .map(|i| table[i].1)
+    table.binary_search_by(|(n, _)| (*n).cmp(name.as_bytes())).ok().map(|i| table[i].1)
 }
 
 /// The value of `&name` for the legacy names HTML5 decodes without a semicolon.
@@ -605,51 +593,111 @@ fn legacy_entity(name: &str) -> Option<&'static str> {
 /// HTML5 entities whose value is two code points (`html_escape::NAMED_ENTITIES` keeps only the
 /// first), sorted by name.
 const MULTI_CODEPOINT_ENTITIES: [(&str, &str); 93] = [
-    ("NotEqualTilde", "\u{2242}\u{0338}"), ("NotGreaterFullEqual", "\u{2267}\u{0338}"), ("NotGreaterGreater", "\u{226B}\u{0338}"),
-    ("NotGreaterSlantEqual", "\u{2A7E}\u{0338}"), ("NotHumpDownHump", "\u{224E}\u{0338}"), ("NotHumpEqual", "\u{224F}\u{0338}"),
-    ("NotLeftTriangleBar", "\u{29CF}\u{0338}"), ("NotLessLess", "\u{226A}\u{0338}"), ("NotLessSlantEqual", "\u{2A7D}\u{0338}"),
-    ("NotNestedGreaterGreater", "\u{2AA2}\u{0338}"), ("NotNestedLessLess", "\u{2AA1}\u{0338}"), ("NotPrecedesEqual", "\u{2AAF}\u{0338}"),
-    ("NotRightTriangleBar", "\u{29D0}\u{0338}"), ("NotSquareSubset", "\u{228F}\u{0338}"), ("NotSquareSuperset", "\u{2290}\u{0338}"),
-    ("NotSubset", "\u{2282}\u{20D2}"), ("NotSucceedsEqual", "\u{2AB0}\u{0338}"), ("NotSucceedsTilde", "\u{227F}\u{0338}"),
-    ("NotSuperset", "\u{2283}\u{20D2}"), ("ThickSpace", "\u{205F}\u{200A}"), ("acE", "\u{223E}\u{0333}"),
-    ("bne", "\u{003D}\u{20E5}"), ("bnequiv", "\u{2261}\u{20E5}"), ("caps", "\u{2229}\u{FE00}"),
-    ("cups", "\u{222A}\u{FE00}"), ("fjlig", "\u{0066}\u{006A}"), ("gesl", "\u{22DB}\u{FE00}"),
-    ("gvertneqq", "\u{2269}\u{FE00}"), ("gvnE", "\u{2269}\u{FE00}"), ("lates", "\u{2AAD}\u{FE00}"),
-    ("lesg", "\u{22DA}\u{FE00}"), ("lvertneqq", "\u{2268}\u{FE00}"), ("lvnE", "\u{2268}\u{FE00}"),
-    ("nGg", "\u{22D9}\u{0338}"), ("nGt", "\u{226B}\u{20D2}"), ("nGtv", "\u{226B}\u{0338}"),
-    ("nLl", "\u{22D8}\u{0338}"), ("nLt", "\u{226A}\u{20D2}"), ("nLtv", "\u{226A}\u{0338}"),
-    ("nang", "\u{2220}\u{20D2}"), ("napE", "\u{2A70}\u{0338}"), ("napid", "\u{224B}\u{0338}"),
-    ("nbump", "\u{224E}\u{0338}"), ("nbumpe", "\u{224F}\u{0338}"), ("ncongdot", "\u{2A6D}\u{0338}"),
-    ("nedot", "\u{2250}\u{0338}"), ("nesim", "\u{2242}\u{0338}"), ("ngE", "\u{2267}\u{0338}"),
-    ("ngeqq", "\u{2267}\u{0338}"), ("ngeqslant", "\u{2A7E}\u{0338}"), ("nges", "\u{2A7E}\u{0338}"),
-    ("nlE", "\u{2266}\u{0338}"), ("nleqq", "\u{2266}\u{0338}"), ("nleqslant", "\u{2A7D}\u{0338}"),
-    ("nles", "\u{2A7D}\u{0338}"), ("notinE", "\u{22F9}\u{0338}"), ("notindot", "\u{22F5}\u{0338}"),
-    ("nparsl", "\u{2AFD}\u{20E5}"), ("npart", "\u{2202}\u{0338}"), ("npre", "\u{2AAF}\u{0338}"),
-    ("npreceq", "\u{2AAF}\u{0338}"), ("nrarrc", "\u{2933}\u{0338}"), ("nrarrw", "\u{219D}\u{0338}"),
-    ("nsce", "\u{2AB0}\u{0338}"), ("nsubE", "\u{2AC5}\u{0338}"), ("nsubset", "\u{2282}\u{20D2}"),
-    ("nsubseteqq", "\u{2AC5}\u{0338}"), ("nsucceq", "\u{2AB0}\u{0338}"), ("nsupE", "\u{2AC6}\u{0338}"),
-    ("nsupset", "\u{2283}\u{20D2}"), ("nsupseteqq", "\u{2AC6}\u{0338}"), ("nvap", "\u{224D}\u{20D2}"),
-    ("nvge", "\u{2265}\u{20D2}"), ("nvgt", "\u{003E}\u{20D2}"), ("nvle", "\u{2264}\u{20D2}"),
-    ("nvlt", "\u{003C}\u{20D2}"), ("nvltrie", "\u{22B4}\u{20D2}"), ("nvrtrie", "\u{22B5}\u{20D2}"),
-    ("nvsim", "\u{223C}\u{20D2}"), ("race", "\u{223D}\u{0331}"), ("smtes", "\u{2AAC}\u{FE00}"),
-    ("sqcaps", "\u{2293}\u{FE00}"), ("sqcups", "\u{2294}\u{FE00}"), ("varsubsetneq", "\u{228A}\u{FE00}"),
-    ("varsubsetneqq", "\u{2ACB}\u{FE00}"), ("varsupsetneq", "\u{228B}\u{FE00}"), ("varsupsetneqq", "\u{2ACC}\u{FE00}"),
-    ("vnsub", "\u{2282}\u{20D2}"), ("vnsup", "\u{2283}\u{20D2}"), ("vsubnE", "\u{2ACB}\u{FE00}"),
-    ("vsubne", "\u{228A}\u{FE00}"), ("vsupnE", "\u{2ACC}\u{FE00}"), ("vsupne", "\u{228B}\u{FE00}"),
+    ("NotEqualTilde", "\u{2242}\u{0338}"),
+    ("NotGreaterFullEqual", "\u{2267}\u{0338}"),
+    ("NotGreaterGreater", "\u{226B}\u{0338}"),
+    ("NotGreaterSlantEqual", "\u{2A7E}\u{0338}"),
+    ("NotHumpDownHump", "\u{224E}\u{0338}"),
+    ("NotHumpEqual", "\u{224F}\u{0338}"),
+    ("NotLeftTriangleBar", "\u{29CF}\u{0338}"),
+    ("NotLessLess", "\u{226A}\u{0338}"),
+    ("NotLessSlantEqual", "\u{2A7D}\u{0338}"),
+    ("NotNestedGreaterGreater", "\u{2AA2}\u{0338}"),
+    ("NotNestedLessLess", "\u{2AA1}\u{0338}"),
+    ("NotPrecedesEqual", "\u{2AAF}\u{0338}"),
+    ("NotRightTriangleBar", "\u{29D0}\u{0338}"),
+    ("NotSquareSubset", "\u{228F}\u{0338}"),
+    ("NotSquareSuperset", "\u{2290}\u{0338}"),
+    ("NotSubset", "\u{2282}\u{20D2}"),
+    ("NotSucceedsEqual", "\u{2AB0}\u{0338}"),
+    ("NotSucceedsTilde", "\u{227F}\u{0338}"),
+    ("NotSuperset", "\u{2283}\u{20D2}"),
+    ("ThickSpace", "\u{205F}\u{200A}"),
+    ("acE", "\u{223E}\u{0333}"),
+    ("bne", "\u{003D}\u{20E5}"),
+    ("bnequiv", "\u{2261}\u{20E5}"),
+    ("caps", "\u{2229}\u{FE00}"),
+    ("cups", "\u{222A}\u{FE00}"),
+    ("fjlig", "\u{0066}\u{006A}"),
+    ("gesl", "\u{22DB}\u{FE00}"),
+    ("gvertneqq", "\u{2269}\u{FE00}"),
+    ("gvnE", "\u{2269}\u{FE00}"),
+    ("lates", "\u{2AAD}\u{FE00}"),
+    ("lesg", "\u{22DA}\u{FE00}"),
+    ("lvertneqq", "\u{2268}\u{FE00}"),
+    ("lvnE", "\u{2268}\u{FE00}"),
+    ("nGg", "\u{22D9}\u{0338}"),
+    ("nGt", "\u{226B}\u{20D2}"),
+    ("nGtv", "\u{226B}\u{0338}"),
+    ("nLl", "\u{22D8}\u{0338}"),
+    ("nLt", "\u{226A}\u{20D2}"),
+    ("nLtv", "\u{226A}\u{0338}"),
+    ("nang", "\u{2220}\u{20D2}"),
+    ("napE", "\u{2A70}\u{0338}"),
+    ("napid", "\u{224B}\u{0338}"),
+    ("nbump", "\u{224E}\u{0338}"),
+    ("nbumpe", "\u{224F}\u{0338}"),
+    ("ncongdot", "\u{2A6D}\u{0338}"),
+    ("nedot", "\u{2250}\u{0338}"),
+    ("nesim", "\u{2242}\u{0338}"),
+    ("ngE", "\u{2267}\u{0338}"),
+    ("ngeqq", "\u{2267}\u{0338}"),
+    ("ngeqslant", "\u{2A7E}\u{0338}"),
+    ("nges", "\u{2A7E}\u{0338}"),
+    ("nlE", "\u{2266}\u{0338}"),
+    ("nleqq", "\u{2266}\u{0338}"),
+    ("nleqslant", "\u{2A7D}\u{0338}"),
+    ("nles", "\u{2A7D}\u{0338}"),
+    ("notinE", "\u{22F9}\u{0338}"),
+    ("notindot", "\u{22F5}\u{0338}"),
+    ("nparsl", "\u{2AFD}\u{20E5}"),
+    ("npart", "\u{2202}\u{0338}"),
+    ("npre", "\u{2AAF}\u{0338}"),
+    ("npreceq", "\u{2AAF}\u{0338}"),
+    ("nrarrc", "\u{2933}\u{0338}"),
+    ("nrarrw", "\u{219D}\u{0338}"),
+    ("nsce", "\u{2AB0}\u{0338}"),
+    ("nsubE", "\u{2AC5}\u{0338}"),
+    ("nsubset", "\u{2282}\u{20D2}"),
+    ("nsubseteqq", "\u{2AC5}\u{0338}"),
+    ("nsucceq", "\u{2AB0}\u{0338}"),
+    ("nsupE", "\u{2AC6}\u{0338}"),
+    ("nsupset", "\u{2283}\u{20D2}"),
+    ("nsupseteqq", "\u{2AC6}\u{0338}"),
+    ("nvap", "\u{224D}\u{20D2}"),
+    ("nvge", "\u{2265}\u{20D2}"),
+    ("nvgt", "\u{003E}\u{20D2}"),
+    ("nvle", "\u{2264}\u{20D2}"),
+    ("nvlt", "\u{003C}\u{20D2}"),
+    ("nvltrie", "\u{22B4}\u{20D2}"),
+    ("nvrtrie", "\u{22B5}\u{20D2}"),
+    ("nvsim", "\u{223C}\u{20D2}"),
+    ("race", "\u{223D}\u{0331}"),
+    ("smtes", "\u{2AAC}\u{FE00}"),
+    ("sqcaps", "\u{2293}\u{FE00}"),
+    ("sqcups", "\u{2294}\u{FE00}"),
+    ("varsubsetneq", "\u{228A}\u{FE00}"),
+    ("varsubsetneqq", "\u{2ACB}\u{FE00}"),
+    ("varsupsetneq", "\u{228B}\u{FE00}"),
+    ("varsupsetneqq", "\u{2ACC}\u{FE00}"),
+    ("vnsub", "\u{2282}\u{20D2}"),
+    ("vnsup", "\u{2283}\u{20D2}"),
+    ("vsubnE", "\u{2ACB}\u{FE00}"),
+    ("vsubne", "\u{228A}\u{FE00}"),
+    ("vsupnE", "\u{2ACC}\u{FE00}"),
+    ("vsupne", "\u{228B}\u{FE00}"),
 ];
 
 /// Entity names that HTML5 (and Python's `html.unescape`) also decode without a semicolon, sorted.
 const LEGACY_ENTITIES: [&str; 106] = [
-    "AElig", "AMP", "Aacute", "Acirc", "Agrave", "Aring", "Atilde", "Auml", "COPY", "Ccedil",
-    "ETH", "Eacute", "Ecirc", "Egrave", "Euml", "GT", "Iacute", "Icirc", "Igrave", "Iuml",
-    "LT", "Ntilde", "Oacute", "Ocirc", "Ograve", "Oslash", "Otilde", "Ouml", "QUOT", "REG",
-    "THORN", "Uacute", "Ucirc", "Ugrave", "Uuml", "Yacute", "aacute", "acirc", "acute", "aelig",
-    "agrave", "amp", "aring", "atilde", "auml", "brvbar", "ccedil", "cedil", "cent", "copy",
-    "curren", "deg", "divide", "eacute", "ecirc", "egrave", "eth", "euml", "frac12", "frac14",
-    "frac34", "gt", "iacute", "icirc", "iexcl", "igrave", "iquest", "iuml", "laquo", "lt",
-    "macr", "micro", "middot", "nbsp", "not", "ntilde", "oacute", "ocirc", "ograve", "ordf",
-    "ordm", "oslash", "otilde", "ouml", "para", "plusmn", "pound", "quot", "raquo", "reg",
-    "sect", "shy", "sup1", "sup2", "sup3", "szlig", "thorn", "times", "uacute", "ucirc",
+    "AElig", "AMP", "Aacute", "Acirc", "Agrave", "Aring", "Atilde", "Auml", "COPY", "Ccedil", "ETH", "Eacute", "Ecirc",
+    "Egrave", "Euml", "GT", "Iacute", "Icirc", "Igrave", "Iuml", "LT", "Ntilde", "Oacute", "Ocirc", "Ograve", "Oslash",
+    "Otilde", "Ouml", "QUOT", "REG", "THORN", "Uacute", "Ucirc", "Ugrave", "Uuml", "Yacute", "aacute", "acirc",
+    "acute", "aelig", "agrave", "amp", "aring", "atilde", "auml", "brvbar", "ccedil", "cedil", "cent", "copy",
+    "curren", "deg", "divide", "eacute", "ecirc", "egrave", "eth", "euml", "frac12", "frac14", "frac34", "gt",
+    "iacute", "icirc", "iexcl", "igrave", "iquest", "iuml", "laquo", "lt", "macr", "micro", "middot", "nbsp", "not",
+    "ntilde", "oacute", "ocirc", "ograve", "ordf", "ordm", "oslash", "otilde", "ouml", "para", "plusmn", "pound",
+    "quot", "raquo", "reg", "sect", "shy", "sup1", "sup2", "sup3", "szlig", "thorn", "times", "uacute", "ucirc",
     "ugrave", "uml", "uuml", "yacute", "yen", "yuml",
 ];
 

@@ -6,8 +6,9 @@ use candle_nn::{Init, VarBuilder};
 use crate::{
     config::VisionConfig,
     nn::{
+        forward_blocks_at,
         params::{Named, Params},
-        forward_blocks_at, LayerNorm, Linear, ResidualAttentionBlock, TowerWeights,
+        LayerNorm, Linear, ResidualAttentionBlock, TowerWeights,
     },
     Error, Result,
 };
@@ -42,7 +43,9 @@ impl VisionTransformer {
         let conv1_weight = Named::read(&vb, (w, 3, p, p), "conv1.weight", crate::nn::WEIGHT_INIT)?;
         let patch_embedding = Linear::from_named(conv1_weight.with(conv1_weight.reshape((w, 3 * p * p))?), None);
         let blocks = (0..cfg.layers)
-            .map(|i| ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), w, cfg.heads, CLIP_LN_EPS))
+            .map(|i| {
+                ResidualAttentionBlock::new(vb.pp(format!("transformer.resblocks.{i}")), w, cfg.heads, CLIP_LN_EPS)
+            })
             .collect::<Result<Vec<_>>>()?;
         let time_embedding = match joint_frames {
             Some(t) => Some(Named::read(&vb, (t, w), "time_embedding", scale)?),
@@ -105,7 +108,9 @@ impl VisionTransformer {
         };
         match self.blocks.split_last() {
             Some((last, body)) => {
-                let x = body.iter().try_fold(x.clone(), |x, block| block.forward_t(&temporal_shift(&x, t)?, false, train))?;
+                let x = body
+                    .iter()
+                    .try_fold(x.clone(), |x, block| block.forward_t(&temporal_shift(&x, t)?, false, train))?;
                 last.forward_at(&temporal_shift(&x, t)?, &cls, false, train)
             }
             None => Ok(x.narrow(1, 0, 1)?.squeeze(1)?),

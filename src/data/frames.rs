@@ -121,7 +121,12 @@ impl FrameFolder {
                 return Err(Error::MissingFrame {
                     path: dir,
                     index: i,
-                    reason: format!("{} does not exist (found {} frames, last {})", template.name(expected), numbers.len(), template.name(numbers[numbers.len() - 1])),
+                    reason: format!(
+                        "{} does not exist (found {} frames, last {})",
+                        template.name(expected),
+                        numbers.len(),
+                        template.name(numbers[numbers.len() - 1])
+                    ),
                 });
             }
         }
@@ -181,7 +186,8 @@ impl FrameFolder {
             }
             Err(e) => return Err(Error::io(&path, e)),
         };
-        let img = image::load_from_memory(&bytes).map_err(|e| Error::Image { path: path.clone(), reason: e.to_string() })?;
+        let img =
+            image::load_from_memory(&bytes).map_err(|e| Error::Image { path: path.clone(), reason: e.to_string() })?;
         Ok(img.into_rgb8())
     }
 }

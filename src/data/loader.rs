@@ -240,7 +240,14 @@ struct Ready {
     ids: Vec<usize>,
 }
 
-fn worker(shared: &Shared, epoch: u64, order: &[usize], num_batches: usize, window: &(Mutex<Window>, Condvar), tx: &mpsc::Sender<Built>) {
+fn worker(
+    shared: &Shared,
+    epoch: u64,
+    order: &[usize],
+    num_batches: usize,
+    window: &(Mutex<Window>, Condvar),
+    tx: &mpsc::Sender<Built>,
+) {
     // Batches taken but not yet delivered: one per worker being built plus `prefetch` waiting.
     let ahead = shared.cfg.workers.max(1) + shared.cfg.prefetch;
     loop {
@@ -273,7 +280,14 @@ fn worker(shared: &Shared, epoch: u64, order: &[usize], num_batches: usize, wind
 }
 
 /// Loads one clip into `out`, replacing it on failure per the policy. Returns the id that was used.
-fn load_slot(shared: &Shared, epoch: u64, position: usize, id: usize, out: &mut [f32], failures: &mut Vec<SampleFailure>) -> Option<usize> {
+fn load_slot(
+    shared: &Shared,
+    epoch: u64,
+    position: usize,
+    id: usize,
+    out: &mut [f32],
+    failures: &mut Vec<SampleFailure>,
+) -> Option<usize> {
     let cfg = &shared.cfg;
     let attempts = match cfg.on_failure {
         OnFailure::Skip => 0,
@@ -287,8 +301,14 @@ fn load_slot(shared: &Shared, epoch: u64, position: usize, id: usize, out: &mut 
         match shared.pipeline.load_into(&sample.path, sample.num_frames, &mut rng, out) {
             Ok(_) => return Some(current),
             Err(e) => {
-                let next = (attempt < attempts && shared.dataset.len() > 1).then(|| replace_rng.gen_range(0..shared.dataset.len()));
-                failures.push(SampleFailure { sample: current, path: sample.path.clone(), reason: e.to_string(), replaced_by: next });
+                let next = (attempt < attempts && shared.dataset.len() > 1)
+                    .then(|| replace_rng.gen_range(0..shared.dataset.len()));
+                failures.push(SampleFailure {
+                    sample: current,
+                    path: sample.path.clone(),
+                    reason: e.to_string(),
+                    replaced_by: next,
+                });
                 match next {
                     Some(n) => current = n,
                     None => return None,
@@ -341,7 +361,11 @@ pub struct Epoch {
 
 impl std::fmt::Debug for Epoch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Epoch").field("epoch", &self.epoch).field("num_batches", &self.num_batches).field("report", &self.report).finish()
+        f.debug_struct("Epoch")
+            .field("epoch", &self.epoch)
+            .field("num_batches", &self.num_batches)
+            .field("report", &self.report)
+            .finish()
     }
 }
 

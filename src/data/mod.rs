@@ -46,8 +46,8 @@ pub use loader::{Batch, Epoch, Loader, LoaderConfig, LoaderReport, OnFailure, Sa
 pub use pipeline::{ClipData, ClipPipeline, ClipTransform};
 pub use resize::Filter;
 pub use sampling::{sample_rng, SampleMode, Sampling};
-pub use source::FrameNaming;
 pub(crate) use source::ClipSource;
+pub use source::FrameNaming;
 pub use transforms::{ColorJitter, TestCrops, TestTransform, TrainTransform, CLIP_MEAN, CLIP_STD};
 pub use ucf101::{Storage, Subset, VideoDataset, VideoSample};
 pub use video::{count_frames, probe, write_video, EncodeOptions, VideoCodec, VideoInfo};

@@ -95,7 +95,8 @@ impl ClipPipeline {
 
     /// Multi-view test: `clips` temporal views x `crops` (1 centre or 3) spatial views per video.
     pub fn multi_view(frames: usize, input_size: u32, clips: usize, three_crops: bool) -> Result<Self> {
-        let transform = if three_crops { TestTransform::three_crop(input_size) } else { TestTransform::new(input_size) };
+        let transform =
+            if three_crops { TestTransform::three_crop(input_size) } else { TestTransform::new(input_size) };
         Ok(Self {
             mode: SampleMode::Test,
             sampling: Sampling::new(frames)?,
@@ -138,9 +139,19 @@ impl ClipPipeline {
 
     /// Like [`ClipPipeline::load`], writing the values into `out` (length [`ClipPipeline::clip_len`]);
     /// returns the frame indices that were read. On error `out` may be partly written.
-    pub(crate) fn load_into<R: Rng + ?Sized>(&self, path: &Path, num_frames: Option<usize>, rng: &mut R, out: &mut [f32]) -> Result<Vec<usize>> {
+    pub(crate) fn load_into<R: Rng + ?Sized>(
+        &self,
+        path: &Path,
+        num_frames: Option<usize>,
+        rng: &mut R,
+        out: &mut [f32],
+    ) -> Result<Vec<usize>> {
         if out.len() != self.clip_len() {
-            return Err(Error::Config(format!("clip buffer holds {} values, the pipeline makes {}", out.len(), self.clip_len())));
+            return Err(Error::Config(format!(
+                "clip buffer holds {} values, the pipeline makes {}",
+                out.len(),
+                self.clip_len()
+            )));
         }
         let source = ClipSource::open(path, &self.naming, num_frames)?;
         let n = source.len();
@@ -154,7 +165,10 @@ impl ClipPipeline {
         let per_view = out.len() / views.len().max(1);
         for (v, (chunk, dst)) in frames.chunks(t).zip(out.chunks_mut(per_view)).enumerate() {
             if chunk.len() != t {
-                return Err(Error::Video { path: path.to_path_buf(), reason: format!("view {v}: {} frames read, {t} expected", chunk.len()) });
+                return Err(Error::Video {
+                    path: path.to_path_buf(),
+                    reason: format!("view {v}: {} frames read, {t} expected", chunk.len()),
+                });
             }
             match &self.transform {
                 ClipTransform::Train(tr) => tr.apply_into(chunk, rng, dst)?,

@@ -137,14 +137,16 @@ pub(crate) fn resize_region(
 ) -> Result<RgbImage> {
     let (iw, ih) = image.dimensions();
     if src.w == 0 || src.h == 0 || src.x + src.w > iw || src.y + src.h > ih {
-        return Err(Error::Config(format!(
-            "resize source {src:?} does not fit in a {iw}x{ih} image"
-        )));
+        return Err(Error::Config(format!("resize source {src:?} does not fit in a {iw}x{ih} image")));
     }
-    if out_w == 0 || out_h == 0 || window.w == 0 || window.h == 0 || window.x + window.w > out_w || window.y + window.h > out_h {
-        return Err(Error::Config(format!(
-            "resize window {window:?} does not fit in the {out_w}x{out_h} output"
-        )));
+    if out_w == 0
+        || out_h == 0
+        || window.w == 0
+        || window.h == 0
+        || window.x + window.w > out_w
+        || window.y + window.h > out_h
+    {
+        return Err(Error::Config(format!("resize window {window:?} does not fit in the {out_w}x{out_h} output")));
     }
     let need_h = out_w != src.w;
     let (wy0, wh) = (window.y as usize, window.h as usize);
@@ -171,7 +173,13 @@ pub(crate) fn resize_region(
 
 /// Rows `rows` of the `src` region, resampled along x by `coeffs` (or copied when the width is kept),
 /// columns of `window` only: `[rows.len(), window.w, 3]` bytes.
-fn horizontal_pass(image: &RgbImage, src: Rect, window: Rect, rows: std::ops::Range<usize>, coeffs: Option<&Coeffs>) -> Vec<u8> {
+fn horizontal_pass(
+    image: &RgbImage,
+    src: Rect,
+    window: Rect,
+    rows: std::ops::Range<usize>,
+    coeffs: Option<&Coeffs>,
+) -> Vec<u8> {
     let stride = image.width() as usize * 3;
     let data = image.as_raw();
     let (wx0, ww) = (window.x as usize, window.w as usize);
@@ -260,7 +268,8 @@ mod tests {
     fn window_equals_crop_of_full() {
         let img = RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, ((x * y) % 256) as u8]));
         let full = resize(&img, 57, 43, Filter::Bicubic).unwrap();
-        let win = resize_region(&img, Rect::new(0, 0, 40, 30), 57, 43, Rect::new(5, 9, 20, 17), Filter::Bicubic).unwrap();
+        let win =
+            resize_region(&img, Rect::new(0, 0, 40, 30), 57, 43, Rect::new(5, 9, 20, 17), Filter::Bicubic).unwrap();
         let crop = image::imageops::crop_imm(&full, 5, 9, 20, 17).to_image();
         assert_eq!(win, crop);
     }

@@ -125,7 +125,12 @@ pub struct TestTransform {
 impl TestTransform {
     /// The reference's pipeline for `input_size`: short side to `input_size * 256 / 224`, centre crop.
     pub fn new(input_size: u32) -> Self {
-        Self { scale_size: input_size * 256 / 224, crop_size: input_size, crops: TestCrops::Center, filter: Filter::Bicubic }
+        Self {
+            scale_size: input_size * 256 / 224,
+            crop_size: input_size,
+            crops: TestCrops::Center,
+            filter: Filter::Bicubic,
+        }
     }
 
     /// Three crops of `input_size` after scaling the short side to `input_size` (the usual 3-crop test).
@@ -158,10 +163,7 @@ impl TestTransform {
                 vec![(0, 0), (ws, hs), (2 * ws, 2 * hs)]
             }
         };
-        offsets
-            .into_iter()
-            .map(|(l, t)| resize_and_crop(img, src, (ow, oh), l, t, (c, c), self.filter))
-            .collect()
+        offsets.into_iter().map(|(l, t)| resize_and_crop(img, src, (ow, oh), l, t, (c, c), self.filter)).collect()
     }
 
     /// Transforms a clip of T frames: returns `num_crops` buffers, each `[T, 3, crop, crop]` normalised.

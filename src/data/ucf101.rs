@@ -115,7 +115,8 @@ impl VideoDataset {
                 (Some(l), Some(n), Some(d)) => (l, n, d.trim_end()),
                 _ => return Err(bad(format!("expected `frame_dir num_frames label`, found {line:?}"))),
             };
-            let num_frames: usize = frames.parse().map_err(|_| bad(format!("frame count {frames:?} is not a number")))?;
+            let num_frames: usize =
+                frames.parse().map_err(|_| bad(format!("frame count {frames:?} is not a number")))?;
             let label_id: usize = label.parse().map_err(|_| bad(format!("label {label:?} is not a number")))?;
             if label_id >= classes.len() {
                 return Err(Error::UnknownLabel { path: path.to_path_buf(), line: i + 1, label: label.to_string() });
@@ -162,7 +163,9 @@ fn read_class_index(path: impl AsRef<Path>) -> Result<Vec<String>> {
             continue;
         }
         let bad = |reason: String| Error::ListFile { path: path.to_path_buf(), line: i + 1, reason };
-        let (id, name) = line.split_once(char::is_whitespace).ok_or_else(|| bad(format!("expected `id ClassName`, found {line:?}")))?;
+        let (id, name) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| bad(format!("expected `id ClassName`, found {line:?}")))?;
         let id: usize = id.parse().map_err(|_| bad(format!("class id {id:?} is not a number")))?;
         if id != classes.len() + 1 {
             return Err(bad(format!("class id {id} out of order (expected {})", classes.len() + 1)));

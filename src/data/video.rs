@@ -220,9 +220,9 @@ mod imp {
     use std::path::Path;
     use std::sync::Once;
 
-    use ffmpeg_next as ff;
     use ff::format::Pixel;
     use ff::software::scaling;
+    use ffmpeg_next as ff;
     use image::RgbImage;
 
     use super::{video_err, EncodeOptions, VideoCodec, VideoInfo};
@@ -257,10 +257,8 @@ mod imp {
         pub(super) fn open(path: &Path) -> Result<Self> {
             init();
             let input = ff::format::input(&path).map_err(|e| video_err(path, format!("cannot open: {e}")))?;
-            let stream = input
-                .streams()
-                .best(ff::media::Type::Video)
-                .ok_or_else(|| video_err(path, "no video stream"))?;
+            let stream =
+                input.streams().best(ff::media::Type::Video).ok_or_else(|| video_err(path, "no video stream"))?;
             let (index, header_frames) = (stream.index(), stream.frames());
             Ok(Self { input, stream: index, header_frames })
         }
@@ -311,7 +309,8 @@ mod imp {
             let stream = self.input.stream(self.stream).ok_or_else(|| video_err(path, "video stream vanished"))?;
             let ctx = ff::codec::context::Context::from_parameters(stream.parameters())
                 .map_err(|e| video_err(path, format!("unsupported codec parameters: {e}")))?;
-            let mut decoder = ctx.decoder().video().map_err(|e| video_err(path, format!("cannot open the decoder: {e}")))?;
+            let mut decoder =
+                ctx.decoder().video().map_err(|e| video_err(path, format!("cannot open the decoder: {e}")))?;
             // Near the header's end, keep the latest frame: a header that overstates the count by a
             // few frames is tolerated by repeating the real last frame.
             let keep_tail_from = (self.header_frames.max(0) as usize).saturating_sub(HEADER_SLACK + 1);
@@ -386,7 +385,12 @@ mod imp {
 
     impl DecodeState<'_> {
         /// Receives every available frame; returns `true` once the last wanted frame is kept.
-        fn drain(&mut self, decoder: &mut ff::decoder::Video, frame: &mut ff::frame::Video, path: &Path) -> Result<bool> {
+        fn drain(
+            &mut self,
+            decoder: &mut ff::decoder::Video,
+            frame: &mut ff::frame::Video,
+            path: &Path,
+        ) -> Result<bool> {
             while decoder.receive_frame(frame).is_ok() {
                 let k = self.count;
                 self.count += 1;

@@ -48,7 +48,13 @@ pub(crate) fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 /// LayerNorm over the last dimension of `x` [..., dim] with `weight` and `bias` [dim], computed in f32
 /// whatever the dtype: `differentiable` on elementary ops, else candle's fused kernel (no backward).
 // [..., dim] -> [..., dim]
-pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, differentiable: bool) -> candle_core::Result<Tensor> {
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    differentiable: bool,
+) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
     let (w, b) = (weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?);

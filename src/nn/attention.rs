@@ -31,7 +31,11 @@ impl MultiHeadAttention {
 
     /// The same layer with its projection weights held as `format` says.
     pub fn with_weights(&self, format: TowerWeights) -> Result<Self> {
-        Ok(Self { in_proj: self.in_proj.with_weights(format)?, out_proj: self.out_proj.with_weights(format)?, heads: self.heads })
+        Ok(Self {
+            in_proj: self.in_proj.with_weights(format)?,
+            out_proj: self.out_proj.with_weights(format)?,
+            heads: self.heads,
+        })
     }
 
     /// Self-attention over `x` [N, L, W], causal (each token sees itself and earlier ones) or not;
@@ -77,7 +81,11 @@ impl MultiHeadAttention {
         } else {
             scores
         };
-        let probs = if train { candle_nn::ops::softmax(&scores, D::Minus1)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
+        let probs = if train {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         // [N, H, 1, hd] -> [N, W]
         let out = probs.matmul(&v)?.reshape((n, w))?;
         self.out_proj.forward_t(&out, train)

@@ -36,7 +36,12 @@ impl ResidualAttentionBlock {
 
     /// The same block with its attention and MLP weights held as `format` says (LayerNorms unchanged).
     pub fn with_weights(&self, format: TowerWeights) -> Result<Self> {
-        Ok(Self { ln_1: self.ln_1.clone(), attn: self.attn.with_weights(format)?, ln_2: self.ln_2.clone(), mlp: self.mlp.with_weights(format)? })
+        Ok(Self {
+            ln_1: self.ln_1.clone(),
+            attn: self.attn.with_weights(format)?,
+            ln_2: self.ln_2.clone(),
+            mlp: self.mlp.with_weights(format)?,
+        })
     }
 
     /// Applies the block to `x` [N, L, W], with causal self-attention or not. In inference the residual
@@ -80,14 +85,21 @@ impl ResidualAttentionBlock {
     /// `c_fc` bias inside QuickGELU. Returns the residual stream after attention and this block's MLP
     /// output with its `c_proj` bias, still to be added.
     // [N, L, W] -> ([N, L, W], [N, L, W], [W])
-    fn deferred_step(&self, x: &Tensor, pending: Option<&(Tensor, Tensor)>, causal: bool) -> Result<(Tensor, Tensor, Tensor)> {
-        let missing = |what: &str| Error::Config(format!("a residual block without the {what} bias defers no residual add"));
+    fn deferred_step(
+        &self,
+        x: &Tensor,
+        pending: Option<&(Tensor, Tensor)>,
+        causal: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let missing =
+            |what: &str| Error::Config(format!("a residual block without the {what} bias defers no residual add"));
         let (x, h) = match pending {
             Some((m, m_bias)) => kernels::residual_layer_norm(x, m, m_bias, self.ln_1.params())?,
             None => (x.clone(), self.ln_1.forward_t(x, false)?),
         };
         let out_proj = self.attn.out_proj();
-        let attended = kernels::linear(&self.attn.attend(&h, causal, false)?, out_proj.params(), Epilogue::None, false)?;
+        let attended =
+            kernels::linear(&self.attn.attend(&h, causal, false)?, out_proj.params(), Epilogue::None, false)?;
         let out_bias = out_proj.bias().ok_or_else(|| missing("out_proj"))?;
         let (x, h) = kernels::residual_layer_norm(&x, &attended, out_bias, self.ln_2.params())?;
         let (c_fc, c_proj) = self.mlp.layers();
@@ -101,8 +113,16 @@ impl ResidualAttentionBlock {
 /// inference, where every block defers its residual adds, each block's last residual add (with the
 /// `c_proj` bias) happens inside the next block's first LayerNorm kernel.
 // [N, L, W] -> [N, L, W]
-pub(crate) fn forward_blocks(blocks: &[ResidualAttentionBlock], x: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
-    if !train && !blocks.is_empty() && blocks.iter().map(|b| b.defers_residual(x)).collect::<Result<Vec<_>>>()?.into_iter().all(|d| d) {
+pub(crate) fn forward_blocks(
+    blocks: &[ResidualAttentionBlock],
+    x: &Tensor,
+    causal: bool,
+    train: bool,
+) -> Result<Tensor> {
+    if !train
+        && !blocks.is_empty()
+        && blocks.iter().map(|b| b.defers_residual(x)).collect::<Result<Vec<_>>>()?.into_iter().all(|d| d)
+    {
         return forward_deferred(blocks, x, causal);
     }
     blocks.iter().try_fold(x.clone(), |x, block| block.forward_t(&x, causal, train))
@@ -130,7 +150,13 @@ fn forward_deferred(blocks: &[ResidualAttentionBlock], x: &Tensor, causal: bool)
 /// sequence, `rows` [N] (u32 positions), the last block computing that token alone
 /// ([`ResidualAttentionBlock::forward_at`]).
 // [N, L, W], [N] -> [N, W]
-pub(crate) fn forward_blocks_at(blocks: &[ResidualAttentionBlock], x: &Tensor, rows: &Tensor, causal: bool, train: bool) -> Result<Tensor> {
+pub(crate) fn forward_blocks_at(
+    blocks: &[ResidualAttentionBlock],
+    x: &Tensor,
+    rows: &Tensor,
+    causal: bool,
+    train: bool,
+) -> Result<Tensor> {
     match blocks.split_last() {
         Some((last, body)) => last.forward_at(&forward_blocks(body, x, causal, train)?, rows, causal, train),
         None => Ok(gather_rows(x, rows)?),

@@ -37,7 +37,9 @@ impl TowerWeights {
             "f16" => Ok(Self::F16),
             "int8" | "q8" => Ok(Self::Int8),
             "packed" | "f32-packed" => Ok(Self::Packed),
-            other => Err(Error::Config(format!("unknown tower weight format '{other}' (expected full, f16, int8 or packed)"))),
+            other => Err(Error::Config(format!(
+                "unknown tower weight format '{other}' (expected full, f16, int8 or packed)"
+            ))),
         }
     }
 }

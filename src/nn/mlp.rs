@@ -18,7 +18,10 @@ pub struct Mlp {
 impl Mlp {
     /// Reads `c_fc` and `c_proj` under `vb`.
     pub fn new(vb: VarBuilder, width: usize) -> Result<Self> {
-        Ok(Self { c_fc: Linear::new(vb.pp("c_fc"), width, 4 * width)?, c_proj: Linear::new(vb.pp("c_proj"), 4 * width, width)? })
+        Ok(Self {
+            c_fc: Linear::new(vb.pp("c_fc"), width, 4 * width)?,
+            c_proj: Linear::new(vb.pp("c_proj"), 4 * width, width)?,
+        })
     }
 
     /// The same MLP with its weights held as `format` says.

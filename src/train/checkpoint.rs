@@ -89,7 +89,11 @@ impl TrainerState {
             loss_scale: if cfg.precision == Precision::F16 { cfg.loss_scale.init } else { 1.0 },
             scale_good_steps: 0,
             schedule: LrSchedule::Constant,
-            rng: RngState { seed: cfg.seed, scheme: "ChaCha8 keyed by (seed, epoch, batch) for templates; loader keyed by (seed, epoch, clip)".into() },
+            rng: RngState {
+                seed: cfg.seed,
+                scheme: "ChaCha8 keyed by (seed, epoch, batch) for templates; loader keyed by (seed, epoch, clip)"
+                    .into(),
+            },
             train_config: cfg.clone(),
             model_config: model_cfg.clone(),
             epoch_losses: Vec::new(),
@@ -106,7 +110,8 @@ impl TrainerState {
 
     /// Closes the current epoch: counts it, records its mean step loss (NaN without steps) and returns it.
     pub(crate) fn close_epoch(&mut self) -> f64 {
-        let mean = if self.epoch_loss_count > 0 { self.epoch_loss_sum / self.epoch_loss_count as f64 } else { f64::NAN };
+        let mean =
+            if self.epoch_loss_count > 0 { self.epoch_loss_sum / self.epoch_loss_count as f64 } else { f64::NAN };
         self.epoch += 1;
         self.batch_in_epoch = 0;
         self.epoch_loss_sum = 0.0;
@@ -128,7 +133,13 @@ impl TrainerState {
 
 /// Writes the checkpoint directory `dir` atomically: the master weights (with `model_cfg` in the metadata),
 /// the optimizer's moments and `state`.
-pub(crate) fn save(dir: &Path, vars: &ModelVars, model_cfg: &ActionClipConfig, optimizer: &AdamW, state: &TrainerState) -> Result<()> {
+pub(crate) fn save(
+    dir: &Path,
+    vars: &ModelVars,
+    model_cfg: &ActionClipConfig,
+    optimizer: &AdamW,
+    state: &TrainerState,
+) -> Result<()> {
     write_atomic(dir, |tmp| {
         crate::weights::save_safetensors(&vars.master_tensors()?, Some(model_cfg), tmp.join(MODEL_FILE))?;
         optimizer.save(tmp.join(OPTIMIZER_FILE))?;
@@ -138,11 +149,19 @@ pub(crate) fn save(dir: &Path, vars: &ModelVars, model_cfg: &ActionClipConfig, o
 
 /// Restores weights and optimizer moments from the checkpoint `dir` names (`run/last`, or `run` meaning
 /// `run/last`) and returns its trainer state. The checkpoint must be of `model_cfg`'s architecture.
-pub(crate) fn load(dir: &Path, vars: &ModelVars, model_cfg: &ActionClipConfig, optimizer: &mut AdamW) -> TrainResult<TrainerState> {
+pub(crate) fn load(
+    dir: &Path,
+    vars: &ModelVars,
+    model_cfg: &ActionClipConfig,
+    optimizer: &mut AdamW,
+) -> TrainResult<TrainerState> {
     let dir = locate(dir)?;
     let state = read_state(&dir)?;
     if &state.model_config != model_cfg {
-        return Err(TrainError::ArchitectureMismatch { path: dir, reason: describe_config_difference(&state.model_config, model_cfg) });
+        return Err(TrainError::ArchitectureMismatch {
+            path: dir,
+            reason: describe_config_difference(&state.model_config, model_cfg),
+        });
     }
     let model_file = dir.join(MODEL_FILE);
     let weights = crate::weights::load(&model_file)?;
@@ -187,7 +206,11 @@ pub(crate) fn write_atomic(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) 
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = dir.file_name().ok_or_else(|| Error::Config(format!("checkpoint path {} has no name", dir.display())))?.to_string_lossy().into_owned();
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::Config(format!("checkpoint path {} has no name", dir.display())))?
+        .to_string_lossy()
+        .into_owned();
     fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let tmp = parent.join(format!(".{name}.tmp"));
     let old = old_path(dir);
@@ -249,7 +272,10 @@ pub(crate) fn resolve_checkpoint(dir: &Path) -> Result<PathBuf> {
     if old.join(STATE_FILE).is_file() {
         return Ok(old);
     }
-    Err(Error::Checkpoint { path: dir.to_path_buf(), reason: format!("no checkpoint here (no {STATE_FILE}, and no {} either)", old.display()) })
+    Err(Error::Checkpoint {
+        path: dir.to_path_buf(),
+        reason: format!("no checkpoint here (no {STATE_FILE}, and no {} either)", old.display()),
+    })
 }
 
 /// Puts back a checkpoint a kill left at `.{name}.old` (when `dir` is missing). Returns whether it did.
@@ -271,7 +297,8 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 
 /// Writes `value` as pretty JSON to `path`.
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Config(format!("cannot serialise {}: {e}", path.display())))?;
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Config(format!("cannot serialise {}: {e}", path.display())))?;
     fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
 

@@ -117,7 +117,12 @@ impl TrainConfig {
                 return Err(Error::Config(format!("clip_grad_norm must be positive, got {c}")));
             }
         }
-        if self.precision == Precision::F16 && !(self.loss_scale.init > 0.0 && self.loss_scale.growth >= 1.0 && self.loss_scale.backoff > 0.0 && self.loss_scale.backoff < 1.0) {
+        if self.precision == Precision::F16
+            && !(self.loss_scale.init > 0.0
+                && self.loss_scale.growth >= 1.0
+                && self.loss_scale.backoff > 0.0
+                && self.loss_scale.backoff < 1.0)
+        {
             return Err(Error::Config("loss scaling needs init > 0, growth >= 1 and 0 < backoff < 1".into()));
         }
         Ok(())
@@ -176,10 +181,20 @@ impl TrainData {
                 return Err(TrainError::EmptySplit { split: name.to_string() });
             }
             if let Some(s) = ds.samples.iter().find(|s| s.label >= ds.classes.len()) {
-                return Err(TrainError::LabelOutOfRange { split: name.to_string(), path: s.path.clone(), label: s.label, classes: ds.classes.len() });
+                return Err(TrainError::LabelOutOfRange {
+                    split: name.to_string(),
+                    path: s.path.clone(),
+                    label: s.label,
+                    classes: ds.classes.len(),
+                });
             }
             if &ds.classes != classes {
-                return Err(Error::Labels(format!("the {name} split has {} classes that differ from the training split's {}", ds.classes.len(), classes.len())).into());
+                return Err(Error::Labels(format!(
+                    "the {name} split has {} classes that differ from the training split's {}",
+                    ds.classes.len(),
+                    classes.len()
+                ))
+                .into());
             }
         }
         Ok(())

@@ -101,8 +101,20 @@ impl Demo {
     pub fn model_config(&self, frames: usize, prompt: VisualPrompt) -> ActionClipConfig {
         ActionClipConfig {
             clip: ClipConfig {
-                vision: VisionConfig { width: self.vision_width, layers: self.vision_layers, heads: 1, patch_size: self.patch_size, image_size: self.resolution },
-                text: TextConfig { width: self.text_width, layers: self.text_layers, heads: (self.text_width / 64).max(1), vocab_size: 49408, context_length: 77 },
+                vision: VisionConfig {
+                    width: self.vision_width,
+                    layers: self.vision_layers,
+                    heads: 1,
+                    patch_size: self.patch_size,
+                    image_size: self.resolution,
+                },
+                text: TextConfig {
+                    width: self.text_width,
+                    layers: self.text_layers,
+                    heads: (self.text_width / 64).max(1),
+                    vocab_size: 49408,
+                    context_length: 77,
+                },
                 embed_dim: 64,
             },
             frames,
@@ -168,15 +180,30 @@ mod tests {
         let demo = Demo::default();
         let recipe = demo.recipe();
         let prompt = recipe.visual_prompt(Some(demo.head_layers)).unwrap();
-        assert_eq!(prompt, VisualPrompt { joint: false, temporal_shift: true, post: PostNetwork::Transformer { layers: 1 } });
+        assert_eq!(
+            prompt,
+            VisualPrompt { joint: false, temporal_shift: true, post: PostNetwork::Transformer { layers: 1 } }
+        );
         let model = demo.model_config(recipe.frames, prompt);
         model.validate().unwrap();
-        assert_eq!((model.clip.vision.width, model.clip.vision.layers, model.clip.vision.image_size, model.clip.text.layers, model.frames), (64, 2, 32, 1, 8));
+        assert_eq!(
+            (
+                model.clip.vision.width,
+                model.clip.vision.layers,
+                model.clip.vision.image_size,
+                model.clip.text.layers,
+                model.frames
+            ),
+            (64, 2, 32, 1, 8)
+        );
         let data = demo.dataset_config();
         assert_eq!((data.num_classes, data.clips_per_class, data.test_clips_per_class), (8, 96, 9));
         assert_eq!(demo.freeze(), Freeze { text: true, vision: false });
         let cfg = recipe.train_config(Default::default()).unwrap();
-        assert_eq!((cfg.epochs, cfg.optimizer.lr, cfg.optimizer.f_ratio, cfg.warmup_epochs, cfg.seed), (60, 1e-3, 1.0, 1.0, 0));
+        assert_eq!(
+            (cfg.epochs, cfg.optimizer.lr, cfg.optimizer.f_ratio, cfg.warmup_epochs, cfg.seed),
+            (60, 1e-3, 1.0, 1.0, 0)
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub enum TrainError {
     },
 
     /// A clip whose label is not an index into the class list.
-    #[error("{split} clip {path}: label index {label} is outside the class list ({classes} classes, indices 0..{classes})")]
+    #[error(
+        "{split} clip {path}: label index {label} is outside the class list ({classes} classes, indices 0..{classes})"
+    )]
     LabelOutOfRange {
         /// The split.
         split: String,
@@ -83,7 +85,9 @@ impl TrainError {
                 path: path.to_path_buf(),
                 reason: format!("{key} has shape {found:?} in the checkpoint, the model needs {expected:?}"),
             },
-            Error::MissingKey { key, .. } => TrainError::ArchitectureMismatch { path: path.to_path_buf(), reason: format!("{key} is missing") },
+            Error::MissingKey { key, .. } => {
+                TrainError::ArchitectureMismatch { path: path.to_path_buf(), reason: format!("{key} is missing") }
+            }
             other => other.into(),
         }
     }

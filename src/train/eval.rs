@@ -73,7 +73,12 @@ impl EvalReport {
 }
 
 /// Encodes every class sentence (templates x classes) with the model's text tower: `[J, C, D]`, normalised.
-pub fn class_features(model: &ActionClip, tokenizer: &Tokenizer, classes: &[String], templates: &[prompts::Template]) -> Result<Tensor> {
+pub fn class_features(
+    model: &ActionClip,
+    tokenizer: &Tokenizer,
+    classes: &[String],
+    templates: &[prompts::Template],
+) -> Result<Tensor> {
     let sentences = prompts::fill_all(templates, classes);
     let device = model.device();
     let chunks = sentences
@@ -100,7 +105,11 @@ pub fn batch_probabilities(model: &ActionClip, frames: &Tensor, class_features: 
             let c = probs.dim(1)?;
             Ok(probs.reshape((b, v, c))?.mean(1)?)
         }
-        _ => Err(Error::InputShape { what: "frames", expected: "[B, T, 3, H, W] or [B, V, T, 3, H, W]".into(), found: frames.dims().to_vec() }),
+        _ => Err(Error::InputShape {
+            what: "frames",
+            expected: "[B, T, 3, H, W] or [B, V, T, 3, H, W]".into(),
+            found: frames.dims().to_vec(),
+        }),
     }
 }
 

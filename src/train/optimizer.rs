@@ -90,7 +90,16 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// lr 5e-6, ratio 1, f_ratio 10, betas (0.9, 0.98), eps 1e-8, weight decay 0.2 on every parameter.
     fn default() -> Self {
-        Self { lr: 5e-6, ratio: 1.0, f_ratio: 10.0, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.2, exempt_from_decay: false }
+        Self {
+            lr: 5e-6,
+            ratio: 1.0,
+            f_ratio: 10.0,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.2,
+            exempt_from_decay: false,
+        }
     }
 }
 
@@ -108,13 +117,19 @@ impl AdamWConfig {
     pub fn validate(&self) -> Result<()> {
         let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
         if !(finite_nonneg(self.lr) && finite_nonneg(self.ratio) && finite_nonneg(self.f_ratio)) {
-            return Err(Error::Config(format!("learning rates must be finite and >= 0 (lr {}, ratio {}, f_ratio {})", self.lr, self.ratio, self.f_ratio)));
+            return Err(Error::Config(format!(
+                "learning rates must be finite and >= 0 (lr {}, ratio {}, f_ratio {})",
+                self.lr, self.ratio, self.f_ratio
+            )));
         }
         if !((0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2)) {
             return Err(Error::Config(format!("AdamW betas must lie in [0, 1), got ({}, {})", self.beta1, self.beta2)));
         }
         if !(self.eps.is_finite() && self.eps > 0.0 && finite_nonneg(self.weight_decay)) {
-            return Err(Error::Config(format!("AdamW eps must be > 0 and weight decay >= 0 (eps {}, weight_decay {})", self.eps, self.weight_decay)));
+            return Err(Error::Config(format!(
+                "AdamW eps must be > 0 and weight decay >= 0 (eps {}, weight_decay {})",
+                self.eps, self.weight_decay
+            )));
         }
         Ok(())
     }
@@ -166,7 +181,13 @@ impl Update {
 
     /// [`Update::plain`] in one parallel pass over contiguous f32 CPU tensors, with the same f32
     /// operations in the same order (so the same values); `None` for other tensors.
-    fn fused(&self, w: &Tensor, g: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    fn fused(
+        &self,
+        w: &Tensor,
+        g: &Tensor,
+        exp_avg: &Tensor,
+        exp_avg_sq: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
         use candle_core::{Storage, Storage::Cpu};
         use rayon::prelude::*;
         /// The values of a contiguous f32 CPU storage.
@@ -176,7 +197,9 @@ impl Update {
         }
         let tensors = [w, g, exp_avg, exp_avg_sq];
         let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-        let Some(slices) = guards.iter().map(|(s, l)| values(s, l)).collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let Some(slices) = guards.iter().map(|(s, l)| values(s, l)).collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
         let [w0, g, m0, v0] = slices[..] else { return Ok(None) };
         if [g.len(), m0.len(), v0.len()].iter().any(|&n| n != w0.len()) {
             return Ok(None);
@@ -187,20 +210,28 @@ impl Update {
         let n = w0.len();
         let (mut w, mut m, mut v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         const CHUNK: usize = 1 << 14;
-        w.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((w, m), v))| {
-            let range = c * CHUNK..(c * CHUNK + w.len());
-            let inputs = w0[range.clone()].iter().zip(&g[range.clone()]).zip(&m0[range.clone()]).zip(&v0[range]);
-            for (((w, m), v), (((&w0, &g), &m0), &v0)) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(inputs) {
-                let decayed = decay.map_or(w0, |d| w0 * d);
-                *m = m0 + (g - m0) * b1;
-                *v = v0 * b2.0 + g * b2.1 * g;
-                *w = decayed - *m / (v.sqrt() * inv_bc2 + eps) * step_size;
-            }
-        });
+        w.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).enumerate().for_each(
+            |(c, ((w, m), v))| {
+                let range = c * CHUNK..(c * CHUNK + w.len());
+                let inputs = w0[range.clone()].iter().zip(&g[range.clone()]).zip(&m0[range.clone()]).zip(&v0[range]);
+                for (((w, m), v), (((&w0, &g), &m0), &v0)) in
+                    w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(inputs)
+                {
+                    let decayed = decay.map_or(w0, |d| w0 * d);
+                    *m = m0 + (g - m0) * b1;
+                    *v = v0 * b2.0 + g * b2.1 * g;
+                    *w = decayed - *m / (v.sqrt() * inv_bc2 + eps) * step_size;
+                }
+            },
+        );
         drop(guards);
         let shape = tensors[0].shape().clone();
         let device = &candle_core::Device::Cpu;
-        Ok(Some((Tensor::from_vec(w, shape.clone(), device)?, Tensor::from_vec(m, shape.clone(), device)?, Tensor::from_vec(v, shape, device)?)))
+        Ok(Some((
+            Tensor::from_vec(w, shape.clone(), device)?,
+            Tensor::from_vec(m, shape.clone(), device)?,
+            Tensor::from_vec(v, shape, device)?,
+        )))
     }
 }
 
@@ -273,7 +304,11 @@ impl AdamW {
             let g = g.detach().to_dtype(DType::F32)?;
             let w = p.var.as_tensor().detach().to_dtype(DType::F32)?;
             let update = Update {
-                decay: if p.decay && self.cfg.weight_decay != 0.0 { Some(1.0 - lr * self.cfg.weight_decay) } else { None },
+                decay: if p.decay && self.cfg.weight_decay != 0.0 {
+                    Some(1.0 - lr * self.cfg.weight_decay)
+                } else {
+                    None
+                },
                 beta1: b1,
                 beta2: b2,
                 step_size: lr / bias_correction1,
@@ -309,15 +344,18 @@ impl AdamW {
     /// present with its shape.
     pub fn load(&mut self, path: impl AsRef<Path>, step: u64) -> Result<()> {
         let path = path.as_ref();
-        let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
-            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: format!("cannot read the optimizer state: {e}") })?;
+        let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
+            Error::Checkpoint { path: path.to_path_buf(), reason: format!("cannot read the optimizer state: {e}") }
+        })?;
         let mut restored = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let buffer = |kind: &str| -> Result<Tensor> {
                 let key = format!("{kind}.{}", p.name);
                 let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
                     path: path.to_path_buf(),
-                    reason: format!("the optimizer state has no {key}; was it saved for another model or with other frozen towers?"),
+                    reason: format!(
+                        "the optimizer state has no {key}; was it saved for another model or with other frozen towers?"
+                    ),
                 })?;
                 if t.dims() != p.var.dims() {
                     return Err(Error::KeyShape { key, found: t.dims().to_vec(), expected: p.var.dims().to_vec() });
@@ -382,10 +420,24 @@ mod tests {
         assert_eq!(Group::of("fusion_model.transformer.resblocks.0.attn.in_proj_weight"), Group::Fusion);
         assert_eq!(Group::of("transformer.resblocks.0.mlp.c_fc.weight"), Group::Text);
         assert_eq!(Group::of("logit_scale"), Group::Text);
-        for exempt in ["logit_scale", "visual.ln_pre.weight", "transformer.resblocks.1.ln_2.bias", "token_embedding.weight", "visual.class_embedding", "fusion_model.frame_position_embeddings.weight", "fusion_model.transformer.transformer_enc.layers.0.norm1.weight", "visual.transformer.resblocks.0.attn.in_proj_bias"] {
+        for exempt in [
+            "logit_scale",
+            "visual.ln_pre.weight",
+            "transformer.resblocks.1.ln_2.bias",
+            "token_embedding.weight",
+            "visual.class_embedding",
+            "fusion_model.frame_position_embeddings.weight",
+            "fusion_model.transformer.transformer_enc.layers.0.norm1.weight",
+            "visual.transformer.resblocks.0.attn.in_proj_bias",
+        ] {
             assert!(is_decay_exempt(exempt), "{exempt}");
         }
-        for decayed in ["visual.proj", "text_projection", "visual.transformer.resblocks.0.attn.in_proj_weight", "fusion_model.lstm_visual.weight_ih_l0"] {
+        for decayed in [
+            "visual.proj",
+            "text_projection",
+            "visual.transformer.resblocks.0.attn.in_proj_weight",
+            "fusion_model.lstm_visual.weight_ih_l0",
+        ] {
             assert!(!is_decay_exempt(decayed), "{decayed}");
         }
     }
@@ -393,14 +445,25 @@ mod tests {
     /// The fused CPU pass gives exactly the plain candle ops' values, with and without weight decay.
     #[test]
     fn fused_update_equals_plain() {
-        let values = |seed: u32| Tensor::from_vec((0..40_000u32).map(|i| ((i * 7919 + seed) % 1000) as f32 / 250.0 - 2.0).collect::<Vec<_>>(), (200, 200), &Device::Cpu).unwrap();
+        let values = |seed: u32| {
+            Tensor::from_vec(
+                (0..40_000u32).map(|i| ((i * 7919 + seed) % 1000) as f32 / 250.0 - 2.0).collect::<Vec<_>>(),
+                (200, 200),
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
         let (w, g, m, v) = (values(1), values(2), values(3), values(4).abs().unwrap());
         for decay in [None, Some(0.998)] {
-            let update = Update { decay, beta1: 0.9, beta2: 0.999, step_size: 0.013, inv_bias_correction2_sqrt: 1.7, eps: 1e-8 };
+            let update =
+                Update { decay, beta1: 0.9, beta2: 0.999, step_size: 0.013, inv_bias_correction2_sqrt: 1.7, eps: 1e-8 };
             let fused = update.fused(&w, &g, &m, &v).unwrap().expect("f32 CPU tensors take the fused pass");
             let plain = update.plain(&w, &g, &m, &v).unwrap();
             for (a, b) in [(&fused.0, &plain.0), (&fused.1, &plain.1), (&fused.2, &plain.2)] {
-                assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                assert_eq!(
+                    a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                );
             }
         }
     }

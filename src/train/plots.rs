@@ -55,7 +55,10 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 pub fn plot_curves(records: &[Record], path: &Path) -> Result<()> {
     register_font();
     let steps: Vec<_> = records.iter().filter_map(|r| if let Record::Step(s) = r { Some(s) } else { None }).collect();
-    let evals: Vec<_> = records.iter().filter_map(|r| if let Record::Eval(e) = r { (e.views <= 1).then_some(e) } else { None }).collect();
+    let evals: Vec<_> = records
+        .iter()
+        .filter_map(|r| if let Record::Eval(e) = r { (e.views <= 1).then_some(e) } else { None })
+        .collect();
     let epochs: Vec<_> = records.iter().filter_map(|r| if let Record::Epoch(e) = r { Some(e) } else { None }).collect();
 
     let root = BitMapBackend::new(path, (1500, 450)).into_drawing_area();
@@ -82,7 +85,15 @@ fn draw_loss(area: &Panel, steps: &[&StepLog], epochs: &[&EpochLog], max_step: f
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..max_step, lo.max(0.0)..hi)
         .map_err(|e| plot_err(path, e))?;
-    chart.configure_mesh().x_desc("step").y_desc("loss").x_labels(6).x_label_formatter(&whole).label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss")
+        .x_labels(6)
+        .x_label_formatter(&whole)
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
     chart
         .draw_series(LineSeries::new(steps.iter().map(|s| (s.step as f64, s.loss)), BLUE.mix(0.5)))
         .map_err(|e| plot_err(path, e))?
@@ -93,7 +104,13 @@ fn draw_loss(area: &Panel, steps: &[&StepLog], epochs: &[&EpochLog], max_step: f
         .map_err(|e| plot_err(path, e))?
         .label("epoch mean")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], ORANGE.stroke_width(3)));
-    chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
     Ok(())
 }
 
@@ -128,7 +145,13 @@ fn draw_learning_rates(area: &Panel, steps: &[&StepLog], max_step: f64, path: &P
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
     }
-    chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
     Ok(())
 }
 
@@ -142,9 +165,17 @@ fn draw_accuracy(area: &Panel, evals: &[&EvalLog], path: &Path) -> Result<()> {
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..max_epoch, 0f64..100f64)
         .map_err(|e| plot_err(path, e))?;
-    chart.configure_mesh().x_desc("epoch (0 = starting weights)").y_desc("%").x_label_formatter(&whole).label_style((FONT, 14)).draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch (0 = starting weights)")
+        .y_desc("%")
+        .x_label_formatter(&whole)
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
     for (name, color, top5) in [("top-1", BLUE, false), ("top-5", GREEN, true)] {
-        let pts: Vec<(f64, f64)> = evals.iter().map(|e| (e.epoch as f64, 100.0 * if top5 { e.top5 } else { e.top1 })).collect();
+        let pts: Vec<(f64, f64)> =
+            evals.iter().map(|e| (e.epoch as f64, 100.0 * if top5 { e.top5 } else { e.top1 })).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(|e| plot_err(path, e))?
@@ -166,7 +197,11 @@ fn draw_accuracy(area: &Panel, evals: &[&EvalLog], path: &Path) -> Result<()> {
 /// Draws `confusion.png` (rows: true classes, columns: predictions) with the same renderer as the
 /// inference reports ([`crate::viz::ConfusionMatrix`]).
 pub fn plot_confusion(report: &EvalReport, classes: &[String], path: &Path) -> Result<()> {
-    let matrix = crate::viz::ConfusionMatrix { rows: classes.to_vec(), cols: classes.to_vec(), counts: report.confusion.clone() };
+    let matrix = crate::viz::ConfusionMatrix {
+        rows: classes.to_vec(),
+        cols: classes.to_vec(),
+        counts: report.confusion.clone(),
+    };
     matrix.save_png(path)
 }
 

@@ -187,7 +187,9 @@ impl Recipe {
     pub fn schedule_policy(&self) -> Result<SchedulePolicy> {
         match self.schedule.to_lowercase().as_str() {
             "cosine" => Ok(SchedulePolicy::Cosine),
-            "multistep" => Ok(SchedulePolicy::MultiStep { milestones: self.lr_decay_step.clone(), gamma: self.lr_decay_factor }),
+            "multistep" => {
+                Ok(SchedulePolicy::MultiStep { milestones: self.lr_decay_step.clone(), gamma: self.lr_decay_factor })
+            }
             "constant" => Ok(SchedulePolicy::Constant),
             other => Err(Error::Config(format!("unknown schedule {other:?} (cosine, multistep, constant)"))),
         }
@@ -198,7 +200,13 @@ impl Recipe {
     pub fn train_config(&self, base: TrainConfig) -> Result<TrainConfig> {
         Ok(TrainConfig {
             epochs: self.epochs,
-            optimizer: AdamWConfig { lr: self.lr, ratio: self.ratio, f_ratio: self.f_ratio, weight_decay: self.weight_decay, ..base.optimizer },
+            optimizer: AdamWConfig {
+                lr: self.lr,
+                ratio: self.ratio,
+                f_ratio: self.f_ratio,
+                weight_decay: self.weight_decay,
+                ..base.optimizer
+            },
             warmup_epochs: self.warmup,
             schedule: self.schedule_policy()?,
             seed: self.seed,
@@ -250,10 +258,13 @@ struct Keys<'a>(&'a Value);
 impl Keys<'_> {
     /// The value of the first of `keys` (dotted paths) that is present and not null, converted.
     fn read<T>(&self, keys: &[&str], expected: &str, convert: impl Fn(&Value) -> Option<T>) -> Result<Option<T>> {
-        let found = keys.iter().find_map(|k| k.split('.').try_fold(self.0, |v, part| v.get(part)).filter(|v| !v.is_null()));
+        let found =
+            keys.iter().find_map(|k| k.split('.').try_fold(self.0, |v, part| v.get(part)).filter(|v| !v.is_null()));
         match found {
             None => Ok(None),
-            Some(v) => convert(v).map(Some).ok_or_else(|| Error::Config(format!("config key {:?} is {v}: expected {expected}", keys[0]))),
+            Some(v) => convert(v)
+                .map(Some)
+                .ok_or_else(|| Error::Config(format!("config key {:?} is {v}: expected {expected}", keys[0]))),
         }
     }
 
@@ -322,16 +333,28 @@ mod tests {
     fn reads_the_reference_yaml_keys() {
         let mut r = Recipe::default();
         r.apply(&reference_ucf101()).unwrap();
-        assert_eq!((r.arch.as_str(), r.frames, r.batch_size, r.workers, r.input_size), ("ViT-B/32", 8, 16, 8, Some(224)));
+        assert_eq!(
+            (r.arch.as_str(), r.frames, r.batch_size, r.workers, r.input_size),
+            ("ViT-B/32", 8, 16, 8, Some(224))
+        );
         assert_eq!((r.lr, r.ratio, r.f_ratio, r.weight_decay, r.warmup), (5e-6, 1.0, 10.0, 0.2, 5.0));
         assert_eq!(r.lr_decay_step, [15.0]);
         assert_eq!(r.train_list, Some(PathBuf::from("lists/ucf101/train_rgb_split1.txt")));
         assert_eq!((r.weights.as_deref(), r.resume.as_deref()), (None, None));
         assert_eq!(r.output, Recipe::default().output, "a key the file lacks keeps its value");
         let cfg = r.train_config(TrainConfig::default()).unwrap();
-        assert_eq!((cfg.epochs, cfg.warmup_epochs, cfg.seed, cfg.eval_every, cfg.schedule.clone()), (50, 5.0, 1024, 1, SchedulePolicy::Cosine));
-        assert_eq!((cfg.optimizer.lr, cfg.optimizer.ratio, cfg.optimizer.f_ratio, cfg.optimizer.weight_decay), (5e-6, 1.0, 10.0, 0.2));
-        assert_eq!(r.visual_prompt(None).unwrap(), VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } });
+        assert_eq!(
+            (cfg.epochs, cfg.warmup_epochs, cfg.seed, cfg.eval_every, cfg.schedule.clone()),
+            (50, 5.0, 1024, 1, SchedulePolicy::Cosine)
+        );
+        assert_eq!(
+            (cfg.optimizer.lr, cfg.optimizer.ratio, cfg.optimizer.f_ratio, cfg.optimizer.weight_decay),
+            (5e-6, 1.0, 10.0, 0.2)
+        );
+        assert_eq!(
+            r.visual_prompt(None).unwrap(),
+            VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } }
+        );
         assert_eq!(r.hub_id(), Some("openai/clip-vit-base-patch32"));
     }
 
@@ -339,8 +362,14 @@ mod tests {
     fn flag_names_multistep_and_heads() {
         let mut r = Recipe::default();
         r.apply(&json!({ "schedule": "MultiStep", "lr_decay_step": [10, 20.5], "sim_header": "Conv_1D", "tsm": true, "weights": "", "output": "runs/x" })).unwrap();
-        assert_eq!(r.schedule_policy().unwrap(), SchedulePolicy::MultiStep { milestones: vec![10.0, 20.5], gamma: 0.1 });
-        assert_eq!(r.visual_prompt(Some(1)).unwrap(), VisualPrompt { joint: false, temporal_shift: true, post: PostNetwork::Conv1d { reference_reshape: false } });
+        assert_eq!(
+            r.schedule_policy().unwrap(),
+            SchedulePolicy::MultiStep { milestones: vec![10.0, 20.5], gamma: 0.1 }
+        );
+        assert_eq!(
+            r.visual_prompt(Some(1)).unwrap(),
+            VisualPrompt { joint: false, temporal_shift: true, post: PostNetwork::Conv1d { reference_reshape: false } }
+        );
         assert_eq!((r.weights.as_deref(), r.output.as_path()), (None, Path::new("runs/x")));
         r.sim_header = "Transf_cls".into();
         assert_eq!(r.visual_prompt(Some(2)).unwrap().post, PostNetwork::TransformerCls { layers: 2 });
@@ -348,7 +377,12 @@ mod tests {
 
     #[test]
     fn bad_values_are_config_errors() {
-        for bad in [json!({ "solver": { "lr": "fast" } }), json!({ "data": { "split": 300 } }), json!({ "network": { "tsm": "yes" } }), json!({ "epochs": -1 })] {
+        for bad in [
+            json!({ "solver": { "lr": "fast" } }),
+            json!({ "data": { "split": 300 } }),
+            json!({ "network": { "tsm": "yes" } }),
+            json!({ "epochs": -1 }),
+        ] {
             let err = Recipe::default().apply(&bad).unwrap_err();
             assert!(matches!(&err, Error::Config(m) if m.starts_with("config key")), "{err}");
         }

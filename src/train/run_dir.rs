@@ -87,7 +87,12 @@ impl RunDir {
     }
 
     /// Writes `summary.json` and the human-readable `summary.md`.
-    pub(crate) fn write_summary(&self, summary: &RunSummary, model_cfg: &ActionClipConfig, classes: &[String]) -> Result<()> {
+    pub(crate) fn write_summary(
+        &self,
+        summary: &RunSummary,
+        model_cfg: &ActionClipConfig,
+        classes: &[String],
+    ) -> Result<()> {
         write_json(&self.path.join("summary.json"), summary)?;
         let path = self.path.join("summary.md");
         std::fs::write(&path, summary_markdown(summary, model_cfg, classes)).map_err(|e| Error::io(&path, e))
@@ -95,7 +100,12 @@ impl RunDir {
 }
 
 /// The contents of `config.json`: the model, the training settings, the data and the caller's `run_info`.
-pub(crate) fn run_config(model_cfg: &ActionClipConfig, cfg: &TrainConfig, data: &TrainData, run_info: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn run_config(
+    model_cfg: &ActionClipConfig,
+    cfg: &TrainConfig,
+    data: &TrainData,
+    run_info: &serde_json::Value,
+) -> serde_json::Value {
     let describe = |l: &Loader| serde_json::json!({ "clips": l.dataset().len(), "batches": l.num_batches(), "batch_size": l.config().batch_size, "workers": l.config().workers, "seed": l.config().seed });
     serde_json::json!({
         "model": model_cfg,
@@ -119,15 +129,29 @@ fn summary_markdown(summary: &RunSummary, model_cfg: &ActionClipConfig, classes:
         "- model: vision width {} x {} layers, patch {}, {} px; text width {} x {} layers; {} frames; temporal prompt {:?}\n",
         v.width, v.layers, v.patch_size, v.image_size, t.width, t.layers, model_cfg.frames, model_cfg.prompt
     ));
-    md.push_str(&format!("- epochs: {} ({} optimizer steps), {:.1} s\n", summary.epochs, summary.steps, summary.seconds));
+    md.push_str(&format!(
+        "- epochs: {} ({} optimizer steps), {:.1} s\n",
+        summary.epochs, summary.steps, summary.seconds
+    ));
     if let Some(z) = &summary.zero_shot {
         md.push_str(&format!("- starting weights (zero-shot): top-1 {}, top-5 {}\n", pct(z.top1), pct(z.top5)));
     }
     if let Some(e) = &summary.last_eval {
-        md.push_str(&format!("- last epoch: top-1 {}, top-5 {}, mean class accuracy {} over {} clips\n", pct(e.top1), pct(e.top5), pct(e.mean_class_accuracy), e.samples));
-        let mut worst: Vec<(usize, f64)> = e.per_class.iter().copied().enumerate().filter(|(k, _)| e.class_counts[*k] > 0).collect();
+        md.push_str(&format!(
+            "- last epoch: top-1 {}, top-5 {}, mean class accuracy {} over {} clips\n",
+            pct(e.top1),
+            pct(e.top5),
+            pct(e.mean_class_accuracy),
+            e.samples
+        ));
+        let mut worst: Vec<(usize, f64)> =
+            e.per_class.iter().copied().enumerate().filter(|(k, _)| e.class_counts[*k] > 0).collect();
         worst.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let names: Vec<String> = worst.iter().take(5).map(|(k, a)| format!("{} {}", classes.get(*k).map(String::as_str).unwrap_or("?"), pct(*a))).collect();
+        let names: Vec<String> = worst
+            .iter()
+            .take(5)
+            .map(|(k, a)| format!("{} {}", classes.get(*k).map(String::as_str).unwrap_or("?"), pct(*a)))
+            .collect();
         md.push_str(&format!("- weakest classes: {}\n", names.join(", ")));
     }
     if let (Some(b), Some(ep)) = (summary.best_top1, summary.best_epoch) {

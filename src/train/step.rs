@@ -52,7 +52,13 @@ impl GradAccumulator {
 
     /// Adds the gradients of the trainable parameters (`(name, master, compute tensor)` in the order of the
     /// slots) and a batch of `clips` clips with loss `loss`.
-    pub(crate) fn add(&mut self, grads: &GradStore, trainable: &[(String, Var, Tensor)], loss: f64, clips: usize) -> Result<()> {
+    pub(crate) fn add(
+        &mut self,
+        grads: &GradStore,
+        trainable: &[(String, Var, Tensor)],
+        loss: f64,
+        clips: usize,
+    ) -> Result<()> {
         for (slot, (_, _, t)) in self.grads.iter_mut().zip(trainable) {
             if let Some(g) = grads.get(t) {
                 let g = g.detach().to_dtype(DType::F32)?;
@@ -97,7 +103,11 @@ impl GradAccumulator {
 /// Readies summed gradients for the optimizer: divided by the loss scale, the global norm measured, then
 /// clipped. Returns the norm before clipping and whether the step is skipped (a non-finite norm in f16,
 /// which also backs the loss scale off); a non-finite norm in f32 or bf16 is an error.
-pub(crate) fn unscale_and_clip(grads: &mut [Option<Tensor>], state: &mut TrainerState, cfg: &TrainConfig) -> TrainResult<(f64, bool)> {
+pub(crate) fn unscale_and_clip(
+    grads: &mut [Option<Tensor>],
+    state: &mut TrainerState,
+    cfg: &TrainConfig,
+) -> TrainResult<(f64, bool)> {
     if state.loss_scale != 1.0 {
         scale_grads(grads, 1.0 / state.loss_scale)?;
     }
@@ -135,7 +145,10 @@ mod tests {
     use candle_core::Device;
 
     fn state(cfg: &TrainConfig) -> TrainerState {
-        TrainerState::new(cfg, &ActionClipConfig { clip: crate::ClipConfig::tiny(), frames: 2, prompt: Default::default() })
+        TrainerState::new(
+            cfg,
+            &ActionClipConfig { clip: crate::ClipConfig::tiny(), frames: 2, prompt: Default::default() },
+        )
     }
 
     fn grads(values: &[f32]) -> Vec<Option<Tensor>> {

@@ -17,7 +17,10 @@ pub(crate) fn class_words(classes: &[String]) -> Result<Vec<String>> {
     let words: Vec<String> = classes.iter().map(|c| prompts::humanize(c)).collect();
     for (i, w) in words.iter().enumerate() {
         if let Some(j) = words[..i].iter().position(|x| x == w) {
-            return Err(Error::Labels(format!("classes {:?} and {:?} both read {w:?} as words; rename one", classes[j], classes[i])));
+            return Err(Error::Labels(format!(
+                "classes {:?} and {:?} both read {w:?} as words; rename one",
+                classes[j], classes[i]
+            )));
         }
     }
     Ok(words)
@@ -48,7 +51,14 @@ impl PromptBank {
     }
 
     /// The training text of each clip of batch `batch` of `epoch`: `labels.len()` labels -> `[B, context]` u32.
-    pub(crate) fn draw(&self, labels: &[u32], seed: u64, epoch: usize, batch: usize, device: &Device) -> Result<Tensor> {
+    pub(crate) fn draw(
+        &self,
+        labels: &[u32],
+        seed: u64,
+        epoch: usize,
+        batch: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
         let mut rng = sample_rng(seed ^ TEMPLATE_DOMAIN, epoch as u64, batch as u64);
         let mut ids = Vec::with_capacity(labels.len() * self.context);
         for &label in labels {

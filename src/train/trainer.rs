@@ -75,8 +75,11 @@ impl Trainer {
         model_cfg.validate()?;
         let vars = ModelVars::new(VarMap::new(), model_cfg, cfg.seed, cfg.freeze, cfg.precision, device)?;
         if let StartFrom::Weights(weights) = &start {
-            let missing = weights.copy_into_var_map(&vars.master).map_err(|e| TrainError::from_weights(&weights.path, e))?;
-            if let Some(key) = missing.iter().find(|k| !(k.starts_with("fusion_model.") || *k == "visual.time_embedding")) {
+            let missing =
+                weights.copy_into_var_map(&vars.master).map_err(|e| TrainError::from_weights(&weights.path, e))?;
+            if let Some(key) =
+                missing.iter().find(|k| !(k.starts_with("fusion_model.") || *k == "visual.time_embedding"))
+            {
                 return Err(TrainError::ArchitectureMismatch {
                     path: weights.path.clone(),
                     reason: format!("{key} is missing ({} weights missing in all); only a new temporal head or time embedding may start from scratch", missing.len()),
@@ -173,7 +176,12 @@ impl Trainer {
         if !value.is_finite() {
             self.acc.clear();
             let last_good = self.run_dir.as_ref().map(|d| d.join("last")).filter(|d| d.join(STATE_FILE).is_file());
-            return Err(TrainError::NonFiniteLoss { epoch: self.state.epoch, step: self.state.step, loss: value, last_good });
+            return Err(TrainError::NonFiniteLoss {
+                epoch: self.state.epoch,
+                step: self.state.step,
+                loss: value,
+                last_good,
+            });
         }
         let grads = step::weighted_backward(&loss, self.state.loss_scale / self.cfg.accumulate as f64)?;
         self.acc.add(&grads, &self.vars.trainable, value, labels.len())?;
@@ -216,7 +224,12 @@ impl Trainer {
 
     /// [`Trainer::evaluate`] with the towers' linear weights held as `format` (f16 or int8 inference; see
     /// [`ActionClip::with_tower_weights`]).
-    pub fn evaluate_with(&self, format: TowerWeights, loader: &Loader, progress: &mut dyn FnMut(usize, usize)) -> TrainResult<EvalReport> {
+    pub fn evaluate_with(
+        &self,
+        format: TowerWeights,
+        loader: &Loader,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> TrainResult<EvalReport> {
         let words = class_words(&loader.dataset().classes)?;
         let converted;
         let model = match format {
@@ -251,7 +264,8 @@ impl Trainer {
         let called = Instant::now();
         data.validate()?;
         let classes = data.train.dataset().classes.clone();
-        let prompts = PromptBank::new(&self.tokenizer, &class_words(&classes)?, self.model_cfg.clip.text.context_length)?;
+        let prompts =
+            PromptBank::new(&self.tokenizer, &class_words(&classes)?, self.model_cfg.clip.text.context_length)?;
         let batches = data.train.num_batches();
         let steps_per_epoch = batches.div_ceil(self.cfg.accumulate);
         self.state.schedule = self.cfg.resolve_schedule(steps_per_epoch);
@@ -278,7 +292,19 @@ impl Trainer {
         let mut summary = RunSummary { epoch_losses: self.state.epoch_losses.clone(), ..RunSummary::default() };
         self.update_summary(&mut summary);
         let now = Instant::now();
-        let mut run = Run { data, observer, out, classes, prompts, batches, summary, called, training: now, epoch_began: now, step_ended: now };
+        let mut run = Run {
+            data,
+            observer,
+            out,
+            classes,
+            prompts,
+            batches,
+            summary,
+            called,
+            training: now,
+            epoch_began: now,
+            step_ended: now,
+        };
         let fresh = !self.resumed && self.state.step == 0;
         if let (Some(test), true) = (&data.test, fresh && self.cfg.zero_shot_eval) {
             run.summary.zero_shot = Some(self.run_eval(&mut run, test, EvalKind::ZeroShot)?);
@@ -503,10 +529,24 @@ mod tests {
     fn a_nan_loss_stops_with_the_last_checkpoint_whole() {
         let root = tempfile::tempdir().unwrap();
         let data_dir = root.path().join("data");
-        let synthetic = SyntheticConfig { num_classes: 3, clips_per_class: 3, test_clips_per_class: 1, frames: 8, width: 32, height: 32, format: SyntheticFormat::FrameFolders, ..Default::default() };
+        let synthetic = SyntheticConfig {
+            num_classes: 3,
+            clips_per_class: 3,
+            test_clips_per_class: 1,
+            frames: 8,
+            width: 32,
+            height: 32,
+            format: SyntheticFormat::FrameFolders,
+            ..Default::default()
+        };
         write_dataset(&data_dir, &synthetic).unwrap();
         let train = VideoDataset::ucf101(&data_dir, 1, Subset::Train, Storage::FrameFolders).unwrap();
-        let loader = Loader::new(train, ClipPipeline::train(4, 32).unwrap(), LoaderConfig { batch_size: 3, workers: 0, ..LoaderConfig::default() }).unwrap();
+        let loader = Loader::new(
+            train,
+            ClipPipeline::train(4, 32).unwrap(),
+            LoaderConfig { batch_size: 3, workers: 0, ..LoaderConfig::default() },
+        )
+        .unwrap();
         let data = TrainData { train: loader, test: None, multi_view: None };
         let model_cfg = ActionClipConfig {
             clip: ClipConfig {

@@ -79,7 +79,14 @@ pub(crate) fn name_hash(name: &str) -> u64 {
 }
 
 /// Values for a new weight drawn from `init` with an RNG keyed by `(seed, name)`.
-fn seeded_init(shape: &Shape, init: Init, seed: u64, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+fn seeded_init(
+    shape: &Shape,
+    init: Init,
+    seed: u64,
+    name: &str,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let n = shape.elem_count();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ name_hash(name));
     let mut normal = |mean: f64, std: f64| -> Vec<f32> {
@@ -128,7 +135,10 @@ impl SimpleBackend for TrainBackend {
         let tensor = match data.get(name) {
             Some(var) => {
                 if var.shape() != &s {
-                    candle_core::bail!("shape mismatch on {name}: the model needs {s:?}, the weights hold {:?}", var.shape())
+                    candle_core::bail!(
+                        "shape mismatch on {name}: the model needs {s:?}, the weights hold {:?}",
+                        var.shape()
+                    )
                 }
                 var.as_tensor().clone()
             }
@@ -145,7 +155,9 @@ impl SimpleBackend for TrainBackend {
     fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
         let data = self.vars.data().lock().unwrap_or_else(|e| e.into_inner());
         match data.get(name) {
-            Some(var) => Ok(if self.freeze.is_frozen(name) { var.as_tensor().detach() } else { var.as_tensor().clone() }),
+            Some(var) => {
+                Ok(if self.freeze.is_frozen(name) { var.as_tensor().detach() } else { var.as_tensor().clone() })
+            }
             None => candle_core::bail!("no variable {name}"),
         }
     }
@@ -156,7 +168,14 @@ impl SimpleBackend for TrainBackend {
 }
 
 /// Builds `ActionClip` over `vars` (creating missing variables with seeded initialisers).
-pub(crate) fn build_model(vars: &VarMap, cfg: &ActionClipConfig, seed: u64, freeze: Freeze, dtype: DType, device: &Device) -> Result<ActionClip> {
+pub(crate) fn build_model(
+    vars: &VarMap,
+    cfg: &ActionClipConfig,
+    seed: u64,
+    freeze: Freeze,
+    dtype: DType,
+    device: &Device,
+) -> Result<ActionClip> {
     let backend: Box<dyn SimpleBackend> = Box::new(TrainBackend { vars: vars.clone(), seed, freeze });
     let vb = VarBuilder::from_backend(backend, dtype, device.clone());
     ActionClip::new(vb, cfg)
@@ -179,7 +198,14 @@ pub(crate) struct ModelVars {
 impl ModelVars {
     /// Builds the model for `cfg`. Weights already in `master` are used; missing ones are initialised from
     /// `seed`. With a half precision a compute copy is made.
-    pub(crate) fn new(master: VarMap, cfg: &ActionClipConfig, seed: u64, freeze: Freeze, precision: Precision, device: &Device) -> Result<Self> {
+    pub(crate) fn new(
+        master: VarMap,
+        cfg: &ActionClipConfig,
+        seed: u64,
+        freeze: Freeze,
+        precision: Precision,
+        device: &Device,
+    ) -> Result<Self> {
         let master_model = build_model(&master, cfg, seed, freeze, DType::F32, device)?;
         let (model, compute) = match precision {
             Precision::F32 => (master_model, None),
@@ -205,7 +231,9 @@ impl ModelVars {
                 if freeze.is_frozen(name) {
                     continue;
                 }
-                let t = compute_tensors.get(name).ok_or_else(|| Error::Config(format!("variable {name} is not a model parameter")))?;
+                let t = compute_tensors
+                    .get(name)
+                    .ok_or_else(|| Error::Config(format!("variable {name} is not a model parameter")))?;
                 trainable.push((name.clone(), data[name].clone(), t.clone()));
             }
         }
@@ -239,7 +267,11 @@ impl ModelVars {
             for (name, var) in data.iter() {
                 let t = tensors.get(name).ok_or_else(|| Error::MissingKey { key: name.clone(), hint: None })?;
                 if t.dims() != var.dims() {
-                    return Err(Error::KeyShape { key: name.clone(), found: t.dims().to_vec(), expected: var.dims().to_vec() });
+                    return Err(Error::KeyShape {
+                        key: name.clone(),
+                        found: t.dims().to_vec(),
+                        expected: var.dims().to_vec(),
+                    });
                 }
                 var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
             }

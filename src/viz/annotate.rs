@@ -52,7 +52,12 @@ impl Annotation {
             Some(_) => WRONG,
             None => NEUTRAL,
         };
-        let line = |prefix: String, label: &str, suffix: String, color| AnnotationLine { prefix, label: label.to_string(), suffix, color };
+        let line = |prefix: String, label: &str, suffix: String, color| AnnotationLine {
+            prefix,
+            label: label.to_string(),
+            suffix,
+            color,
+        };
         let mut out = Vec::with_capacity(3);
         if let Some(t) = &self.truth {
             out.push(line("truth: ".into(), t, String::new(), NEUTRAL));
@@ -60,7 +65,12 @@ impl Annotation {
         let (label, p) = &self.video;
         out.push(line("video: ".into(), label, format!(" {:.1}%", 100.0 * p), color(label)));
         if let Some((s, e, label, p)) = &self.window {
-            out.push(line(format!("frames {s}-{}: ", e.saturating_sub(1)), label, format!(" {:.1}%", 100.0 * p), color(label)));
+            out.push(line(
+                format!("frames {s}-{}: ", e.saturating_sub(1)),
+                label,
+                format!(" {:.1}%", 100.0 * p),
+                color(label),
+            ));
         }
         out
     }

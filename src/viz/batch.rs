@@ -8,7 +8,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::confusion::ConfusionMatrix;
 use super::pipeline::{visualize_video, VisualizeOptions};
-use super::report::{confusion_matrix, write_report_html, write_summary_csv, ClassSummary, ReportEntry, ReportPrediction};
+use super::report::{
+    confusion_matrix, write_report_html, write_summary_csv, ClassSummary, ReportEntry, ReportPrediction,
+};
 use crate::error::{Error, Result};
 use crate::ZeroShotClassifier;
 
@@ -31,7 +33,11 @@ fn is_frame_folder(path: &Path) -> bool {
 
 /// Whether `path` looks like a video file (by its extension; the file may still be unreadable).
 fn is_video_file(path: &Path) -> bool {
-    path.is_file() && path.extension().and_then(|e| e.to_str()).is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.is_file()
+        && path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -58,7 +64,8 @@ pub fn sample_per_class(dir: impl AsRef<Path>, per_class: usize, seed: u64) -> R
     let mut out = Vec::new();
     for class_dir in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir() && !is_frame_folder(p)) {
         let class = class_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut clips: Vec<PathBuf> = sorted_entries(&class_dir)?.into_iter().filter(|p| is_video_file(p) || is_frame_folder(p)).collect();
+        let mut clips: Vec<PathBuf> =
+            sorted_entries(&class_dir)?.into_iter().filter(|p| is_video_file(p) || is_frame_folder(p)).collect();
         if clips.is_empty() {
             continue;
         }
@@ -69,7 +76,8 @@ pub fn sample_per_class(dir: impl AsRef<Path>, per_class: usize, seed: u64) -> R
         out.extend(clips.into_iter().map(|path| SampledClip { class: class.clone(), path }));
     }
     if out.is_empty() {
-        let reason = std::io::Error::new(std::io::ErrorKind::NotFound, "no class folders holding video files or frame folders");
+        let reason =
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no class folders holding video files or frame folders");
         return Err(Error::io(dir, reason));
     }
     Ok(out)
@@ -143,7 +151,8 @@ pub fn run_batch(
         v
     });
     let confusion = confusion_matrix(&entries, &rows, classifier.labels());
-    let (report, summary, confusion_png) = (out_dir.join("report.html"), out_dir.join("summary.csv"), out_dir.join("confusion.png"));
+    let (report, summary, confusion_png) =
+        (out_dir.join("report.html"), out_dir.join("summary.csv"), out_dir.join("confusion.png"));
     write_report_html(&report, &format!("ActionCLIP predictions: {} videos", entries.len()), &entries)?;
     let classes = write_summary_csv(&summary, &entries)?;
     confusion.save_png(&confusion_png)?;

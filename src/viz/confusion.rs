@@ -28,8 +28,16 @@ impl ConfusionMatrix {
     /// Counts one video; a truth or prediction outside the row or column names is
     /// [`Error::Labels`].
     pub fn add(&mut self, truth: &str, predicted: &str) -> Result<()> {
-        let r = self.rows.iter().position(|x| x == truth).ok_or_else(|| Error::Labels(format!("confusion matrix: no row for {truth:?}")))?;
-        let c = self.cols.iter().position(|x| x == predicted).ok_or_else(|| Error::Labels(format!("confusion matrix: no column for {predicted:?}")))?;
+        let r = self
+            .rows
+            .iter()
+            .position(|x| x == truth)
+            .ok_or_else(|| Error::Labels(format!("confusion matrix: no row for {truth:?}")))?;
+        let c = self
+            .cols
+            .iter()
+            .position(|x| x == predicted)
+            .ok_or_else(|| Error::Labels(format!("confusion matrix: no column for {predicted:?}")))?;
         self.counts[r][c] += 1;
         Ok(())
     }
@@ -43,12 +51,20 @@ impl ConfusionMatrix {
     /// the left, column names written upwards on top.
     pub fn render(&self) -> RgbImage {
         let n = self.rows.len().max(self.cols.len()).max(1);
-        let cell: u32 = if n <= 12 { 40 } else if n <= 30 { 24 } else { 12 };
+        let cell: u32 = if n <= 12 {
+            40
+        } else if n <= 30 {
+            24
+        } else {
+            12
+        };
         let px = (cell as f32 * 0.4).clamp(9.0, 14.0);
         let label_px = 13.0;
         let gap = 8;
-        let row_w = self.rows.iter().map(|r| draw::text_width(r, label_px)).fold(0.0f32, f32::max).min(260.0).ceil() as u32;
-        let col_h = self.cols.iter().map(|c| draw::text_width(c, label_px)).fold(0.0f32, f32::max).min(260.0).ceil() as u32;
+        let row_w =
+            self.rows.iter().map(|r| draw::text_width(r, label_px)).fold(0.0f32, f32::max).min(260.0).ceil() as u32;
+        let col_h =
+            self.cols.iter().map(|c| draw::text_width(c, label_px)).fold(0.0f32, f32::max).min(260.0).ceil() as u32;
         let (_, line) = draw::line_metrics(label_px);
         let left = gap + row_w + gap;
         let top = gap + line as u32 + gap + col_h + gap;
@@ -56,7 +72,14 @@ impl ConfusionMatrix {
         let height = top + self.rows.len() as u32 * cell + gap;
         let mut img = RgbImage::from_pixel(width.max(200), height, Rgb([255, 255, 255]));
         let ink = Rgb([30, 30, 30]);
-        draw::draw_text(&mut img, &format!("confusion matrix ({} videos; rows: truth, columns: prediction)", self.total()), gap as f32, gap as f32, label_px, ink);
+        draw::draw_text(
+            &mut img,
+            &format!("confusion matrix ({} videos; rows: truth, columns: prediction)", self.total()),
+            gap as f32,
+            gap as f32,
+            label_px,
+            ink,
+        );
         for (r, name) in self.rows.iter().enumerate() {
             let name = draw::fit_text(name, label_px, row_w as f32);
             let y = top + r as u32 * cell + (cell - line as u32) / 2;
@@ -73,7 +96,8 @@ impl ConfusionMatrix {
             for (c, &count) in row.iter().enumerate() {
                 let share = if sum == 0 { 0.0 } else { count as f32 / sum as f32 };
                 // White to a deep blue.
-                let shade = Rgb([(255.0 - 215.0 * share) as u8, (255.0 - 160.0 * share) as u8, (255.0 - 55.0 * share) as u8]);
+                let shade =
+                    Rgb([(255.0 - 215.0 * share) as u8, (255.0 - 160.0 * share) as u8, (255.0 - 55.0 * share) as u8]);
                 let rect = Rect::new((left + c as u32 * cell) as i32, (top + r as u32 * cell) as i32, cell, cell);
                 draw::fill_rect(&mut img, rect, shade, 1.0);
                 draw::stroke_rect(&mut img, rect, Rgb([220, 220, 220]), 1);

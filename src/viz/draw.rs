@@ -35,7 +35,10 @@ impl Rect {
     /// Whether pixel `(px, py)` lies inside.
     pub fn contains(&self, px: u32, py: u32) -> bool {
         let (px, py) = (px as i64, py as i64);
-        px >= self.x as i64 && py >= self.y as i64 && px < self.x as i64 + self.w as i64 && py < self.y as i64 + self.h as i64
+        px >= self.x as i64
+            && py >= self.y as i64
+            && px < self.x as i64 + self.w as i64
+            && py < self.y as i64 + self.h as i64
     }
 
     /// The part inside a `width` x `height` image as `(x0, y0, x1, y1)` (exclusive ends); `None` when empty.
@@ -164,7 +167,13 @@ pub(crate) struct LabelStyle {
 impl LabelStyle {
     /// White text of `px` pixels on a 60 % black box.
     pub(crate) fn new(px: f32) -> Self {
-        Self { px, color: Rgb([255, 255, 255]), background: Rgb([0, 0, 0]), alpha: 0.6, pad: (px / 4.0).round().max(2.0) as u32 }
+        Self {
+            px,
+            color: Rgb([255, 255, 255]),
+            background: Rgb([0, 0, 0]),
+            alpha: 0.6,
+            pad: (px / 4.0).round().max(2.0) as u32,
+        }
     }
 
     /// The same style with another text colour.

@@ -56,7 +56,9 @@ pub(crate) fn write_mp4(path: impl AsRef<Path>, frames: &[RgbImage], fps: f64) -
             let mpeg4 = EncodeOptions { fps, codec: VideoCodec::Mpeg4, quality: 3, gop: 250 };
             match write_video(path, frames, &mpeg4) {
                 Ok(()) => Ok(VideoCodec::Mpeg4),
-                Err(second) => Err(Error::Video { path: path.to_path_buf(), reason: format!("H.264: {first}; MPEG-4: {second}") }),
+                Err(second) => {
+                    Err(Error::Video { path: path.to_path_buf(), reason: format!("H.264: {first}; MPEG-4: {second}") })
+                }
             }
         }
     }

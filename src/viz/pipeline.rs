@@ -99,23 +99,25 @@ pub(crate) fn clip_fps(path: &Path) -> f64 {
 /// The video-level prediction is [`ZeroShotClassifier::predict_path`] (the evaluation's sampling and
 /// preprocessing), so it equals what an evaluation reports for the clip. Bad input fails before
 /// anything is written: a missing path is [`Error::Io`], an unreadable video [`Error::Video`].
-pub fn visualize_video(classifier: &ZeroShotClassifier, path: impl AsRef<Path>, truth: Option<&str>, out_dir: impl AsRef<Path>, name: &str, opts: &VisualizeOptions) -> Result<VisualizeOutput> {
+pub fn visualize_video(
+    classifier: &ZeroShotClassifier,
+    path: impl AsRef<Path>,
+    truth: Option<&str>,
+    out_dir: impl AsRef<Path>,
+    name: &str,
+    opts: &VisualizeOptions,
+) -> Result<VisualizeOutput> {
     let (path, out_dir) = (path.as_ref(), out_dir.as_ref());
     let prediction = classifier.predict_path(path, opts.top_k.max(1))?;
     let total_frames = data::frame_count(path)?;
-    let m = total_frames.min(opts.max_frames.max(1));
-    let all: Vec<usize> = (0..m).collect();
-    let frames = data::decode_frames(path, &all)?;
-    if frames.len() != m {
-        return Err(Error::Video { path: path.to_path_buf(), reason: format!("{} of {m} frames could be decoded", frames.len()) });
-    }
+    let frames = decode_leading(path, total_frames.min(opts.max_frames.max(1)))?;
     let t = classifier.model().config().frames;
     let window = opts.window.unwrap_or(4 * t).max(1);
     let stride = opts.stride.unwrap_or(window.div_ceil(2)).max(1);
     let windows = classifier.predict_windows(&frames, window, stride, 1)?;
 
     // The frames the model saw, for the contact sheet (decoded again only past the annotated part).
-    let sampled: Vec<(usize, RgbImage)> = if prediction.indices.iter().all(|&i| i < m) {
+    let sampled: Vec<(usize, RgbImage)> = if prediction.indices.iter().all(|&i| i < frames.len()) {
         prediction.indices.iter().map(|&i| (i, frames[i].clone())).collect()
     } else {
         prediction.indices.iter().copied().zip(data::decode_frames(path, &prediction.indices)?).collect()
@@ -130,7 +132,8 @@ pub fn visualize_video(classifier: &ZeroShotClassifier, path: impl AsRef<Path>, 
             let ann = Annotation {
                 truth: truth.map(str::to_string),
                 video: top1.clone(),
-                window: window_for_frame(&windows, f).and_then(|w| w.top.first().map(|(l, p)| (w.start, w.end, l.clone(), *p))),
+                window: window_for_frame(&windows, f)
+                    .and_then(|w| w.top.first().map(|(l, p)| (w.start, w.end, l.clone(), *p))),
             };
             annotate_frame(&mut img, &ann, &opts.style);
             img
@@ -143,20 +146,14 @@ pub fn visualize_video(classifier: &ZeroShotClassifier, path: impl AsRef<Path>, 
     let (annotated_path, format) = write_animation(out_dir.join(format!("{name}.annotated")), &annotated, fps)?;
 
     let sheet_path = out_dir.join(format!("{name}.sheet.png"));
-    let title = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
-    let sheet = contact_sheet(&SheetContent { title: &title, truth, frames: &sampled, top: &prediction.top }, &opts.sheet);
+    let title =
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+    let sheet =
+        contact_sheet(&SheetContent { title: &title, truth, frames: &sampled, top: &prediction.top }, &opts.sheet);
     sheet.save(&sheet_path).map_err(|e| Error::Image { path: sheet_path.clone(), reason: e.to_string() })?;
 
     let thumbnail = match opts.thumbnail_width {
-        Some(w) => {
-            let thumb_path = out_dir.join(format!("{name}.thumb.gif"));
-            let step = annotated.len().div_ceil(THUMB_FRAMES).max(1);
-            let w = w.max(16);
-            let h = ((size.1 as f64 * w as f64 / size.0.max(1) as f64).round() as u32).max(2);
-            let small: Vec<RgbImage> = annotated.iter().step_by(step).map(|f| image::imageops::resize(f, w, h, FilterType::Triangle)).collect();
-            write_gif(&thumb_path, &small, fps / step as f64, 30)?;
-            Some(thumb_path)
-        }
+        Some(w) => Some(write_thumbnail(&out_dir.join(format!("{name}.thumb.gif")), &annotated, w, fps)?),
         None => None,
     };
 
@@ -172,4 +169,28 @@ pub fn visualize_video(classifier: &ZeroShotClassifier, path: impl AsRef<Path>, 
         sheet: sheet_path,
         thumbnail,
     })
+}
+
+/// The first `m` frames of a video, all of them or an error naming how many could be decoded.
+fn decode_leading(path: &Path, m: usize) -> Result<Vec<RgbImage>> {
+    let frames = data::decode_frames(path, &(0..m).collect::<Vec<_>>())?;
+    if frames.len() != m {
+        return Err(Error::Video {
+            path: path.to_path_buf(),
+            reason: format!("{} of {m} frames could be decoded", frames.len()),
+        });
+    }
+    Ok(frames)
+}
+
+/// A small looping GIF of at most [`THUMB_FRAMES`] annotated frames, `width` pixels wide (16 at least).
+fn write_thumbnail(path: &Path, annotated: &[RgbImage], width: u32, fps: f64) -> Result<PathBuf> {
+    let size = annotated.first().map(|f| f.dimensions()).unwrap_or((0, 0));
+    let step = annotated.len().div_ceil(THUMB_FRAMES).max(1);
+    let w = width.max(16);
+    let h = ((size.1 as f64 * w as f64 / size.0.max(1) as f64).round() as u32).max(2);
+    let small: Vec<RgbImage> =
+        annotated.iter().step_by(step).map(|f| image::imageops::resize(f, w, h, FilterType::Triangle)).collect();
+    write_gif(path, &small, fps / step as f64, 30)?;
+    Ok(path.to_path_buf())
 }

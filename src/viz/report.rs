@@ -109,7 +109,16 @@ pub fn write_summary_csv(path: impl AsRef<Path>, entries: &[ReportEntry]) -> Res
     };
     for c in classes.iter().chain(std::iter::once(&total)) {
         let acc = c.accuracy().map(|a| format!("{a:.4}")).unwrap_or_default();
-        let _ = writeln!(s, "{},{},{},{},{},{}", csv_field(&c.class), c.videos, c.videos - c.failed, c.correct, c.failed, acc);
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{}",
+            csv_field(&c.class),
+            c.videos,
+            c.videos - c.failed,
+            c.correct,
+            c.failed,
+            acc
+        );
     }
     std::fs::write(path, s).map_err(|e| Error::io(path, e))?;
     Ok(classes)
@@ -199,14 +208,18 @@ img.thumb {{ max-width: 200px; display: block; }}
         match &e.outcome {
             Ok(p) => {
                 let thumb = match (&p.thumbnail, &p.annotated) {
-                    (Some(t), Some(a)) => format!("<a href=\"{}\"><img class=\"thumb\" src=\"{}\" alt=\"\"></a>", attr(a), attr(t)),
+                    (Some(t), Some(a)) => {
+                        format!("<a href=\"{}\"><img class=\"thumb\" src=\"{}\" alt=\"\"></a>", attr(a), attr(t))
+                    }
                     (Some(t), None) => format!("<img class=\"thumb\" src=\"{}\" alt=\"\">", attr(t)),
                     (None, Some(a)) => format!("<a href=\"{}\">video</a>", attr(a)),
                     (None, None) => String::new(),
                 };
                 let (label, prob) = p.top.first().map(|(l, p)| (l.as_str(), *p)).unwrap_or(("", 0.0));
-                let others: Vec<String> = p.top.iter().skip(1).map(|(l, p)| format!("{} {:.1}%", l, 100.0 * p)).collect();
-                let sheet = p.sheet.as_ref().map(|s| format!("<a href=\"{}\">contact sheet</a>", attr(s))).unwrap_or_default();
+                let others: Vec<String> =
+                    p.top.iter().skip(1).map(|(l, p)| format!("{} {:.1}%", l, 100.0 * p)).collect();
+                let sheet =
+                    p.sheet.as_ref().map(|s| format!("<a href=\"{}\">contact sheet</a>", attr(s))).unwrap_or_default();
                 let _ = writeln!(
                     h,
                     "<td>{thumb}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td class=\"num\" data-value=\"{prob}\">{:.1}%</td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{sheet}</td></tr>",

@@ -68,7 +68,14 @@ pub fn contact_sheet(content: &SheetContent, style: &SheetStyle) -> RgbImage {
         Some(t) => format!("truth: {t}    frames seen by the model: {}", content.frames.len()),
         None => format!("frames seen by the model: {}", content.frames.len()),
     };
-    draw::draw_text(&mut img, &draw::fit_text(&sub, px, (width - 2 * g) as f32), g as f32, (g + line + g / 2) as f32, px, MUTED);
+    draw::draw_text(
+        &mut img,
+        &draw::fit_text(&sub, px, (width - 2 * g) as f32),
+        g as f32,
+        (g + line + g / 2) as f32,
+        px,
+        MUTED,
+    );
 
     // The frame grid, each frame with its index on a box.
     let grid_top = g + title_h + g;
@@ -103,7 +110,14 @@ pub fn contact_sheet(content: &SheetContent, style: &SheetStyle) -> RgbImage {
         draw::fill_rect(&mut img, Rect::new(bar_x as i32, y as i32, bar_w, bar_row), TRACK, 1.0);
         let filled = (bar_w as f32 * p.clamp(0.0, 1.0)).round() as u32;
         draw::fill_rect(&mut img, Rect::new(bar_x as i32, y as i32, filled, bar_row), color, 1.0);
-        draw::draw_text(&mut img, &format!("{:.1}%", 100.0 * p), (bar_x + bar_w + g / 2) as f32, (y + 3) as f32, px, INK);
+        draw::draw_text(
+            &mut img,
+            &format!("{:.1}%", 100.0 * p),
+            (bar_x + bar_w + g / 2) as f32,
+            (y + 3) as f32,
+            px,
+            INK,
+        );
     }
     img
 }

@@ -12,8 +12,11 @@ pub const DEFAULT_FRAMES: usize = 8;
 const TRANSF_BLOCKS: &str = "fusion_model.transformer.resblocks.";
 const TRANSF_CLS_LAYERS: &str = "fusion_model.transformer.transformer_enc.layers.";
 /// Key prefixes found only in a Transf_cls head.
-const TRANSF_CLS_MARKERS: [&str; 3] =
-    ["fusion_model.transformer.cls_token", "fusion_model.transformer.pos_embed", "fusion_model.transformer.transformer_enc."];
+const TRANSF_CLS_MARKERS: [&str; 3] = [
+    "fusion_model.transformer.cls_token",
+    "fusion_model.transformer.pos_embed",
+    "fusion_model.transformer.transformer_enc.",
+];
 /// Keys named in an [`Error::UnknownHead`].
 const SHOWN_KEYS: usize = 8;
 
@@ -108,7 +111,10 @@ impl LoadedWeights {
                     "they hold none of the modules that tell the heads apart (shift, lstm_visual, transformer)".into()
                 } else {
                     let names: Vec<&str> = heads.iter().map(|p| p.reference_name()).collect();
-                    format!("they hold the weights of several heads ({}); give the head in the config", names.join(", "))
+                    format!(
+                        "they hold the weights of several heads ({}); give the head in the config",
+                        names.join(", ")
+                    )
                 },
             }),
         }
@@ -116,7 +122,8 @@ impl LoadedWeights {
 
     /// The `fusion_model.` keys, sorted, at most [`SHOWN_KEYS`] of them and a count of the rest.
     fn fusion_keys(&self) -> String {
-        let mut keys: Vec<&str> = self.tensors.keys().filter(|k| k.starts_with(FUSION_PREFIX)).map(String::as_str).collect();
+        let mut keys: Vec<&str> =
+            self.tensors.keys().filter(|k| k.starts_with(FUSION_PREFIX)).map(String::as_str).collect();
         keys.sort_unstable();
         let rest = keys.len().saturating_sub(SHOWN_KEYS);
         keys.truncate(SHOWN_KEYS);

@@ -67,7 +67,9 @@ fn every_head_is_inferred_back_from_its_keys() {
 fn the_references_unused_frame_positions_do_not_change_the_head() {
     let positions = || Tensor::zeros((77, 32), DType::F32, &Device::Cpu).unwrap();
     // An OpenAI-named file without a config comes from the reference's world: its Conv_1D takes the reference reshape.
-    for post in [PostNetwork::Conv1d { reference_reshape: true }, PostNetwork::Lstm, PostNetwork::TransformerCls { layers: 2 }] {
+    for post in
+        [PostNetwork::Conv1d { reference_reshape: true }, PostNetwork::Lstm, PostNetwork::TransformerCls { layers: 2 }]
+    {
         let mut tensors = zeros_for(&config(post, false, 8), DType::F32);
         tensors.insert("fusion_model.frame_position_embeddings.weight".into(), positions());
         assert_eq!(loaded(tensors).inferred_post_network().unwrap(), post, "{post:?}");
@@ -182,9 +184,11 @@ fn shape_errors_name_key_found_and_expected() {
         }
         other => panic!("expected MissingKey with a hint, got {other:?}"),
     }
-    let err = check_shapes(&clip, &ActionClip::expected_shapes(&config(PostNetwork::Lstm, false, 8)).unwrap()).unwrap_err();
+    let err =
+        check_shapes(&clip, &ActionClip::expected_shapes(&config(PostNetwork::Lstm, false, 8)).unwrap()).unwrap_err();
     assert!(
-        err.to_string().contains("fusion_model.lstm_visual.weight_ih_l0") && err.to_string().contains("no fusion_model"),
+        err.to_string().contains("fusion_model.lstm_visual.weight_ih_l0")
+            && err.to_string().contains("no fusion_model"),
         "{err}"
     );
 }

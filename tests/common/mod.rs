@@ -48,7 +48,8 @@ pub fn io() -> HashMap<String, Tensor> {
 
 /// The golden weights (f16 on disk, exact in f32).
 pub fn weights() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(tiny("weights.safetensors"), &Device::Cpu).expect("tests/fixtures/tiny/weights.safetensors")
+    candle_core::safetensors::load(tiny("weights.safetensors"), &Device::Cpu)
+        .expect("tests/fixtures/tiny/weights.safetensors")
 }
 
 /// Max |a - b| over all elements, after checking the shapes agree.
@@ -81,6 +82,10 @@ pub fn tiny_random_model() -> ActionClip {
         text: TextConfig { width: 64, layers: 1, heads: 1, vocab_size: 49408, context_length: 77 },
         embed_dim: 32,
     };
-    let cfg = ActionClipConfig { clip, frames: 4, prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 1 } } };
+    let cfg = ActionClipConfig {
+        clip,
+        frames: 4,
+        prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 1 } },
+    };
     ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu), &cfg).expect("tiny random model")
 }

@@ -34,7 +34,12 @@ pub fn ffmpeg_rgb_frames(path: &Path) -> Vec<image::RgbImage> {
         .args(["-vsync", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
         .output()
         .unwrap_or_else(|e| panic!("{NO_FFMPEG} ({e})"));
-    assert!(out.status.success(), "ffmpeg decode of {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffmpeg decode of {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let size = (w * h * 3) as usize;
     assert_eq!(out.stdout.len() % size, 0);
     out.stdout.chunks_exact(size).map(|c| image::RgbImage::from_raw(w, h, c.to_vec()).expect("frame")).collect()

@@ -86,7 +86,14 @@ pub(crate) struct LinearOp {
 
 impl LinearOp {
     /// The kernel on CPU storages: `x` [rows, in] and the weight [out, in] through their layouts.
-    pub(crate) fn cpu(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    pub(crate) fn cpu(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (xs.as_slice::<f32>()?, ws.as_slice::<f32>()?);
         let (rows, k) = xl.shape().dims2()?;
         let (n, k2) = wl.shape().dims2()?;
@@ -98,7 +105,16 @@ impl LinearOp {
         #[cfg(target_arch = "x86_64")]
         if sgemm::available() {
             let weight = sgemm::WeightOperand::Strided(sgemm::Matrix::of(w, wl));
-            return Ok(sgemm_linear(rows, k, sgemm::Matrix::of(x, xl), sgemm::Layer { weight, outputs: n, epilogue: sgemm::Epilogue { bias, gelu: self.gelu, residual: None } }));
+            return Ok(sgemm_linear(
+                rows,
+                k,
+                sgemm::Matrix::of(x, xl),
+                sgemm::Layer {
+                    weight,
+                    outputs: n,
+                    epilogue: sgemm::Epilogue { bias, gelu: self.gelu, residual: None },
+                },
+            ));
         }
         let len = rows * n;
         // Filled below by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
@@ -133,12 +149,33 @@ impl LinearOp {
             if k > 0 {
                 let (x, w) = (x.as_ptr().add(xl.start_offset()), w.as_ptr().add(wl.start_offset()));
                 let threads = Parallelism::Rayon(rayon::current_num_threads());
-                gemm(rows, n, k, dst.as_mut_ptr(), 1, n as isize, prefill.is_some(), x, xs1, xs0, w, ws0, ws1, 1.0, 1.0, false, false, false, threads);
+                gemm(
+                    rows,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    prefill.is_some(),
+                    x,
+                    xs1,
+                    xs0,
+                    w,
+                    ws0,
+                    ws1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    threads,
+                );
             }
             dst.set_len(len);
         }
         if self.gelu {
-            dst.par_chunks_mut(chunk_rows(n) * n).for_each(|c| c.chunks_exact_mut(n).for_each(|r| bias_quick_gelu(r, bias)));
+            dst.par_chunks_mut(chunk_rows(n) * n)
+                .for_each(|c| c.chunks_exact_mut(n).for_each(|r| bias_quick_gelu(r, bias)));
         }
         Ok((CpuStorage::F32(dst), Shape::from((rows, n))))
     }
@@ -157,7 +194,11 @@ fn sgemm_linear(rows: usize, k: usize, x: sgemm::Matrix, layer: sgemm::Layer) ->
 /// # Safety
 /// `fill` must write all `rows * n` values it is given.
 #[cfg(target_arch = "x86_64")]
-unsafe fn new_output(rows: usize, n: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> (CpuStorage, Shape) {
+unsafe fn new_output(
+    rows: usize,
+    n: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]),
+) -> (CpuStorage, Shape) {
     // Filled by the GEMM's worker threads (so its pages are first touched in parallel), not zeroed.
     let mut dst: Vec<f32> = Vec::with_capacity(rows * n);
     fill(&mut dst.spare_capacity_mut()[..rows * n]);
@@ -191,7 +232,12 @@ impl GemmOp<'_> {
     }
 
     /// The op on `x` [rows, in], with `residual` added to the output when given.
-    fn run(&self, xs: &CpuStorage, xl: &Layout, residual: Option<(&CpuStorage, &Layout)>) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn run(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = xs.as_slice::<f32>()?;
         let (rows, k) = xl.shape().dims2()?;
         check_bounds(xl, x.len(), "sgemm input")?;
@@ -202,7 +248,12 @@ impl GemmOp<'_> {
         if let Some((rs, rl)) = residual {
             let r = rs.as_slice::<f32>()?;
             if rl.shape().dims2()? != (rows, last.outputs) || rl.stride()[1] != 1 {
-                bail!("sgemm: residual {:?} (strides {:?}) is not [{rows}, {}] with unit column stride", rl.shape(), rl.stride(), last.outputs)
+                bail!(
+                    "sgemm: residual {:?} (strides {:?}) is not [{rows}, {}] with unit column stride",
+                    rl.shape(),
+                    rl.stride(),
+                    last.outputs
+                )
             }
             check_bounds(rl, r.len(), "sgemm residual")?;
             last.epilogue.residual = Some(sgemm::Matrix::of(r, rl));
@@ -210,7 +261,9 @@ impl GemmOp<'_> {
         Ok(match *self {
             GemmOp::Linear(_) => sgemm_linear(rows, k, x, last),
             // SAFETY: `sgemm::mlp` writes every value of its rows x n output.
-            GemmOp::Mlp(fc1, _) => unsafe { new_output(rows, last.outputs, |dst| sgemm::mlp(rows, k, x, fc1, last, dst)) },
+            GemmOp::Mlp(fc1, _) => unsafe {
+                new_output(rows, last.outputs, |dst| sgemm::mlp(rows, k, x, fc1, last, dst))
+            },
         })
     }
 
@@ -239,7 +292,13 @@ impl CustomOp2 for GemmOp<'_> {
         "sgemm-residual"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, rs: &CpuStorage, rl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.run(xs, xl, Some((rs, rl)))
     }
 }
@@ -249,7 +308,13 @@ impl CustomOp2 for LinearOp {
         "fused-linear"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.cpu(xs, xl, ws, wl, None)
     }
 }
@@ -277,7 +342,12 @@ pub(crate) struct AttentionOp;
 
 impl AttentionOp {
     /// The kernel on a contiguous qkv storage [N, L, 3, H, hd] with an optional additive mask [L, L].
-    pub(crate) fn cpu(&self, s: &CpuStorage, l: &Layout, mask: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    pub(crate) fn cpu(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        mask: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = contiguous_f32(s, l, "attention qkv")?;
         let (n, len, _, heads, hd) = l.shape().dims5()?;
         let w = heads * hd;
@@ -307,7 +377,27 @@ impl AttentionOp {
                 // len*len values written with row stride len.
                 unsafe {
                     let q = qkv.as_ptr().add(base);
-                    gemm(len, len, hd, scores.as_mut_ptr(), 1, len as isize, mask.is_some(), q, 1, rs, q.add(w), rs, 1, 1.0, scale, false, false, false, Parallelism::None)
+                    gemm(
+                        len,
+                        len,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        mask.is_some(),
+                        q,
+                        1,
+                        rs,
+                        q.add(w),
+                        rs,
+                        1,
+                        1.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
                 }
                 scores.chunks_exact_mut(len).for_each(softmax_inplace);
                 // out[rows of b, columns of h] = scores @ v.
@@ -317,7 +407,27 @@ impl AttentionOp {
                 unsafe {
                     let v = qkv.as_ptr().add(base + 2 * w);
                     let o = dst.get().add(b * len * w + h * hd);
-                    gemm(len, hd, len, o, 1, w as isize, false, scores.as_ptr(), 1, len as isize, v, 1, rs, 0.0, 1.0, false, false, false, Parallelism::None)
+                    gemm(
+                        len,
+                        hd,
+                        len,
+                        o,
+                        1,
+                        w as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        v,
+                        1,
+                        rs,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
                 }
             },
         );
@@ -343,7 +453,13 @@ impl CustomOp2 for AttentionOp {
         "fused-attention"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, ms: &CpuStorage, ml: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.cpu(s, l, Some(contiguous_f32(ms, ml, "attention mask")?))
     }
 }
@@ -363,7 +479,15 @@ mod tests {
         let b: Vec<f32> = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         a.iter()
             .zip(&b)
-            .map(|(x, y)| if x == y { 0. } else if (x - y).is_finite() { (x - y).abs() / y.abs().max(1.) } else { f32::INFINITY })
+            .map(|(x, y)| {
+                if x == y {
+                    0.
+                } else if (x - y).is_finite() {
+                    (x - y).abs() / y.abs().max(1.)
+                } else {
+                    f32::INFINITY
+                }
+            })
             .fold(0., f32::max)
     }
 
@@ -381,7 +505,15 @@ mod tests {
         let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let (a, b) = (values(a), values(b));
         let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let diff = |x: f32, y: f32| if x == y { 0. } else if (x - y).is_finite() { (x - y).abs() } else { f32::INFINITY };
+        let diff = |x: f32, y: f32| {
+            if x == y {
+                0.
+            } else if (x - y).is_finite() {
+                (x - y).abs()
+            } else {
+                f32::INFINITY
+            }
+        };
         let d = a.iter().zip(&b).fold(0f32, |m, (&x, &y)| m.max(diff(x, y))) / scale;
         assert!(d <= 1e-5, "{what}: max difference {d} of the scale {scale}");
     }
@@ -407,7 +539,11 @@ mod tests {
             let want = linear_ref(&x, &w, Some(&b));
             assert_close_to_scale(&format!("linear {rows}x{k}x{n}"), &linear(&x, &w, Some(&b)).unwrap(), &want);
             let want = reference::quick_gelu(&want).unwrap();
-            assert_close_to_scale(&format!("linear+gelu {rows}x{k}x{n}"), &linear_quick_gelu(&x, &w, Some(&b)).unwrap(), &want);
+            assert_close_to_scale(
+                &format!("linear+gelu {rows}x{k}x{n}"),
+                &linear_quick_gelu(&x, &w, Some(&b)).unwrap(),
+                &want,
+            );
             let want = linear_ref(&x, &w, None);
             assert_close_to_scale(&format!("linear no bias {rows}x{k}x{n}"), &linear(&x, &w, None).unwrap(), &want);
         }
@@ -450,7 +586,8 @@ mod tests {
     }
 
     fn causal(l: usize) -> Tensor {
-        let m: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
+        let m: Vec<f32> =
+            (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
         Tensor::from_vec(m, (l, l), &Device::Cpu).unwrap()
     }
 
@@ -459,7 +596,11 @@ mod tests {
         // (N, L, H, hd): L = 197 (ViT-B/16), N*H odd, tiny and single-token cases.
         for (n, l, h, hd) in [(3, 197, 5, 64), (1, 5, 3, 7), (2, 50, 12, 64), (1, 1, 1, 4), (7, 9, 1, 16)] {
             let qkv = randn(&[n, l, 3, h, hd], 1.);
-            assert_close(&format!("attention {n}x{l}x{h}x{hd}"), &attention(&qkv, None).unwrap(), &attention_ref(&qkv, None));
+            assert_close(
+                &format!("attention {n}x{l}x{h}x{hd}"),
+                &attention(&qkv, None).unwrap(),
+                &attention_ref(&qkv, None),
+            );
             let mask = randn(&[l, l], 2.);
             let what = format!("attention, random mask {n}x{l}x{h}x{hd}");
             assert_close(&what, &attention(&qkv, Some(&mask)).unwrap(), &attention_ref(&qkv, Some(&mask)));
@@ -471,7 +612,11 @@ mod tests {
         for (n, l, h, hd) in [(5, 77, 8, 64), (3, 77, 3, 32), (2, 16, 2, 8)] {
             let qkv = randn(&[n, l, 3, h, hd], 2.);
             let m = causal(l);
-            assert_close(&format!("causal attention {n}x{l}x{h}x{hd}"), &attention(&qkv, Some(&m)).unwrap(), &attention_ref(&qkv, Some(&m)));
+            assert_close(
+                &format!("causal attention {n}x{l}x{h}x{hd}"),
+                &attention(&qkv, Some(&m)).unwrap(),
+                &attention_ref(&qkv, Some(&m)),
+            );
         }
     }
 

@@ -40,8 +40,15 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> cand
 /// LayerNorm over the last dimension of `x` [..., dim] with `weight` and `bias` [dim], differentiable
 /// when `train` (inference records no backward).
 // [..., dim] -> [..., dim]
-pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, train: bool) -> candle_core::Result<Tensor> {
-    let (x, weight, bias, op) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?, LayerNormOp { eps: eps as f32 });
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    train: bool,
+) -> candle_core::Result<Tensor> {
+    let (x, weight, bias, op) =
+        (x.contiguous()?, weight.contiguous()?, bias.contiguous()?, LayerNormOp { eps: eps as f32 });
     if train {
         x.apply_op3(&weight, &bias, op)
     } else {
@@ -102,7 +109,13 @@ struct TrainLinear;
 
 impl TrainLinear {
     /// The forward on CPU storages: `x` [..., in] (contiguous) as rows of one GEMM.
-    fn cpu(xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu(
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, _, _) = as_rows(xl, "linear input")?;
         let (y, shape) = LinearOp { gelu: false }.cpu(xs, &rows, ws, wl, bias)?;
         Ok((y, with_last(xl.dims(), shape.dims()[1])))
@@ -110,7 +123,12 @@ impl TrainLinear {
 
     /// Gradients of `x @ w^T (+ b)` from `grad` [..., out]: `grad @ w` for `x` (none when `x` needs
     /// none), `grad^T @ x` for `w`, column sums for the bias.
-    fn grads(x: &Tensor, w: &Tensor, grad: &Tensor, bias: bool) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn grads(
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+        bias: bool,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (out, k) = w.dims2()?;
         // [rows, out], [rows, in]
         let grad = grad.contiguous()?.reshape(((), out))?;
@@ -127,11 +145,23 @@ impl CustomOp2 for TrainLinear {
         "train-linear"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         Self::cpu(xs, xl, ws, wl, None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = Self::grads(x, w, grad, false)?;
         Ok((dx, dw))
     }
@@ -154,7 +184,14 @@ impl CustomOp3 for TrainLinear {
         Self::cpu(xs, xl, ws, wl, Some(contiguous_f32(bs, bl, "linear bias")?))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Self::grads(x, w, grad, true)
     }
 }
@@ -172,7 +209,8 @@ impl CustomOp1 for ColumnSums {
         let x = contiguous_f32(s, l, "column sums input")?;
         let mut sums = vec![0f32; n];
         if n > 0 {
-            let partials: Vec<Vec<f32>> = x.par_chunks(chunk_rows(n) * n).map(|block| column_sums_of(block, n)).collect();
+            let partials: Vec<Vec<f32>> =
+                x.par_chunks(chunk_rows(n) * n).map(|block| column_sums_of(block, n)).collect();
             partials.iter().for_each(|p| add_assign(&mut sums, p));
         }
         Ok((CpuStorage::F32(sums), Shape::from(n)))
@@ -229,11 +267,22 @@ impl CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, dim) = (x.elem_count(), w.elem_count());
         // [n + 2 dim]: dx, then dw, then db
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBackward { eps: self.eps })?;
-        Ok((Some(packed.narrow(0, 0, n)?.reshape(x.shape())?), Some(packed.narrow(0, n, dim)?), Some(packed.narrow(0, n + dim, dim)?)))
+        Ok((
+            Some(packed.narrow(0, 0, n)?.reshape(x.shape())?),
+            Some(packed.narrow(0, n, dim)?),
+            Some(packed.narrow(0, n + dim, dim)?),
+        ))
     }
 }
 
@@ -291,7 +340,11 @@ impl CustomOp3 for LayerNormBackward {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, g) = (contiguous_f32(xs, xl, "layer norm input")?, contiguous_f32(ws, wl, "layer norm weight")?, contiguous_f32(gs, gl, "layer norm gradient")?);
+        let (x, w, g) = (
+            contiguous_f32(xs, xl, "layer norm input")?,
+            contiguous_f32(ws, wl, "layer norm weight")?,
+            contiguous_f32(gs, gl, "layer norm gradient")?,
+        );
         let dim = w.len();
         if dim == 0 || x.len() != g.len() || !x.len().is_multiple_of(dim) {
             bail!("layer norm backward: input {:?}, weight {:?}, gradient {:?}", xl.shape(), wl.shape(), gl.shape())
@@ -323,7 +376,15 @@ multiversion!(layer_norm_backward_row => layer_norm_backward_row_generic(x: &[f3
 /// One row of the LayerNorm backward: with `xh = (x - mean) * rstd` and `gw = g * w`,
 /// `dx = rstd * (gw - mean(gw) - xh * mean(gw * xh))`; adds `g * xh` to `dw` and `g` to `db`.
 #[inline(always)]
-fn layer_norm_backward_row_generic(x: &[f32], w: &[f32], g: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
+fn layer_norm_backward_row_generic(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
     let (mean, rstd) = row_statistics(x, eps);
     let n = x.len() as f32;
     let (mut sum_gw, mut sum_gw_xh) = (0f32, 0f32);
@@ -368,14 +429,22 @@ impl CustomOp2 for QuickGeluBackward {
         "train-quick-gelu-backward"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (contiguous_f32(xs, xl, "quick gelu input")?, contiguous_f32(gs, gl, "quick gelu gradient")?);
         if x.len() != g.len() {
             bail!("quick gelu backward: input {:?}, gradient {:?}", xl.shape(), gl.shape())
         }
         let mut dx = vec![0f32; x.len()];
         let chunk = chunk_rows(1);
-        dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(g.par_chunks(chunk))).for_each(|(dx, (x, g))| quick_gelu_backward(x, g, dx));
+        dx.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .for_each(|(dx, (x, g))| quick_gelu_backward(x, g, dx));
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
@@ -429,7 +498,13 @@ impl CustomOp2 for AttentionBackward {
         "train-attention-backward"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (qkv, d_out) = (contiguous_f32(s, l, "attention qkv")?, contiguous_f32(gs, gl, "attention gradient")?);
         let (five, _, mask) = self.0.view(l)?;
         let (n, len, _, heads, hd) = five.shape().dims5()?;
@@ -458,20 +533,121 @@ impl CustomOp2 for AttentionBackward {
                 // len. Item (b, h) writes only the q, k, v columns of head h in the rows of sequence b:
                 // no other item writes there.
                 unsafe {
-                    let (q, k, v) = (qkv.as_ptr().add(base), qkv.as_ptr().add(base + w), qkv.as_ptr().add(base + 2 * w));
+                    let (q, k, v) =
+                        (qkv.as_ptr().add(base), qkv.as_ptr().add(base + w), qkv.as_ptr().add(base + 2 * w));
                     let d_o = d_out.as_ptr().add(out_base);
                     let (dq, dk, dv) = (dst.get().add(base), dst.get().add(base + w), dst.get().add(base + 2 * w));
                     // p = softmax(mask + scale q k^T), recomputed.
-                    gemm(len, len, hd, p.as_mut_ptr(), 1, len as isize, mask.is_some(), q, 1, rs, k, rs, 1, 1.0, scale, false, false, false, Parallelism::None);
+                    gemm(
+                        len,
+                        len,
+                        hd,
+                        p.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        mask.is_some(),
+                        q,
+                        1,
+                        rs,
+                        k,
+                        rs,
+                        1,
+                        1.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
                     p.chunks_exact_mut(len).for_each(softmax_inplace);
                     // dv = p^T d_o
-                    gemm(len, hd, len, dv, 1, rs, false, p.as_ptr(), len as isize, 1, d_o, 1, w as isize, 0.0, 1.0, false, false, false, Parallelism::None);
+                    gemm(
+                        len,
+                        hd,
+                        len,
+                        dv,
+                        1,
+                        rs,
+                        false,
+                        p.as_ptr(),
+                        len as isize,
+                        1,
+                        d_o,
+                        1,
+                        w as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
                     // ds = d_o v^T, then ds = p * (ds - rowsum(p * ds)): the softmax backward.
-                    gemm(len, len, hd, ds.as_mut_ptr(), 1, len as isize, false, d_o, 1, w as isize, v, rs, 1, 0.0, 1.0, false, false, false, Parallelism::None);
+                    gemm(
+                        len,
+                        len,
+                        hd,
+                        ds.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        d_o,
+                        1,
+                        w as isize,
+                        v,
+                        rs,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
                     p.chunks_exact(len).zip(ds.chunks_exact_mut(len)).for_each(|(p, ds)| softmax_backward_row(p, ds));
                     // dq = scale ds k, dk = scale ds^T q
-                    gemm(len, hd, len, dq, 1, rs, false, ds.as_ptr(), 1, len as isize, k, 1, rs, 0.0, scale, false, false, false, Parallelism::None);
-                    gemm(len, hd, len, dk, 1, rs, false, ds.as_ptr(), len as isize, 1, q, 1, rs, 0.0, scale, false, false, false, Parallelism::None);
+                    gemm(
+                        len,
+                        hd,
+                        len,
+                        dq,
+                        1,
+                        rs,
+                        false,
+                        ds.as_ptr(),
+                        1,
+                        len as isize,
+                        k,
+                        1,
+                        rs,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    gemm(
+                        len,
+                        hd,
+                        len,
+                        dk,
+                        1,
+                        rs,
+                        false,
+                        ds.as_ptr(),
+                        len as isize,
+                        1,
+                        q,
+                        1,
+                        rs,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
                 }
             },
         );
@@ -508,15 +684,24 @@ mod tests {
 
     /// Checks that `fused` and `plain` give the same output and the same gradients of every input (within
     /// 1e-5) for the loss `sum(output * r)`, `r` random.
-    fn same_gradients(inputs: &[Tensor], fused: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>, plain: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>) {
+    fn same_gradients(
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+        plain: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    ) {
         let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (a, b) = (fused(&tensors).unwrap(), plain(&tensors).unwrap());
         assert_eq!(a.dims(), b.dims());
         let r = random(a.dims(), 99);
-        let max_diff = |x: &Tensor, y: &Tensor| (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let max_diff = |x: &Tensor, y: &Tensor| {
+            (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
         assert!(max_diff(&a, &b) < 1e-5, "outputs differ by {}", max_diff(&a, &b));
-        let (ga, gb) = ((a * &r).unwrap().sum_all().unwrap().backward().unwrap(), (b * &r).unwrap().sum_all().unwrap().backward().unwrap());
+        let (ga, gb) = (
+            (a * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+            (b * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+        );
         for (i, t) in tensors.iter().enumerate() {
             let (x, y) = (ga.get(t).expect("fused gradient"), gb.get(t).expect("plain gradient"));
             assert!(max_diff(x, y) < 1e-5, "gradients of input {i} differ by {}", max_diff(x, y));
@@ -526,7 +711,11 @@ mod tests {
     #[test]
     fn linear_gradients() {
         let inputs = [random(&[37, 20], 1), random(&[11, 20], 2), random(&[11], 3)];
-        same_gradients(&inputs, |t| linear(&t[0], &t[1], Some(&t[2])), |t| t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2]));
+        same_gradients(
+            &inputs,
+            |t| linear(&t[0], &t[1], Some(&t[2])),
+            |t| t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2]),
+        );
         same_gradients(&inputs[..2], |t| linear(&t[0], &t[1], None), |t| t[0].matmul(&t[1].t()?));
         // Leading dimensions as rows; a strided weight (a transposed view).
         let inputs = [random(&[3, 5, 20], 4), random(&[20, 11], 5)];
@@ -565,7 +754,11 @@ mod tests {
         let inputs = [random(&[2, 13, 3, 3, 8], 8)];
         for causal in [false, true] {
             let mask = causal.then(|| causal_mask(13, DType::F32, &Device::Cpu).unwrap());
-            same_gradients(&inputs, |t| attention(&t[0].reshape((2, 13, 72))?, 3, causal), |t| reference::attention(&t[0], mask.as_ref(), true));
+            same_gradients(
+                &inputs,
+                |t| attention(&t[0].reshape((2, 13, 72))?, 3, causal),
+                |t| reference::attention(&t[0], mask.as_ref(), true),
+            );
         }
     }
 }

@@ -79,7 +79,8 @@ impl Int8Weight {
         for (col, row) in w.chunks_exact_mut(k.max(1)).enumerate().take(n) {
             let (panel, lane) = (col / PANEL, col % PANEL);
             for (i, v) in row.iter_mut().enumerate() {
-                *v = self.packed[panel * PANEL * self.k_padded + (i / 4) * PANEL * 4 + lane * 4 + i % 4] as f32 * self.scales[col];
+                *v = self.packed[panel * PANEL * self.k_padded + (i / 4) * PANEL * 4 + lane * 4 + i % 4] as f32
+                    * self.scales[col];
             }
         }
         Tensor::from_vec(w, (n, k), &candle_core::Device::Cpu)
@@ -87,10 +88,26 @@ impl Int8Weight {
 
     /// `x @ w^T + bias` for the output columns `cols` (then QuickGELU when `quick_gelu`): `x` holds `rows`
     /// rows of `in_features` values; returns `rows` rows of `cols.len()` values. `bias` covers `cols`.
-    pub(crate) fn matmul(&self, x: &[f32], rows: usize, cols: Range<usize>, bias: Option<&[f32]>, quick_gelu: bool) -> candle_core::Result<Vec<f32>> {
+    pub(crate) fn matmul(
+        &self,
+        x: &[f32],
+        rows: usize,
+        cols: Range<usize>,
+        bias: Option<&[f32]>,
+        quick_gelu: bool,
+    ) -> candle_core::Result<Vec<f32>> {
         let k = self.in_features;
-        if x.len() != rows * k || cols.end > self.out_features || cols.start > cols.end || bias.is_some_and(|b| b.len() != cols.len()) {
-            bail!("int8 matmul: {} values for {rows} rows of {k}, columns {cols:?} of {}, bias {:?}", x.len(), self.out_features, bias.map(<[f32]>::len))
+        if x.len() != rows * k
+            || cols.end > self.out_features
+            || cols.start > cols.end
+            || bias.is_some_and(|b| b.len() != cols.len())
+        {
+            bail!(
+                "int8 matmul: {} values for {rows} rows of {k}, columns {cols:?} of {}, bias {:?}",
+                x.len(),
+                self.out_features,
+                bias.map(<[f32]>::len)
+            )
         }
         let width = cols.len();
         let len = rows * width;
@@ -119,7 +136,14 @@ impl Int8Weight {
                     let bias = bias.map_or(&NO_BIAS[..hi - lo], |b| &b[lo - cols.start..hi - cols.start]);
                     for (r, acc) in tile.iter().enumerate().take(block_rows - t) {
                         let y = &mut dst[(t + r) * width + lo - cols.start..(t + r) * width + hi - cols.start];
-                        dequantize(y, &acc[lo - panel * PANEL..hi - panel * PANEL], row_scales[first_row + t + r], scales, bias, quick_gelu);
+                        dequantize(
+                            y,
+                            &acc[lo - panel * PANEL..hi - panel * PANEL],
+                            row_scales[first_row + t + r],
+                            scales,
+                            bias,
+                            quick_gelu,
+                        );
                     }
                 }
             }
@@ -151,7 +175,13 @@ impl CustomOp1 for Int8Linear<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, _) = l.shape().dims2()?;
         let Some((start, end)) = l.contiguous_offsets() else { bail!("int8 linear: the input must be contiguous") };
-        let y = self.weight.matmul(&s.as_slice::<f32>()?[start..end], rows, self.cols.clone(), self.bias.as_deref(), self.quick_gelu)?;
+        let y = self.weight.matmul(
+            &s.as_slice::<f32>()?[start..end],
+            rows,
+            self.cols.clone(),
+            self.bias.as_deref(),
+            self.quick_gelu,
+        )?;
         Ok((CpuStorage::F32(y), Shape::from((rows, self.cols.len()))))
     }
 }
@@ -174,7 +204,10 @@ impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
                 return Self::Vnni;
             }
             if is_x86_feature_detected!("avx2") {
@@ -195,9 +228,21 @@ impl Kernel {
     /// `tile[r][j] = sum_k q[r, k] * b[j, k]` for `TILE_ROWS` rows of `q` (stored in `a` in this kernel's
     /// [`RowLayout`], `k_padded` inputs each) and one packed panel `b`; `correction` is the panel's
     /// `ZERO * sum_k b[j, k]`.
-    fn tile_product(self, a: &[u8], b: &[i8], correction: &[i32], k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
+    fn tile_product(
+        self,
+        a: &[u8],
+        b: &[i8],
+        correction: &[i32],
+        k_padded: usize,
+        tile: &mut [[i32; PANEL]; TILE_ROWS],
+    ) {
         let row_bytes = self.layout().row_bytes(k_padded);
-        assert!(a.len() == TILE_ROWS * row_bytes && b.len() == PANEL * k_padded && correction.len() == PANEL && k_padded.is_multiple_of(4));
+        assert!(
+            a.len() == TILE_ROWS * row_bytes
+                && b.len() == PANEL * k_padded
+                && correction.len() == PANEL
+                && k_padded.is_multiple_of(4)
+        );
         match self {
             // SAFETY: `detect` chose these kernels on a CPU with their features; the lengths they read are
             // asserted above.
@@ -294,7 +339,14 @@ fn quantize_row_generic(row: &[f32], q: &mut [MaybeUninit<u8>], layout: RowLayou
 /// The epilogue of one row of a tile: `y[j] = acc[j] * row_scale * scales[j] + bias[j]` (then QuickGELU
 /// `v * sigmoid(1.702 v)` when `quick_gelu`); all slices as long as `y`.
 #[inline(always)]
-fn dequantize_generic(y: &mut [MaybeUninit<f32>], acc: &[i32], row_scale: f32, scales: &[f32], bias: &[f32], quick_gelu: bool) {
+fn dequantize_generic(
+    y: &mut [MaybeUninit<f32>],
+    acc: &[i32],
+    row_scale: f32,
+    scales: &[f32],
+    bias: &[f32],
+    quick_gelu: bool,
+) {
     let values = acc.iter().zip(scales).zip(bias).map(|((&a, &s), &b)| a as f32 * row_scale * s + b);
     if quick_gelu {
         y.iter_mut().zip(values).for_each(|(y, v)| {
@@ -330,7 +382,13 @@ fn tile_product_portable(a: &[u8], b: &[i8], k_padded: usize, tile: &mut [[i32; 
 /// `PANEL * k_padded` and `correction` `PANEL` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_product_vnni(a: *const u8, b: *const i8, correction: *const i32, k_padded: usize, tile: &mut [[i32; PANEL]; TILE_ROWS]) {
+unsafe fn tile_product_vnni(
+    a: *const u8,
+    b: *const i8,
+    correction: *const i32,
+    k_padded: usize,
+    tile: &mut [[i32; PANEL]; TILE_ROWS],
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); 4]; TILE_ROWS];
     for g in 0..k_padded / 4 {
@@ -435,7 +493,9 @@ mod tests {
         let portable = product(Kernel::Portable);
         assert_eq!(portable[0][0], (0..k).map(|i| x[i] as i32 * b[(i / 4) * PANEL * 4 + i % 4] as i32).sum::<i32>());
         #[cfg(target_arch = "x86_64")]
-        for (kernel, present) in [(Kernel::Vnni, Kernel::detect() == Kernel::Vnni), (Kernel::Avx2, is_x86_feature_detected!("avx2"))] {
+        for (kernel, present) in
+            [(Kernel::Vnni, Kernel::detect() == Kernel::Vnni), (Kernel::Avx2, is_x86_feature_detected!("avx2"))]
+        {
             if present {
                 assert_eq!(product(kernel), portable, "{kernel:?}");
             }
@@ -465,7 +525,9 @@ mod tests {
         let w = Tensor::from_vec(random(n * k, 4), (n, k), &Device::Cpu)?;
         let bias = random(n, 5);
         let q = Int8Weight::quantize(&w)?;
-        let reference = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu)?.matmul(&w.t()?)?.broadcast_add(&Tensor::new(bias.as_slice(), &Device::Cpu)?)?;
+        let reference = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu)?
+            .matmul(&w.t()?)?
+            .broadcast_add(&Tensor::new(bias.as_slice(), &Device::Cpu)?)?;
         let reference = reference.to_vec2::<f32>()?;
         let mut max_err = 0f32;
         let cols = 37..141;

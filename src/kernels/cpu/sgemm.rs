@@ -138,7 +138,10 @@ pub(crate) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [
     }
     assert!(ldo >= n && dst.len() >= (rows - 1) * ldo + n, "sgemm::linear: output too short");
     let residual_fits = |r: &Matrix| r.col_stride == 1 && (rows - 1) * r.row_stride + n <= r.data.len();
-    assert!(epilogue.residual.as_ref().is_none_or(residual_fits), "sgemm::linear: residual of the wrong size or strides");
+    assert!(
+        epilogue.residual.as_ref().is_none_or(residual_fits),
+        "sgemm::linear: residual of the wrong size or strides"
+    );
     // Checked here once so the packers and the kernel may index freely: every operand holds its shape.
     let last = |m: &Matrix, r: usize| (r - 1) * m.row_stride + k.saturating_sub(1) * m.col_stride;
     let w_fits = match w {
@@ -157,7 +160,18 @@ pub(crate) fn linear(rows: usize, k: usize, x: Matrix, layer: Layer, dst: &mut [
         with_scratch(&PACKED_ROWS, |packed_x| {
             pack_rows(&x, r0, m, k, packed_x);
             // SAFETY: rows r0..r0 + m of dst start at r0 * ldo, inside dst (checked above).
-            unsafe { multiply_chunk(m, n, k, Rows::Packed(packed_x), &w, epilogue.at(r0, 0), SendPtr(out.get().add(r0 * ldo)), ldo) }
+            unsafe {
+                multiply_chunk(
+                    m,
+                    n,
+                    k,
+                    Rows::Packed(packed_x),
+                    &w,
+                    epilogue.at(r0, 0),
+                    SendPtr(out.get().add(r0 * ldo)),
+                    ldo,
+                )
+            }
         });
     }
 }
@@ -209,12 +223,14 @@ fn pack_rows(x: &Matrix, r0: usize, m: usize, k: usize, packed: &mut Vec<f32>) {
     let len = m.div_ceil(MR) * MR * k;
     packed.clear();
     packed.reserve(len);
-    packed.spare_capacity_mut()[..len].par_chunks_mut((MR * k).max(1)).enumerate().with_min_len(4).for_each(|(p, panel)| {
-        let rows = MR.min(m - p * MR);
-        let row = |r: usize| (r < rows).then(|| &x.data[(r0 + p * MR + r) * x.row_stride..]);
-        // SAFETY: `linear` checked that rows r0..r0 + m of k values lie inside `x.data` and the CPU has AVX-512F.
-        unsafe { pack_panel::<MR>(row, x.col_stride, k, panel) }
-    });
+    packed.spare_capacity_mut()[..len].par_chunks_mut((MR * k).max(1)).enumerate().with_min_len(4).for_each(
+        |(p, panel)| {
+            let rows = MR.min(m - p * MR);
+            let row = |r: usize| (r < rows).then(|| &x.data[(r0 + p * MR + r) * x.row_stride..]);
+            // SAFETY: `linear` checked that rows r0..r0 + m of k values lie inside `x.data` and the CPU has AVX-512F.
+            unsafe { pack_panel::<MR>(row, x.col_stride, k, panel) }
+        },
+    );
     // SAFETY: every panel was written whole by `pack_panel`.
     unsafe { packed.set_len(len) };
 }
@@ -264,10 +280,16 @@ impl PackedWeight {
     /// # Panics
     /// If `w` does not hold `n` rows of `k` values, or the CPU lacks AVX-512F ([`available`]).
     pub(crate) fn pack(w: Matrix, n: usize, k: usize) -> Self {
-        assert!(n == 0 || k == 0 || (n - 1) * w.row_stride + (k - 1) * w.col_stride < w.data.len(), "PackedWeight: matrix shorter than {n} x {k}");
+        assert!(
+            n == 0 || k == 0 || (n - 1) * w.row_stride + (k - 1) * w.col_stride < w.data.len(),
+            "PackedWeight: matrix shorter than {n} x {k}"
+        );
         let len = n.div_ceil(NR) * k * NR;
         let mut panels = Vec::with_capacity(len);
-        panels.spare_capacity_mut()[..len].par_chunks_mut((k * NR).max(1)).enumerate().for_each(|(p, panel)| pack_weight_panel(&w, n, k, p, panel));
+        panels.spare_capacity_mut()[..len]
+            .par_chunks_mut((k * NR).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| pack_weight_panel(&w, n, k, p, panel));
         // SAFETY: every panel was written whole by `pack_weight_panel`.
         unsafe { panels.set_len(len) };
         Self { n, k, panels }
@@ -286,13 +308,17 @@ impl PackedWeight {
     /// The weight of outputs `first..` as a [`linear`] operand; `first` must be a multiple of
     /// [`Self::OUTPUT_ALIGN`] (`None` otherwise, or past the end).
     pub(crate) fn outputs_from(&self, first: usize) -> Option<WeightOperand<'_>> {
-        (first.is_multiple_of(NR) && first <= self.n).then(|| WeightOperand::Packed(&self.panels[first / NR * self.k * NR..]))
+        (first.is_multiple_of(NR) && first <= self.n)
+            .then(|| WeightOperand::Packed(&self.panels[first / NR * self.k * NR..]))
     }
 
     /// The matrix [n, k], row-major, as it was packed.
     pub(crate) fn unpack(&self) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        (0..n).flat_map(|j| (0..k).map(move |c| (j, c))).map(|(j, c)| self.panels[(j / NR * k + c) * NR + j % NR]).collect()
+        (0..n)
+            .flat_map(|j| (0..k).map(move |c| (j, c)))
+            .map(|(j, c)| self.panels[(j / NR * k + c) * NR + j % NR])
+            .collect()
     }
 }
 
@@ -303,7 +329,12 @@ impl PackedWeight {
 /// # Safety
 /// Every row `row` returns holds `(k - 1) * col_stride + 1` values at least; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_panel<'a, const R: usize>(row: impl Fn(usize) -> Option<&'a [f32]>, col_stride: usize, k: usize, panel: &mut [MaybeUninit<f32>]) {
+unsafe fn pack_panel<'a, const R: usize>(
+    row: impl Fn(usize) -> Option<&'a [f32]>,
+    col_stride: usize,
+    k: usize,
+    panel: &mut [MaybeUninit<f32>],
+) {
     let rows: [Option<&[f32]>; R] = std::array::from_fn(row);
     if col_stride != 1 {
         for (c, step) in panel.chunks_exact_mut(R).enumerate() {
@@ -369,7 +400,16 @@ fn transpose16(m: &mut [__m512; 16]) {
 /// `out` must address `m` rows of `n` writable values `ldo` apart that no one else touches during the
 /// call; `x` and `w` hold their `m x k` and `n x k` matrices (`linear` checked).
 #[allow(clippy::too_many_arguments)]
-unsafe fn multiply_chunk(m: usize, n: usize, k: usize, x: Rows, w: &WeightOperand, epilogue: Epilogue, out: SendPtr, ldo: usize) {
+unsafe fn multiply_chunk(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: Rows,
+    w: &WeightOperand,
+    epilogue: Epilogue,
+    out: SendPtr,
+    ldo: usize,
+) {
     let row_panels = m.div_ceil(MR);
     let blocks = n.div_ceil(NR).div_ceil(BLOCK_PANELS);
     // Split the rows too when there are fewer blocks than two per thread, so every thread has work.
@@ -391,7 +431,17 @@ unsafe fn multiply_chunk(m: usize, n: usize, k: usize, x: Rows, w: &WeightOperan
                     // (rows <= m - rp*MR, cols <= n - col) and belong to this item alone; the row panel
                     // holds `rows` rows of k values (packed: k steps of MR), the weight panel k steps of
                     // NR values; the CPU has AVX-512F (`linear` checked).
-                    unsafe { tile_avx512(k, a, lda, block[p * k * NR..].as_ptr(), out.get().add(rp * MR * ldo + col), ldo, &tile) }
+                    unsafe {
+                        tile_avx512(
+                            k,
+                            a,
+                            lda,
+                            block[p * k * NR..].as_ptr(),
+                            out.get().add(rp * MR * ldo + col),
+                            ldo,
+                            &tile,
+                        )
+                    }
                 }
             }
         };
@@ -415,7 +465,14 @@ unsafe fn multiply_chunk(m: usize, n: usize, k: usize, x: Rows, w: &WeightOperan
 /// (in place), `b` `steps * NR`; `sums` is initialised unless `first`.
 #[target_feature(enable = "avx512f")]
 #[inline(never)]
-unsafe fn accumulate_chunk<const IN_PLACE: bool>(steps: usize, a: *const f32, row_offsets: &[usize; MR], b: *const f32, sums: &mut [MaybeUninit<__m512>; 2 * MR], first: bool) {
+unsafe fn accumulate_chunk<const IN_PLACE: bool>(
+    steps: usize,
+    a: *const f32,
+    row_offsets: &[usize; MR],
+    b: *const f32,
+    sums: &mut [MaybeUninit<__m512>; 2 * MR],
+    first: bool,
+) {
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
     for step in 0..steps {
         let (a, b) = (a.add(if IN_PLACE { step } else { step * MR }), b.add(step * NR));
@@ -478,10 +535,14 @@ unsafe fn tile_avx512(k: usize, a: *const f32, lda: usize, b: *const f32, out: *
         sums = [MaybeUninit::new(_mm512_setzero_ps()); 2 * MR];
     }
     // Lanes of the two vectors that hold valid columns.
-    let mask = |half: usize| -> __mmask16 { (((1u32 << tile.cols.saturating_sub(16 * half).min(16)) - 1) & 0xffff) as __mmask16 };
+    let mask = |half: usize| -> __mmask16 {
+        (((1u32 << tile.cols.saturating_sub(16 * half).min(16)) - 1) & 0xffff) as __mmask16
+    };
     let (m0, m1) = (mask(0), mask(1));
     let (bias0, bias1) = match tile.epilogue.bias {
-        Some(bias) => (_mm512_maskz_loadu_ps(m0, bias.as_ptr()), _mm512_maskz_loadu_ps(m1, bias.as_ptr().wrapping_add(16))),
+        Some(bias) => {
+            (_mm512_maskz_loadu_ps(m0, bias.as_ptr()), _mm512_maskz_loadu_ps(m1, bias.as_ptr().wrapping_add(16)))
+        }
         None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
     };
     for i in 0..MR {
@@ -489,7 +550,8 @@ unsafe fn tile_avx512(k: usize, a: *const f32, lda: usize, b: *const f32, out: *
             break;
         }
         // Read in place: a `map` over the array is not inlined here and copied it through the stack.
-        let (mut v0, mut v1) = (_mm512_add_ps(sums[2 * i].assume_init(), bias0), _mm512_add_ps(sums[2 * i + 1].assume_init(), bias1));
+        let (mut v0, mut v1) =
+            (_mm512_add_ps(sums[2 * i].assume_init(), bias0), _mm512_add_ps(sums[2 * i + 1].assume_init(), bias1));
         if tile.epilogue.gelu {
             // A fixed-length pass over the row so it vectorises whole.
             let mut values = [0f32; NR];
@@ -520,7 +582,15 @@ mod tests {
     }
 
     /// `x @ w^T + bias`, QuickGELU'd when `gelu`, summed in f64.
-    fn reference(rows: usize, n: usize, k: usize, x: &Matrix, w: &Matrix, bias: Option<&[f32]>, gelu: bool) -> Vec<f32> {
+    fn reference(
+        rows: usize,
+        n: usize,
+        k: usize,
+        x: &Matrix,
+        w: &Matrix,
+        bias: Option<&[f32]>,
+        gelu: bool,
+    ) -> Vec<f32> {
         let at = |m: &Matrix, i: usize, j: usize| m.data[i * m.row_stride + j * m.col_stride] as f64;
         let mut y = Vec::with_capacity(rows * n);
         for i in 0..rows {
@@ -535,7 +605,14 @@ mod tests {
     /// Runs `linear` on a fresh output and returns it.
     fn run(rows: usize, n: usize, k: usize, x: Matrix, w: WeightOperand, bias: Option<&[f32]>, gelu: bool) -> Vec<f32> {
         let mut dst = Vec::with_capacity(rows * n);
-        linear(rows, k, x, Layer { weight: w, outputs: n, epilogue: Epilogue { bias, gelu, residual: None } }, &mut dst.spare_capacity_mut()[..rows * n], n);
+        linear(
+            rows,
+            k,
+            x,
+            Layer { weight: w, outputs: n, epilogue: Epilogue { bias, gelu, residual: None } },
+            &mut dst.spare_capacity_mut()[..rows * n],
+            n,
+        );
         // SAFETY: `linear` wrote all rows * n values.
         unsafe { dst.set_len(rows * n) };
         dst
@@ -550,16 +627,34 @@ mod tests {
         // Shapes cover partial row panels, partial output tiles and blocks, k not a multiple of 16, k = 0,
         // (with 200 rows x 40 outputs) several row parts per block, and rows read in place or (k = 1024,
         // rows 4 KiB apart; and the strided views below) packed.
-        let shapes = [(1, 1, 1), (13, 33, 17), (12, 32, 16), (25, 100, 48), (7, 129, 0), (200, 40, 70), (3, 5, 300), (14, 40, 1024)];
+        let shapes = [
+            (1, 1, 1),
+            (13, 33, 17),
+            (12, 32, 16),
+            (25, 100, 48),
+            (7, 129, 0),
+            (200, 40, 70),
+            (3, 5, 300),
+            (14, 40, 1024),
+        ];
         for (case, &(rows, n, k)) in shapes.iter().enumerate() {
             let xs: Vec<f32> = (0..rows * k * 2 + 1).map(|i| value(i + 7 * case)).collect();
             let ws: Vec<f32> = (0..n * k * 2 + 1).map(|i| value(i + 1000 + case)).collect();
             let bias: Vec<f32> = (0..n).map(|i| value(i + 99)).collect();
             // Row-major, and transposed views (column stride > 1: the element-wise packing path).
             let views = [
-                (Matrix { data: &xs, row_stride: k, col_stride: 1 }, Matrix { data: &ws, row_stride: k, col_stride: 1 }),
-                (Matrix { data: &xs, row_stride: 1, col_stride: rows }, Matrix { data: &ws, row_stride: 1, col_stride: n }),
-                (Matrix { data: &xs[1..], row_stride: 2 * k + 1, col_stride: 1 }, Matrix { data: &ws, row_stride: 2 * k, col_stride: 2 }),
+                (
+                    Matrix { data: &xs, row_stride: k, col_stride: 1 },
+                    Matrix { data: &ws, row_stride: k, col_stride: 1 },
+                ),
+                (
+                    Matrix { data: &xs, row_stride: 1, col_stride: rows },
+                    Matrix { data: &ws, row_stride: 1, col_stride: n },
+                ),
+                (
+                    Matrix { data: &xs[1..], row_stride: 2 * k + 1, col_stride: 1 },
+                    Matrix { data: &ws, row_stride: 2 * k, col_stride: 2 },
+                ),
             ];
             for (x, w) in views {
                 if rows > 1 && x.row_stride == 2 * k + 1 && (rows - 1) * x.row_stride + k > x.data.len() {
@@ -569,7 +664,10 @@ mod tests {
                     let got = run(rows, n, k, x, WeightOperand::Strided(w), b, gelu);
                     let want = reference(rows, n, k, &x, &w, b, gelu);
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                        assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()) * (k as f32).sqrt().max(1.0), "{rows}x{n}x{k} gelu {gelu} at {i}: {g} vs {e}");
+                        assert!(
+                            (g - e).abs() <= 1e-5 * (1.0 + e.abs()) * (k as f32).sqrt().max(1.0),
+                            "{rows}x{n}x{k} gelu {gelu} at {i}: {g} vs {e}"
+                        );
                     }
                 }
             }
@@ -586,7 +684,10 @@ mod tests {
             // Transposed storage: the packing reads through the strides.
             let ws: Vec<f32> = (0..n * k).map(|i| value(i + 500 + case)).collect();
             let bias: Vec<f32> = (0..n).map(|i| value(i + 9)).collect();
-            let (x, w) = (Matrix { data: &xs, row_stride: k, col_stride: 1 }, Matrix { data: &ws, row_stride: 1, col_stride: n });
+            let (x, w) = (
+                Matrix { data: &xs, row_stride: k, col_stride: 1 },
+                Matrix { data: &ws, row_stride: 1, col_stride: n },
+            );
             let packed = PackedWeight::pack(w, n, k);
             assert_eq!((packed.out_features(), packed.in_features()), (n, k));
             let unpacked = packed.unpack();
@@ -612,13 +713,23 @@ mod tests {
         // h = 1024: hidden rows padded (read in place); h = 100: not padded.
         for (rows, k, h, n) in [(30, 48, 1024, 40), (13, 70, 100, 33)] {
             let xs: Vec<f32> = (0..rows * k).map(value).collect();
-            let (w1, w2): (Vec<f32>, Vec<f32>) = ((0..h * k).map(|i| value(i + 3)).collect(), (0..n * h).map(|i| value(i + 5)).collect());
-            let (b1, b2): (Vec<f32>, Vec<f32>) = ((0..h).map(|i| value(i + 7)).collect(), (0..n).map(|i| value(i + 11)).collect());
+            let (w1, w2): (Vec<f32>, Vec<f32>) =
+                ((0..h * k).map(|i| value(i + 3)).collect(), (0..n * h).map(|i| value(i + 5)).collect());
+            let (b1, b2): (Vec<f32>, Vec<f32>) =
+                ((0..h).map(|i| value(i + 7)).collect(), (0..n).map(|i| value(i + 11)).collect());
             let (x, w1, w2) = (Matrix::row_major(&xs, k), Matrix::row_major(&w1, k), Matrix::row_major(&w2, h));
             let hidden = run(rows, h, k, x, WeightOperand::Strided(w1), Some(&b1), true);
             let want = run(rows, n, h, Matrix::row_major(&hidden, h), WeightOperand::Strided(w2), Some(&b2), false);
-            let fc1 = Layer { weight: WeightOperand::Strided(w1), outputs: h, epilogue: Epilogue { bias: Some(&b1), gelu: true, residual: None } };
-            let fc2 = Layer { weight: WeightOperand::Strided(w2), outputs: n, epilogue: Epilogue { bias: Some(&b2), ..Default::default() } };
+            let fc1 = Layer {
+                weight: WeightOperand::Strided(w1),
+                outputs: h,
+                epilogue: Epilogue { bias: Some(&b1), gelu: true, residual: None },
+            };
+            let fc2 = Layer {
+                weight: WeightOperand::Strided(w2),
+                outputs: n,
+                epilogue: Epilogue { bias: Some(&b2), ..Default::default() },
+            };
             let mut got = Vec::with_capacity(rows * n);
             mlp(rows, k, x, fc1, fc2, &mut got.spare_capacity_mut()[..rows * n]);
             // SAFETY: `mlp` wrote all rows * n values.
@@ -641,7 +752,8 @@ mod tests {
             let residual: Vec<f32> = (0..rows * (n + 3)).map(|i| value(i + 4)).collect();
             let (x, w) = (Matrix::row_major(&xs, k), WeightOperand::Strided(Matrix::row_major(&ws, k)));
             let plain = run(rows, n, k, x, w, Some(&bias), false);
-            let epilogue = Epilogue { bias: Some(&bias), gelu: false, residual: Some(Matrix::row_major(&residual, n + 3)) };
+            let epilogue =
+                Epilogue { bias: Some(&bias), gelu: false, residual: Some(Matrix::row_major(&residual, n + 3)) };
             let mut got = Vec::with_capacity(rows * n);
             linear(rows, k, x, Layer { weight: w, outputs: n, epilogue }, &mut got.spare_capacity_mut()[..rows * n], n);
             // SAFETY: `linear` wrote all rows * n values.

@@ -14,9 +14,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{
-    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D,
-};
+use candle_core::{bail, CpuStorage, CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use half::{bf16, f16};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/actionclip_kernels.ptx"));
@@ -75,7 +73,11 @@ fn aligned(t: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// The contiguous device view of `s` under `l`, as elements of `T`.
-fn view<'a, T: CudaDType + DeviceRepr>(s: &'a CudaStorage, l: &Layout, what: &str) -> candle_core::Result<CudaView<'a, T>> {
+fn view<'a, T: CudaDType + DeviceRepr>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<CudaView<'a, T>> {
     match l.contiguous_offsets() {
         Some((a, b)) if a % 8 == 0 => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
         _ => bail!("{what}: the fused CUDA kernels need a contiguous, 16-byte aligned tensor, got {l:?}"),
@@ -183,14 +185,22 @@ fn launch_residual_layer_norm<T: CudaDType + DeviceRepr>(
 
 /// One warp per row, [`LN_WARPS`] rows per block.
 fn row_config(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.div_ceil(LN_WARPS) as u32, 1, 1), block_dim: (32 * LN_WARPS as u32, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(LN_WARPS) as u32, 1, 1),
+        block_dim: (32 * LN_WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// LayerNorm over the last dimension (`x` [..., C], `weight` and `bias` [C], all one dtype), with backward.
 // [..., C] -> [..., C]
 pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
-    aligned(x)?.apply_op3(&aligned(&weight.to_dtype(dtype)?)?, &aligned(&bias.to_dtype(dtype)?)?, LayerNormOp { eps: eps as f32 })
+    aligned(x)?.apply_op3(
+        &aligned(&weight.to_dtype(dtype)?)?,
+        &aligned(&bias.to_dtype(dtype)?)?,
+        LayerNormOp { eps: eps as f32 },
+    )
 }
 
 struct LayerNormOp {
@@ -202,11 +212,27 @@ impl CustomOp3 for LayerNormOp {
         "actionclip-layer-norm"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ws: &CudaStorage, wl: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = xs.device();
         let rc = rows_cols(xl);
         with_dtype!(xs.dtype(), T => {
@@ -218,7 +244,14 @@ impl CustomOp3 for LayerNormOp {
         })
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = aligned(dy)?;
         let dx = x.apply_op3_no_bwd(&dy, w, &LayerNormBwdDx { eps: self.eps })?;
         // [2, blocks, C] f32 partial sums -> [C] each
@@ -238,11 +271,27 @@ impl CustomOp3 for LayerNormBwdDx {
         "actionclip-layer-norm-bwd-dx"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout, ws: &CudaStorage, wl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = xs.device();
         let (rows, cols) = rows_cols(xl);
         let func = dev.get_or_load_custom_func(&kernel_name("layer_norm_bwd_dx", xs.dtype())?, MODULE, PTX)?;
@@ -270,11 +319,23 @@ impl CustomOp2 for LayerNormBwdParams {
         "actionclip-layer-norm-bwd-params"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = xs.device();
         let (rows, cols) = rows_cols(xl);
         let blocks = rows.div_ceil(LN_PARAM_ROWS);
@@ -301,10 +362,21 @@ impl CustomOp2 for LayerNormBwdParams {
 /// `s = x + d + d_bias` and `y = LayerNorm(s)` in one pass (inference, no backward); `x`, `d` [..., C],
 /// `d_bias`, `weight`, `bias` [C].
 // [..., C] -> ([..., C], [..., C])
-pub(crate) fn residual_layer_norm(x: &Tensor, d: &Tensor, d_bias: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<(Tensor, Tensor)> {
+pub(crate) fn residual_layer_norm(
+    x: &Tensor,
+    d: &Tensor,
+    d_bias: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let dtype = x.dtype();
     let ln = Some((aligned(&weight.to_dtype(dtype)?)?, aligned(&bias.to_dtype(dtype)?)?));
-    let out = aligned(x)?.apply_op3_no_bwd(&aligned(d)?, &aligned(&d_bias.to_dtype(dtype)?)?, &ResidualOp { eps: eps as f32, ln })?;
+    let out = aligned(x)?.apply_op3_no_bwd(
+        &aligned(d)?,
+        &aligned(&d_bias.to_dtype(dtype)?)?,
+        &ResidualOp { eps: eps as f32, ln },
+    )?;
     Ok((out.get(0)?, out.get(1)?))
 }
 
@@ -327,11 +399,27 @@ impl CustomOp3 for ResidualOp {
         "actionclip-residual-layer-norm"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ds: &CudaStorage, dl: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ds: &CudaStorage,
+        dl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = xs.device();
         let (rows, cols) = rows_cols(xl);
         if dl.shape() != xl.shape() || bl.shape().elem_count() != cols {
@@ -378,11 +466,21 @@ fn elementwise_config(n: usize, per_thread: usize) -> LaunchConfig {
 
 /// Launches `name_{dtype}(x, bias, y, n, cols)`, an elementwise kernel over `x` [..., C] with `bias` [C]
 /// broadcast over rows, returning `y` shaped like `x`.
-fn launch_bias_elementwise(name: &str, xs: &CudaStorage, xl: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+fn launch_bias_elementwise(
+    name: &str,
+    xs: &CudaStorage,
+    xl: &Layout,
+    bs: &CudaStorage,
+    bl: &Layout,
+) -> candle_core::Result<(CudaStorage, Shape)> {
     let dev = xs.device();
     let (rows, cols) = rows_cols(xl);
     if cols % 8 != 0 || bl.shape().elem_count() != cols {
-        bail!("{name}: x {:?} needs a last dim divisible by 8 and a bias of that size, got {:?}", xl.shape(), bl.shape())
+        bail!(
+            "{name}: x {:?} needs a last dim divisible by 8 and a bias of that size, got {:?}",
+            xl.shape(),
+            bl.shape()
+        )
     }
     let func = dev.get_or_load_custom_func(&kernel_name(name, xs.dtype())?, MODULE, PTX)?;
     with_dtype!(xs.dtype(), T => {
@@ -406,15 +504,33 @@ impl CustomOp2 for BiasQuickGelu {
         "actionclip-bias-quick-gelu"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         launch_bias_elementwise("bias_quick_gelu_fwd", xs, xl, bs, bl)
     }
 
-    fn bwd(&self, x: &Tensor, bias: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // [..., C]
         let du = x.apply_op3_no_bwd(bias, &aligned(dy)?, &BiasQuickGeluBwd)?;
         let db = column_sum(&du)?.to_dtype(bias.dtype())?;
@@ -430,11 +546,27 @@ impl CustomOp3 for BiasQuickGeluBwd {
         "actionclip-bias-quick-gelu-bwd"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, bs: &CudaStorage, bl: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = xs.device();
         let (rows, cols) = rows_cols(xl);
         let func = dev.get_or_load_custom_func(&kernel_name("bias_quick_gelu_bwd", xs.dtype())?, MODULE, PTX)?;
@@ -470,15 +602,33 @@ impl CustomOp2 for BiasAdd {
         "actionclip-bias-add"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         launch_bias_elementwise("bias_add", xs, xl, bs, bl)
     }
 
-    fn bwd(&self, _x: &Tensor, bias: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(dy.clone()), Some(column_sum(dy)?.to_dtype(bias.dtype())?)))
     }
 }
@@ -561,11 +711,23 @@ impl CustomOp2 for AttentionOp {
         "actionclip-flash-attention"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, qs: &CudaStorage, ql: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        qs: &CudaStorage,
+        ql: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = qs.device();
         let &[n, l, three, heads, hd] = ql.dims() else {
             bail!("{}: qkv must be [N, L, 3, H, hd], got {:?}", self.name(), ql.shape())
@@ -618,7 +780,13 @@ impl CustomOp2 for AttentionOp {
 
     /// The gradients of the fused qkv and of the in_proj bias: the fused kernel for head dim 64 when the
     /// forward kept its log-sum-exp rows, else the probabilities recomputed on cuBLAS GEMMs in f32.
-    fn bwd(&self, qkv: &Tensor, in_bias: &Tensor, out: &Tensor, d_out: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        in_bias: &Tensor,
+        out: &Tensor,
+        d_out: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, l, _, heads, hd) = qkv.dims5()?;
         let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned lse lock".into()))?.take();
         if let Some(lse) = lse.filter(|_| hd == 64) {
@@ -633,7 +801,10 @@ impl CustomOp2 for AttentionOp {
         }
         let scale = (hd as f64).powf(-0.5);
         // [3, N*H, L, hd] in f32, biases added
-        let qkv32 = qkv.detach().to_dtype(DType::F32)?.broadcast_add(&in_bias.detach().to_dtype(DType::F32)?.reshape((3, heads, hd))?)?;
+        let qkv32 = qkv
+            .detach()
+            .to_dtype(DType::F32)?
+            .broadcast_add(&in_bias.detach().to_dtype(DType::F32)?.reshape((3, heads, hd))?)?;
         let parts = qkv32.permute((2, 0, 3, 1, 4))?.contiguous()?.reshape((3, n * heads, l, hd))?;
         let (q, k, v) = (parts.get(0)?, parts.get(1)?, parts.get(2)?);
         // [N*H, L, L]
@@ -643,14 +814,23 @@ impl CustomOp2 for AttentionOp {
         }
         let p = candle_nn::ops::softmax_last_dim(&scores)?;
         // [N*H, L, hd]
-        let d_o = d_out.detach().to_dtype(DType::F32)?.reshape((n, l, heads, hd))?.transpose(1, 2)?.contiguous()?.reshape((n * heads, l, hd))?;
+        let d_o = d_out
+            .detach()
+            .to_dtype(DType::F32)?
+            .reshape((n, l, heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n * heads, l, hd))?;
         let d_v = p.t()?.matmul(&d_o)?;
         let d_p = d_o.matmul(&v.t()?)?;
         let d_s = (p.clone() * d_p.broadcast_sub(&(&d_p * &p)?.sum_keepdim(D::Minus1)?)?)?;
         let d_q = (d_s.matmul(&k)? * scale)?;
         let d_k = (d_s.t()?.matmul(&q)? * scale)?;
         // [3, N, H, L, hd] -> [N, L, 3, H, hd]
-        let d_qkv = Tensor::stack(&[d_q, d_k, d_v], 0)?.reshape((3, n, heads, l, hd))?.permute((1, 3, 0, 2, 4))?.contiguous()?;
+        let d_qkv = Tensor::stack(&[d_q, d_k, d_v], 0)?
+            .reshape((3, n, heads, l, hd))?
+            .permute((1, 3, 0, 2, 4))?
+            .contiguous()?;
         let d_bias = column_sum(&d_qkv.reshape((n * l, 3 * heads * hd))?)?.to_dtype(in_bias.dtype())?;
         Ok((Some(d_qkv.to_dtype(qkv.dtype())?), Some(d_bias)))
     }
@@ -666,11 +846,27 @@ impl CustomOp3 for AttentionDelta {
         "actionclip-attention-delta"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, os: &CudaStorage, ol: &Layout, gs: &CudaStorage, gl: &Layout, bs: &CudaStorage, bl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        os: &CudaStorage,
+        ol: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = os.device();
         let &[n, l, w] = ol.dims() else { bail!("{}: out must be [N, L, W], got {:?}", self.name(), ol.shape()) };
         let hd = w / self.heads;
@@ -713,25 +909,43 @@ impl CustomOp2 for AttentionBwd {
         "actionclip-flash-attention-bwd"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         cpu_unsupported(self.name())
     }
 
-    fn cuda_fwd(&self, qs: &CudaStorage, ql: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        qs: &CudaStorage,
+        ql: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = qs.device();
-        let &[n, l, _, heads, hd] = ql.dims() else { bail!("{}: qkv must be [N, L, 3, H, hd], got {:?}", self.name(), ql.shape()) };
+        let &[n, l, _, heads, hd] = ql.dims() else {
+            bail!("{}: qkv must be [N, L, 3, H, hd], got {:?}", self.name(), ql.shape())
+        };
         if hd != 64 {
             bail!("{}: the fused backward takes head dim 64, got {hd}", self.name())
         }
         let ((bias_g, bias_l), (lse_g, lse_l), (delta_g, delta_l)) =
             (self.bias.storage_and_layout(), self.lse.storage_and_layout(), self.delta.storage_and_layout());
         let bias_c = cuda_of(&bias_g, "in_proj bias")?;
-        let (lse, delta) = (view::<f32>(cuda_of(&lse_g, "lse")?, lse_l, "lse")?, view::<f32>(cuda_of(&delta_g, "delta")?, delta_l, "delta")?);
+        let (lse, delta) = (
+            view::<f32>(cuda_of(&lse_g, "lse")?, lse_l, "lse")?,
+            view::<f32>(cuda_of(&delta_g, "delta")?, delta_l, "delta")?,
+        );
         let mut dq = dev.alloc_zeros::<f32>(n * l * heads * hd)?;
         let (l_i, h_i, causal_i) = (l as i32, heads as i32, self.causal as i32);
         let scale = (hd as f32).powf(-0.5);
         let scale_log2 = std::f32::consts::LOG2_E * scale;
-        let main = dev.get_or_load_custom_func(&format!("{}_hd64", kernel_name("attention_bwd", qs.dtype())?), MODULE, PTX)?;
+        let main =
+            dev.get_or_load_custom_func(&format!("{}_hd64", kernel_name("attention_bwd", qs.dtype())?), MODULE, PTX)?;
         let to_q = dev.get_or_load_custom_func(&kernel_name("attention_bwd_dq", qs.dtype())?, MODULE, PTX)?;
         with_dtype!(qs.dtype(), T => {
             let (q, g, b) = (view::<T>(qs, ql, "qkv")?, view::<T>(gs, gl, "d_out")?, view::<T>(bias_c, bias_l, "in_proj bias")?);

@@ -55,7 +55,13 @@ fn layer_norm_ref(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Tensor {
     let mean = x.mean_keepdim(D::Minus1).unwrap();
     let centred = x.broadcast_sub(&mean).unwrap();
     let var = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-    centred.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
+    centred
+        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(w)
+        .unwrap()
+        .broadcast_add(b)
+        .unwrap()
 }
 
 #[test]
@@ -68,10 +74,12 @@ fn layer_norm_values_and_gradients() {
             let (w32, w) = rounded(&(randn(&[cols], 0.2) + 1.0).unwrap(), dtype, &dev);
             let (b32, b) = rounded(&randn(&[cols], 0.2), dtype, &dev);
             let r = randn(&[rows, cols], 1.0);
-            let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+            let (xv, wv, bv) =
+                (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
             let y = layer_norm(&xv, &wv, &bv, 1e-5).unwrap();
             let grads = weighted_sum(&y, &r).backward().unwrap();
-            let (xr, wr, br) = (Var::from_tensor(&x32).unwrap(), Var::from_tensor(&w32).unwrap(), Var::from_tensor(&b32).unwrap());
+            let (xr, wr, br) =
+                (Var::from_tensor(&x32).unwrap(), Var::from_tensor(&w32).unwrap(), Var::from_tensor(&b32).unwrap());
             let yr = layer_norm_ref(&xr, &wr, &br, 1e-5);
             let grads_r = weighted_sum(&yr, &r).backward().unwrap();
             check(&format!("{what} y"), &y, &yr, dtype);
@@ -161,7 +169,8 @@ fn attention_ref(qkv: &Tensor, bias: &Tensor, causal: bool) -> Tensor {
     let (q, k, v) = (parts.get(0).unwrap(), parts.get(1).unwrap(), parts.get(2).unwrap());
     let mut s = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
     if causal {
-        let mask: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
+        let mask: Vec<f32> =
+            (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. })).collect();
         s = s.broadcast_add(&Tensor::from_vec(mask, (l, l), &Device::Cpu).unwrap()).unwrap();
     }
     let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();

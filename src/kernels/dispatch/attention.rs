@@ -17,7 +17,13 @@ use crate::Result;
 /// f32 on the CPU one fused op (in training with its own backward) reading q, k and v in place; elsewhere
 /// candle's plain ops.
 // [N, L, W] -> [N, L, W]
-pub(crate) fn attention(x: &Tensor, in_proj: LinearParams<'_>, heads: usize, causal: bool, train: bool) -> Result<Tensor> {
+pub(crate) fn attention(
+    x: &Tensor,
+    in_proj: LinearParams<'_>,
+    heads: usize,
+    causal: bool,
+    train: bool,
+) -> Result<Tensor> {
     let (n, l, w) = x.dims3()?;
     let shape = (n, l, 3, heads, w / heads);
     #[cfg(feature = "cuda")]

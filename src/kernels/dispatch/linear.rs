@@ -165,7 +165,9 @@ pub(crate) fn linear(x: &Tensor, layer: LinearParams<'_>, epilogue: Epilogue<'_>
         _ if x.device().is_cpu() && !train => cpu_inference(x, layer, epilogue),
         Epilogue::Bias => biased(x, layer, train),
         Epilogue::BiasQuickGelu => match layer.bias {
-            Some(b) if fuses_bias_quick_gelu(x, layer.weight.out_features()) => Ok(bias_quick_gelu(&matmul(x, layer.weight)?, Some(b), train)?),
+            Some(b) if fuses_bias_quick_gelu(x, layer.weight.out_features()) => {
+                Ok(bias_quick_gelu(&matmul(x, layer.weight)?, Some(b), train)?)
+            }
             _ => Ok(bias_quick_gelu(&biased(x, layer, train)?, None, train)?),
         },
         Epilogue::BiasResidual(residual) => Ok((biased(x, layer, train)? + residual)?),
@@ -176,12 +178,20 @@ pub(crate) fn linear(x: &Tensor, layer: LinearParams<'_>, epilogue: Epilogue<'_>
 /// on AVX-512 CPUs with f32 activations one op (the hidden activations in a reused scratch buffer, read
 /// in place by `c_proj`, the residual added in its epilogue), else two [`linear`] calls.
 // [..., in] -> [..., out]
-pub(crate) fn mlp(x: &Tensor, c_fc: LinearParams<'_>, c_proj: LinearParams<'_>, residual: Option<&Tensor>, train: bool) -> Result<Tensor> {
+pub(crate) fn mlp(
+    x: &Tensor,
+    c_fc: LinearParams<'_>,
+    c_proj: LinearParams<'_>,
+    residual: Option<&Tensor>,
+    train: bool,
+) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
     if !train && cpu_f32(x) {
         let (x2, out_dims) = flatten(x, c_proj.weight.out_features())?;
         let fused = gemm_layer(c_fc, x2.dim(1)?, true, |fc1| {
-            gemm_layer(c_proj, c_fc.weight.out_features(), false, |fc2| Ok(GemmOp::Mlp(fc1, fc2).apply(&x2, residual)?.reshape(out_dims)?))
+            gemm_layer(c_proj, c_fc.weight.out_features(), false, |fc2| {
+                Ok(GemmOp::Mlp(fc1, fc2).apply(&x2, residual)?.reshape(out_dims)?)
+            })
         })?;
         if let Some(y) = fused.flatten() {
             return Ok(y);
@@ -208,7 +218,9 @@ pub(crate) fn plain_linear(x: &Tensor, layer: LinearParams<'_>) -> candle_core::
 fn biased(x: &Tensor, layer: LinearParams<'_>, train: bool) -> Result<Tensor> {
     let f32_bias = layer.bias.is_none_or(|b| b.dtype() == DType::F32);
     match layer.weight {
-        LinearWeight::Dense(w) if train && fused_train::applies(x) && w.dtype() == DType::F32 && f32_bias => Ok(fused_train::linear(x, w, layer.bias)?),
+        LinearWeight::Dense(w) if train && fused_train::applies(x) && w.dtype() == DType::F32 && f32_bias => {
+            Ok(fused_train::linear(x, w, layer.bias)?)
+        }
         _ => Ok(plain_linear(x, layer)?),
     }
 }
@@ -255,7 +267,12 @@ fn cpu_inference(x: &Tensor, layer: LinearParams<'_>, epilogue: Epilogue<'_>) ->
                 return Err(packed_activations_error(x));
             }
             let bias = layer.bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
-            x2.contiguous()?.apply_op1_no_bwd(&Int8Linear { weight: packed, cols: cols.clone(), bias, quick_gelu: gelu })?
+            x2.contiguous()?.apply_op1_no_bwd(&Int8Linear {
+                weight: packed,
+                cols: cols.clone(),
+                bias,
+                quick_gelu: gelu,
+            })?
         }
         // Packed weights that did not run above: the activations are not f32.
         #[cfg(target_arch = "x86_64")]
@@ -273,7 +290,12 @@ fn cpu_inference(x: &Tensor, layer: LinearParams<'_>, epilogue: Epilogue<'_>) ->
 /// tensor's storage, held for the call) or packed. `None` where that kernel does not run; an error when
 /// `features` is not the layer's number of inputs.
 #[cfg(target_arch = "x86_64")]
-fn gemm_layer<R>(layer: LinearParams<'_>, features: usize, gelu: bool, f: impl FnOnce(sgemm::Layer) -> Result<R>) -> Result<Option<R>> {
+fn gemm_layer<R>(
+    layer: LinearParams<'_>,
+    features: usize,
+    gelu: bool,
+    f: impl FnOnce(sgemm::Layer) -> Result<R>,
+) -> Result<Option<R>> {
     if !layer.bias.is_none_or(|b| b.device().is_cpu()) || !sgemm::available() {
         return Ok(None);
     }
@@ -290,7 +312,9 @@ fn gemm_layer<R>(layer: LinearParams<'_>, features: usize, gelu: bool, f: impl F
     let outputs = layer.weight.out_features();
     match layer.weight {
         LinearWeight::Packed { packed, cols } => {
-            let weight = packed.outputs_from(cols.start).ok_or_else(|| Error::Config(format!("packed outputs {cols:?} do not start on a panel")))?;
+            let weight = packed
+                .outputs_from(cols.start)
+                .ok_or_else(|| Error::Config(format!("packed outputs {cols:?} do not start on a panel")))?;
             f(sgemm::Layer { weight, outputs, epilogue }).map(Some)
         }
         LinearWeight::Dense(w) => {
@@ -323,5 +347,9 @@ fn cpu_f32(t: &Tensor) -> bool {
 
 /// The error of packed (int8 or f32) weights given activations `x` other than f32 on the CPU.
 fn packed_activations_error(x: &Tensor) -> Error {
-    Error::Config(format!("int8 and packed weights take f32 activations on the CPU, got {:?} on {:?}", x.dtype(), x.device()))
+    Error::Config(format!(
+        "int8 and packed weights take f32 activations on the CPU, got {:?} on {:?}",
+        x.dtype(),
+        x.device()
+    ))
 }

@@ -1,7 +1,7 @@
 //! LayerNorm, alone or after a residual add.
-use candle_core::{DType, Tensor};
 #[cfg(feature = "cuda")]
 use candle_core::D;
+use candle_core::{DType, Tensor};
 
 #[cfg(feature = "cuda")]
 use crate::kernels::cuda;
@@ -52,7 +52,12 @@ pub(crate) fn fuses_residual_layer_norm(_: &Tensor) -> Result<bool> {
 /// The residual stream `s = x + d + d_bias` (`x`, `d` [..., dim], `d_bias` [dim]) and `LayerNorm(s)`, for
 /// inference (no backward): one kernel where [`fuses_residual_layer_norm`] says so, plain ops elsewhere.
 // [..., dim] -> ([..., dim], [..., dim])
-pub(crate) fn residual_layer_norm(x: &Tensor, d: &Tensor, d_bias: &Tensor, norm: NormParams<'_>) -> Result<(Tensor, Tensor)> {
+pub(crate) fn residual_layer_norm(
+    x: &Tensor,
+    d: &Tensor,
+    d_bias: &Tensor,
+    norm: NormParams<'_>,
+) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     if fuses_residual_layer_norm(x)? {
         return Ok(cuda::residual_layer_norm(x, d, d_bias, norm.weight, norm.bias, norm.eps)?);
