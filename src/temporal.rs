@@ -38,7 +38,7 @@ pub struct TemporalHead {
 /// The head's pooling, one variant per [`PostNetwork`].
 #[derive(Clone, Debug)]
 enum Pool {
-    MeanPool,
+    Mean,
     Conv1d(Conv1dHead),
     Lstm(LstmHead),
     Transformer(TransformerHead),
@@ -50,7 +50,7 @@ impl TemporalHead {
     /// `heads` attention heads for the temporal transformer and `frames` frames for the class-token head.
     pub fn new(vb: VarBuilder, post: &PostNetwork, dim: usize, heads: usize, frames: usize) -> Result<Self> {
         let pool = match *post {
-            PostNetwork::MeanPool => Pool::MeanPool,
+            PostNetwork::MeanPool => Pool::Mean,
             PostNetwork::Conv1d { reference_reshape } => {
                 Pool::Conv1d(Conv1dHead::new(vb.clone(), dim, reference_reshape)?)
             }
@@ -94,7 +94,7 @@ impl TemporalHead {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_frames(x.dim(1)?)?;
         Ok(match &self.pool {
-            Pool::MeanPool => x.mean(1)?,
+            Pool::Mean => x.mean(1)?,
             Pool::Conv1d(h) => h.forward(x)?,
             Pool::Lstm(h) => h.forward(x)?,
             Pool::Transformer(h) => h.forward_t(x, train)?,
@@ -107,7 +107,7 @@ impl Params for TemporalHead {
     fn visit(&self, f: &mut dyn FnMut(&str, &Tensor)) {
         self.unused_frame_positions.visit(f);
         match &self.pool {
-            Pool::MeanPool => {}
+            Pool::Mean => {}
             Pool::Conv1d(h) => h.weight.visit(f),
             Pool::Lstm(h) => h.visit(f),
             Pool::Transformer(h) => h.visit(f),
