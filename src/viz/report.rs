@@ -197,52 +197,61 @@ img.thumb {{ max-width: 200px; display: block; }}
         n = entries.len()
     );
     for (i, e) in entries.iter().enumerate() {
-        let (class, result, rank) = match (&e.outcome, e.correct()) {
-            (Err(_), _) => ("failed", "failed", 2),
-            (Ok(_), Some(true)) => ("correct", "correct", 0),
-            (Ok(_), Some(false)) => ("wrong", "wrong", 1),
-            (Ok(_), None) => ("unknown", "-", 3),
-        };
-        let truth = e.truth.as_deref().unwrap_or("");
-        let _ = write!(h, "<tr class=\"{class}\" data-result=\"{class}\"><td class=\"num\">{}</td>", i + 1);
-        match &e.outcome {
-            Ok(p) => {
-                let thumb = match (&p.thumbnail, &p.annotated) {
-                    (Some(t), Some(a)) => {
-                        format!("<a href=\"{}\"><img class=\"thumb\" src=\"{}\" alt=\"\"></a>", attr(a), attr(t))
-                    }
-                    (Some(t), None) => format!("<img class=\"thumb\" src=\"{}\" alt=\"\">", attr(t)),
-                    (None, Some(a)) => format!("<a href=\"{}\">video</a>", attr(a)),
-                    (None, None) => String::new(),
-                };
-                let (label, prob) = p.top.first().map(|(l, p)| (l.as_str(), *p)).unwrap_or(("", 0.0));
-                let others: Vec<String> =
-                    p.top.iter().skip(1).map(|(l, p)| format!("{} {:.1}%", l, 100.0 * p)).collect();
-                let sheet =
-                    p.sheet.as_ref().map(|s| format!("<a href=\"{}\">contact sheet</a>", attr(s))).unwrap_or_default();
-                let _ = writeln!(
-                    h,
-                    "<td>{thumb}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td class=\"num\" data-value=\"{prob}\">{:.1}%</td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{sheet}</td></tr>",
-                    esc(&e.video),
-                    esc(truth),
-                    attr(&others.join(", ")),
-                    esc(label),
-                    100.0 * prob
-                );
-            }
-            Err(reason) => {
-                let _ = writeln!(
-                    h,
-                    "<td></td><td>{}</td><td>{}</td><td></td><td class=\"num\" data-value=\"-1\"></td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{}</td></tr>",
-                    esc(&e.video),
-                    esc(truth),
-                    esc(reason)
-                );
-            }
+        write_report_row(&mut h, i, e);
+    }
+    h.push_str(REPORT_TAIL);
+    std::fs::write(path, h).map_err(|e| Error::io(path, e))
+}
+
+/// One `<tr>` of the report: the entry's thumbnail, names, prediction and result (or its failure).
+fn write_report_row(h: &mut String, i: usize, e: &ReportEntry) {
+    let (class, result, rank) = match (&e.outcome, e.correct()) {
+        (Err(_), _) => ("failed", "failed", 2),
+        (Ok(_), Some(true)) => ("correct", "correct", 0),
+        (Ok(_), Some(false)) => ("wrong", "wrong", 1),
+        (Ok(_), None) => ("unknown", "-", 3),
+    };
+    let truth = e.truth.as_deref().unwrap_or("");
+    let _ = write!(h, "<tr class=\"{class}\" data-result=\"{class}\"><td class=\"num\">{}</td>", i + 1);
+    match &e.outcome {
+        Ok(p) => {
+            let thumb = match (&p.thumbnail, &p.annotated) {
+                (Some(t), Some(a)) => {
+                    format!("<a href=\"{}\"><img class=\"thumb\" src=\"{}\" alt=\"\"></a>", attr(a), attr(t))
+                }
+                (Some(t), None) => format!("<img class=\"thumb\" src=\"{}\" alt=\"\">", attr(t)),
+                (None, Some(a)) => format!("<a href=\"{}\">video</a>", attr(a)),
+                (None, None) => String::new(),
+            };
+            let (label, prob) = p.top.first().map(|(l, p)| (l.as_str(), *p)).unwrap_or(("", 0.0));
+            let others: Vec<String> = p.top.iter().skip(1).map(|(l, p)| format!("{} {:.1}%", l, 100.0 * p)).collect();
+            let sheet =
+                p.sheet.as_ref().map(|s| format!("<a href=\"{}\">contact sheet</a>", attr(s))).unwrap_or_default();
+            let _ = writeln!(
+                h,
+                "<td>{thumb}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td class=\"num\" data-value=\"{prob}\">{:.1}%</td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{sheet}</td></tr>",
+                esc(&e.video),
+                esc(truth),
+                attr(&others.join(", ")),
+                esc(label),
+                100.0 * prob
+            );
+        }
+        Err(reason) => {
+            let _ = writeln!(
+                h,
+                "<td></td><td>{}</td><td>{}</td><td></td><td class=\"num\" data-value=\"-1\"></td><td class=\"result\" data-value=\"{rank}\">{result}</td><td>{}</td></tr>",
+                esc(&e.video),
+                esc(truth),
+                esc(reason)
+            );
         }
     }
-    h.push_str(
-        r#"</tbody></table>
+}
+
+/// The end of `report.html`: the table's close and the script that sorts by a clicked header and filters
+/// rows by result.
+const REPORT_TAIL: &str = r#"</tbody></table>
 <script>
 (function () {
   const table = document.getElementById('report');
@@ -278,7 +287,4 @@ img.thumb {{ max-width: 200px; display: block; }}
 })();
 </script>
 </body></html>
-"#,
-    );
-    std::fs::write(path, h).map_err(|e| Error::io(path, e))
-}
+"#;
