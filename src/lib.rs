@@ -9,7 +9,7 @@ pub mod inference;
 mod kernels;
 pub mod loss;
 pub mod model;
-pub mod nn;
+pub(crate) mod nn;
 pub mod prelude;
 pub mod prompts;
 pub mod temporal;

@@ -106,11 +106,6 @@ impl Linear {
         Ok(Self { weight: self.weight.with(self.weight.outputs(start, len)?), bias })
     }
 
-    /// The weight [out, in], unless it is packed (int8 or [`TowerWeights::Packed`]).
-    pub fn weight(&self) -> Option<&Tensor> {
-        self.weight.dense()
-    }
-
     /// The bias \[out\], if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_deref()

@@ -13,10 +13,8 @@ mod linear;
 mod mlp;
 pub(crate) mod params;
 
-pub use attention::MultiHeadAttention;
-pub use block::ResidualAttentionBlock;
-pub(crate) use block::{forward_blocks, forward_blocks_at};
-pub use layer_norm::LayerNorm;
-pub use linear::{Linear, TowerWeights, WEIGHT_INIT};
-pub use mlp::Mlp;
-pub use params::Params;
+pub(crate) use attention::MultiHeadAttention;
+pub(crate) use block::{forward_blocks, forward_blocks_at, ResidualAttentionBlock};
+pub(crate) use layer_norm::LayerNorm;
+pub use linear::TowerWeights;
+pub(crate) use linear::{Linear, WEIGHT_INIT};
