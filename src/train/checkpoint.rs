@@ -21,11 +21,11 @@ use super::vars::{ModelVars, Precision};
 use crate::{ActionClipConfig, Error, Result};
 
 /// File names inside a checkpoint directory.
-pub const MODEL_FILE: &str = "model.safetensors";
+pub(crate) const MODEL_FILE: &str = "model.safetensors";
 /// The optimizer's moment buffers.
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub(crate) const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The trainer state.
-pub const STATE_FILE: &str = "trainer_state.json";
+pub(crate) const STATE_FILE: &str = "trainer_state.json";
 
 /// How the trainer's randomness is derived. Every random choice of the loop (the template of each sample)
 /// comes from a ChaCha8 stream keyed by `(seed, epoch, batch)`, and the loader's shuffling and augmentation

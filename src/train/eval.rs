@@ -95,7 +95,7 @@ pub fn class_features(
 
 /// Class probabilities of a batch of clips `[B, T, 3, H, W]` or `[B, V, T, 3, H, W]` (views averaged):
 /// `[B, C]`.
-pub fn batch_probabilities(model: &ActionClip, frames: &Tensor, class_features: &Tensor) -> Result<Tensor> {
+pub(crate) fn batch_probabilities(model: &ActionClip, frames: &Tensor, class_features: &Tensor) -> Result<Tensor> {
     match frames.rank() {
         5 => ensemble_probabilities(&model.encode_video(frames)?, class_features),
         6 => {
@@ -117,7 +117,7 @@ pub fn batch_probabilities(model: &ActionClip, frames: &Tensor, class_features: 
 /// no dropped batch). `classes` are the words put into the templates (humanized class names), in label order.
 /// `progress(done, total)` is called after each batch.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate(
+pub(crate) fn evaluate(
     model: &ActionClip,
     tokenizer: &Tokenizer,
     classes: &[String],

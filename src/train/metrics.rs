@@ -109,7 +109,7 @@ impl Record {
 }
 
 /// Appends records to `metrics.jsonl` (each line flushed).
-pub struct MetricsWriter {
+pub(crate) struct MetricsWriter {
     path: PathBuf,
     file: fs::File,
 }
@@ -146,11 +146,6 @@ impl MetricsWriter {
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
         self.file.flush().map_err(|e| Error::io(&self.path, e))
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

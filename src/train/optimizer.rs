@@ -50,7 +50,7 @@ impl Group {
 
 /// Whether a parameter is a bias, a normalisation weight, an embedding or `logit_scale`: the parameters
 /// that [`AdamWConfig::exempt_from_decay`] keeps out of weight decay.
-pub fn is_decay_exempt(name: &str) -> bool {
+pub(crate) fn is_decay_exempt(name: &str) -> bool {
     const EMBEDDINGS: [&str; 8] = [
         "class_embedding",
         "positional_embedding",
@@ -375,7 +375,7 @@ impl AdamW {
 
 /// The global L2 norm of all gradients (f64 accumulation of per-tensor f32 norms, as
 /// `torch.nn.utils.clip_grad_norm_`).
-pub fn global_grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
+pub(crate) fn global_grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.iter().flatten() {
         let n = g.to_dtype(DType::F32)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;

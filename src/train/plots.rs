@@ -12,7 +12,7 @@ use super::metrics::{EpochLog, EvalLog, Record, StepLog};
 use crate::{Error, Result};
 
 /// DejaVu Sans, embedded (see assets/README.md for its licence).
-pub static DEJAVU_SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+pub(crate) static DEJAVU_SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
 /// The font family name the plots use.
 const FONT: &str = "sans-serif";

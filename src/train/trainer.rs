@@ -216,8 +216,9 @@ impl Trainer {
         Ok(checkpoint::save(dir.as_ref(), &self.vars, &self.model_cfg, &self.optimizer, &self.state)?)
     }
 
-    /// Evaluates the current weights on `loader` (see [`eval::evaluate`]); the dataset's class names are
-    /// humanized for the prompts.
+    /// Evaluates the current weights on every clip of `loader`'s epoch 0 (a test loader: no shuffle, no
+    /// dropped batch) with ActionCLIP's template ensemble; the dataset's class names are humanized for the
+    /// prompts. `progress(done, total)` is called after each batch.
     pub fn evaluate(&self, loader: &Loader, progress: &mut dyn FnMut(usize, usize)) -> TrainResult<EvalReport> {
         self.evaluate_with(TowerWeights::Full, loader, progress)
     }
