@@ -1,6 +1,6 @@
 //! Post-network visual prompts: the heads that turn per-frame features [B, T, D] into one video feature
 //! [B, D]. Weights live under `fusion_model.` with the reference's module names.
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::{
@@ -96,7 +96,7 @@ impl TemporalHead {
         Ok(match &self.pool {
             Pool::Mean => x.mean(1)?,
             Pool::Conv1d(h) => h.forward(x)?,
-            Pool::Lstm(h) => h.forward(x)?,
+            Pool::Lstm(h) => h.forward_t(x, train)?,
             Pool::Transformer(h) => h.forward_t(x, train)?,
             Pool::TransformerCls(h) => h.forward_t(x, train)?,
         })
@@ -216,19 +216,19 @@ impl LstmHead {
     }
 
     // [B, T, D] -> [B, D]
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
         let input = self.input.to_dtype(DType::F32)?;
         let hidden = self.hidden.to_dtype(DType::F32)?;
         // All input projections in one GEMM: [B, T, 4D].
-        let gates_x = input.forward(&x32)?;
+        let gates_x = input.forward_t(&x32, train)?;
         let mut h = Tensor::zeros((b, d), DType::F32, x.device())?;
         let mut c = h.clone();
         let mut outputs = Vec::with_capacity(t);
         for step in 0..t {
-            let gates = (gates_x.narrow(1, step, 1)?.squeeze(1)? + hidden.forward(&h)?)?;
+            let gates = (gates_x.narrow(1, step, 1)?.squeeze(1)? + hidden.forward_t(&h, train)?)?;
             let chunk = |k: usize| gates.narrow(1, k * self.dim, self.dim);
             let i = candle_nn::ops::sigmoid(&chunk(0)?)?;
             let f = candle_nn::ops::sigmoid(&chunk(1)?)?;
@@ -312,7 +312,7 @@ impl EncoderLayer {
     // [B, L, D] -> [B, L, D]
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = self.norm1.forward_t(&(x + self.self_attn.forward_t(x, false, train)?)?, train)?;
-        let ff = self.linear2.forward(&self.linear1.forward(&x)?.relu()?)?;
+        let ff = self.linear2.forward_t(&self.linear1.forward_t(&x, train)?.relu()?, train)?;
         self.norm2.forward_t(&(x + ff)?, train)
     }
 }

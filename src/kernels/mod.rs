@@ -21,6 +21,6 @@ pub(crate) use cuda::retain_freed_memory;
 pub(crate) use dispatch::{
     attention::attention,
     elementwise::{bias_add, fuses_bias_quick_gelu},
-    linear::{linear, mlp, plain_linear, Epilogue, LinearParams, LinearWeight},
+    linear::{linear, mlp, Epilogue, LinearParams, LinearWeight},
     norm::{fuses_residual_layer_norm, layer_norm, residual_add, residual_layer_norm, NormParams},
 };

@@ -1,4 +1,4 @@
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::params::{Named, Params};
@@ -126,16 +126,6 @@ impl Linear {
     /// The parameters as the kernels take them, for layers that run this one with another epilogue.
     pub(crate) fn params(&self) -> LinearParams<'_> {
         LinearParams { weight: &self.weight, bias: self.bias.as_deref() }
-    }
-}
-
-impl Module for Linear {
-    /// The layer on candle's own differentiable ops (one GEMM, then the bias add) on every device and
-    /// dtype, for code that follows a PyTorch reference op for op; [`Linear::forward_t`] runs the fused
-    /// kernels.
-    // [..., in] -> [..., out]
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        kernels::plain_linear(x, self.params())
     }
 }
 

@@ -204,7 +204,7 @@ pub(crate) fn mlp(
 /// `x @ W^T + bias` on candle's own ops (one 2-D GEMM, then the bias add), differentiable on every
 /// device and dtype; dense weights only.
 // [..., in] -> [..., out]
-pub(crate) fn plain_linear(x: &Tensor, layer: LinearParams<'_>) -> candle_core::Result<Tensor> {
+fn plain_linear(x: &Tensor, layer: LinearParams<'_>) -> candle_core::Result<Tensor> {
     let y = matmul(x, layer.weight)?;
     match layer.bias {
         Some(b) => bias_add(&y, b),
