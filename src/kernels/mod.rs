@@ -15,6 +15,8 @@ mod cuda;
 mod dispatch;
 mod reference;
 mod simd;
+#[cfg(test)]
+pub(crate) mod testing;
 
 #[cfg(feature = "cuda")]
 pub(crate) use cuda::retain_freed_memory;
