@@ -1,6 +1,8 @@
 //! The training loop on a tiny synthetic dataset: every output file, exact resume, typed errors for bad
 //! input, f16 compute with f32 master weights, gradient accumulation and frozen towers. (A NaN loss is a
 //! unit test of `train::trainer`, which can reach the weights in the middle of a run.)
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use actionclip::data::synthetic::{write_dataset, SyntheticConfig, SyntheticFormat};
@@ -359,17 +361,7 @@ fn accumulation_and_freezing() {
     t.train_step(&frames, &tokens, &labels).unwrap();
     let after = t.weights();
     for (name, w) in &after {
-        let same = (w - &before[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            == 0.0;
+        let same = common::max_abs_diff(w, &before[name]) == 0.0;
         if name.starts_with("visual.") {
             assert!(same, "{name} is frozen but moved");
         } else if name == "text_projection" || name.starts_with("fusion_model.") {

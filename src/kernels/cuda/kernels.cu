@@ -421,7 +421,7 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ qkv, const T
         for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.f;
 
     for (int m0 = causal ? (n0 / BM) * BM : 0; m0 < L; m0 += BM) {
-        __syncthreads();  // the previous tile's q_s, do_s and ds_s are no longer read
+        __syncthreads();  // every thread is done with the previous tile's q_s, do_s and ds_s
         for (int i = tid; i < BM * CH; i += 128) {
             const int r = i / CH, c = (i % CH) * 8;
             float qv[8], dov[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
