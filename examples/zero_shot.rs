@@ -18,13 +18,15 @@
 use std::path::{Path, PathBuf};
 
 use actionclip::{
-    data, inference, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights,
-    VisualPrompt, ZeroShotClassifier,
+    data, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights, VisualPrompt,
+    ZeroShotClassifier,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
+
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(about = "Zero-shot action recognition with ActionCLIP")]
@@ -63,14 +65,6 @@ struct Args {
     /// (CPU; fastest).
     #[arg(long, default_value = "packed")]
     tower_weights: TowerWeights,
-}
-
-fn labels(spec: &str, raw: bool) -> Result<Vec<String>> {
-    let list = inference::parse_labels(spec, !raw)?;
-    if !list.repeated.is_empty() {
-        eprintln!("warning: repeated labels are used once: {}", list.repeated.join(", "));
-    }
-    Ok(list.labels)
 }
 
 /// Expands directories into the clips they hold (video files and frame folders), sorted.
@@ -121,13 +115,7 @@ fn random_model(
     inputs: &[PathBuf],
     device: &Device,
 ) -> Result<(ActionClip, ActionClipConfig, Vec<PathBuf>)> {
-    let clip = if name == "vit-b16" { ClipConfig::vit_b16() } else { ClipConfig::vit_b32() };
-    let cfg = ActionClipConfig {
-        clip,
-        frames: 8,
-        prompt: VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::Transformer { layers: 6 } },
-    };
-    let model = ActionClip::new(VarBuilder::from_varmap(&VarMap::new(), DType::F32, device), &cfg)?;
+    let (model, cfg) = common::random_model(name, device)?;
     if !inputs.is_empty() {
         return Ok((model, cfg, inputs.to_vec()));
     }
@@ -156,7 +144,7 @@ fn main() -> Result<()> {
     let timing = args.random_weights.is_some();
     let (model, cfg, inputs) = load_model(&mut args, tmp.path(), &device)?;
     let model = model.with_tower_weights(args.tower_weights)?;
-    let labels = labels(&args.labels, args.raw_labels)?;
+    let labels = common::labels(&args.labels, args.raw_labels)?;
     let tokenizer = Tokenizer::new();
     let t_labels = std::time::Instant::now();
     let zs = ZeroShotClassifier::new(&model, &tokenizer, &labels, &prompts::ACTIONCLIP_TEMPLATES)?;

@@ -154,6 +154,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A live input (a pipe, a network stream, a device) delivered no frame for longer than the
+    /// stall timeout.
+    #[error("input {input}: no frame for {seconds:.1} s (stall timeout); the source stopped sending")]
+    StreamStalled {
+        /// The input as it was given (a URL, `pipe:N`, a device path or a file).
+        input: String,
+        /// How long it had been silent when reading gave up.
+        seconds: f64,
+    },
+
     /// A video or frame folder that holds no frames.
     #[error("{path}: no frames")]
     EmptyClip {

@@ -255,6 +255,12 @@ impl<'a> ZeroShotClassifier<'a> {
         &self.templates
     }
 
+    /// The normalised class embeddings `[templates, labels, D]` (f32): one text feature per template and
+    /// label, in template and label order.
+    pub fn class_features(&self) -> &Tensor {
+        &self.class_features
+    }
+
     /// The model the classifier scores videos with (its frame count and input size set the sampling).
     pub fn model(&self) -> &'a ActionClip {
         self.model

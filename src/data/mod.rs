@@ -13,6 +13,7 @@
 //! | frame folders | [`FrameNaming`], [`FrameTemplate`] (`img_{:05d}.jpg` from 1 by default) |
 //! | loader | [`Loader`], [`LoaderConfig`], [`Epoch`], [`Batch`], [`LoaderReport`], [`OnFailure`], [`SampleFailure`] |
 //! | video files (feature `video`) | [`probe`], [`VideoInfo`], [`count_frames`], [`write_video`], [`EncodeOptions`], [`VideoCodec`] |
+//! | live and long inputs (feature `video`) | [`FrameStream`] (any FFmpeg input frame by frame), [`StreamOptions`], [`StreamFrame`], [`StreamInfo`], [`Watchdog`] |
 //! | synthetic data | [`synthetic`]: a small generated dataset in the UCF101 layout |
 //!
 //! Video files need the `video` feature (FFmpeg's libraries); frame folders always work.
@@ -31,6 +32,7 @@ use image::RgbImage;
 
 mod frames;
 mod gather;
+mod live;
 mod loader;
 mod pipeline;
 mod resize;
@@ -42,6 +44,7 @@ mod ucf101;
 mod video;
 
 pub use frames::FrameTemplate;
+pub use live::{FrameStream, StreamFrame, StreamInfo, StreamOptions, Watchdog};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, LoaderReport, OnFailure, SampleFailure};
 pub use pipeline::{ClipData, ClipPipeline, ClipTransform};
 pub use resize::Filter;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::source::FrameNaming;
 use crate::error::{Error, Result};
 
 /// One labelled clip.
@@ -128,6 +129,44 @@ impl VideoDataset {
             };
             samples.push(VideoSample { path: p, label: label_id, num_frames: Some(num_frames) });
         }
+        Ok(Self { samples, classes })
+    }
+
+    /// Every clip under a folder, or every clip a list file names, labelled by the name of the folder
+    /// that holds it (classes sorted by name).
+    ///
+    /// A folder is searched recursively for video files (by extension: `avi mp4 mkv webm mov m4v mpg
+    /// mpeg flv wmv ts`) and frame folders (folders holding `img_00001.jpg`, not searched further).
+    /// A list file holds one path per line, relative to `root` (default: the list file's folder); a
+    /// trailing whitespace-separated number is ignored, so UCF101's `trainlist0N.txt` and
+    /// `testlist0N.txt` read as they are. Clips are sorted by path for a folder and kept in list order for
+    /// a list file. An empty result is an error.
+    pub fn scan(path: impl AsRef<Path>, root: Option<&Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let paths = if path.is_dir() {
+            let mut found = Vec::new();
+            collect_clips(path, &mut found)?;
+            found.sort();
+            found
+        } else {
+            read_path_list(path, root)?
+        };
+        if paths.is_empty() {
+            return Err(Error::Config(format!("{}: no video files or frame folders found", path.display())));
+        }
+        let class_of = |p: &Path| {
+            p.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        };
+        let mut classes: Vec<String> = paths.iter().map(|p| class_of(p)).collect();
+        classes.sort();
+        classes.dedup();
+        let samples = paths
+            .into_iter()
+            .map(|p| {
+                let label = classes.binary_search(&class_of(&p)).unwrap_or(0);
+                VideoSample { path: p, label, num_frames: None }
+            })
+            .collect();
         Ok(Self { samples, classes })
     }
 
@@ -259,4 +298,46 @@ fn read_split_list(path: &Path, classes: &[String], root: &Path, storage: Storag
         samples.push(VideoSample { path: clip, label, num_frames: None });
     }
     Ok(samples)
+}
+
+/// File extensions [`VideoDataset::scan`] takes for videos (compared without case).
+const VIDEO_EXTENSIONS: [&str; 11] = ["avi", "mp4", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "ts"];
+
+/// Adds the video files and frame folders under `dir` to `out`.
+fn collect_clips(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let first_frame = FrameNaming::default().template.name(FrameNaming::default().first_index);
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            if path.join(&first_frame).is_file() {
+                out.push(path);
+            } else {
+                collect_clips(&path, out)?;
+            }
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| VIDEO_EXTENSIONS.iter().any(|v| v.eq_ignore_ascii_case(e)))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The paths of a list file (one per line; a trailing number is dropped), relative to `root` or the
+/// list file's folder.
+fn read_path_list(path: &Path, root: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let base = root.map(Path::to_path_buf).unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|line| match line.rsplit_once(char::is_whitespace) {
+            Some((p, n)) if n.parse::<u64>().is_ok() => p.trim_end(),
+            _ => line,
+        })
+        .map(|p| base.join(p))
+        .collect())
 }

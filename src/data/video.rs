@@ -215,7 +215,7 @@ pub fn write_video(path: impl AsRef<Path>, frames: &[RgbImage], opts: &EncodeOpt
 }
 
 #[cfg(feature = "video")]
-mod imp {
+pub(super) mod imp {
     use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::Once;
@@ -233,7 +233,7 @@ mod imp {
     const HEADER_SLACK: usize = 2;
 
     /// Initialises FFmpeg once and silences its logging (library code never prints; errors are returned).
-    fn init() {
+    pub(in crate::data) fn init() {
         static ONCE: Once = Once::new();
         ONCE.call_once(|| {
             let _ = ff::init();
@@ -320,7 +320,7 @@ mod imp {
                 count: 0,
                 last,
                 got: BTreeMap::new(),
-                scaler: None,
+                converter: RgbConverter::default(),
                 keep_tail_from,
                 tail: None,
             };
@@ -345,7 +345,7 @@ mod imp {
             let header = self.header_frames.max(0) as usize;
             if state.count <= last && state.count > 0 && state.count + HEADER_SLACK >= header && last < header {
                 if let Some(tail) = state.tail.take() {
-                    let img = state.convert(&tail, path)?;
+                    let img = state.converter.convert(&tail, path)?;
                     for &i in wanted.iter().filter(|&&i| i >= state.count) {
                         state.got.insert(i, img.clone());
                     }
@@ -377,7 +377,7 @@ mod imp {
         count: usize,
         last: usize,
         got: BTreeMap<usize, RgbImage>,
-        scaler: Option<(scaling::Context, Pixel, u32, u32)>,
+        converter: RgbConverter,
         /// Frames from this index on are remembered in `tail` (see [`HEADER_SLACK`]).
         keep_tail_from: usize,
         tail: Option<ff::frame::Video>,
@@ -399,7 +399,7 @@ mod imp {
                 }
                 if self.next < self.wanted.len() && self.wanted[self.next] == k {
                     self.next += 1;
-                    let img = self.convert(frame, path)?;
+                    let img = self.converter.convert(frame, path)?;
                     self.got.insert(k, img);
                 }
                 if k >= self.last {
@@ -408,8 +408,17 @@ mod imp {
             }
             Ok(false)
         }
+    }
 
-        fn convert(&mut self, frame: &ff::frame::Video, path: &Path) -> Result<RgbImage> {
+    /// Decoded frames to RGB24 with libswscale, keeping one scaler while the format and size stay the same.
+    #[derive(Default)]
+    pub(in crate::data) struct RgbConverter {
+        scaler: Option<(scaling::Context, Pixel, u32, u32)>,
+    }
+
+    impl RgbConverter {
+        /// The frame as an RGB image; `path` names the input in errors.
+        pub(in crate::data) fn convert(&mut self, frame: &ff::frame::Video, path: &Path) -> Result<RgbImage> {
             let (fmt, w, h) = (frame.format(), frame.width(), frame.height());
             let stale = !matches!(&self.scaler, Some((_, f, sw, sh)) if *f == fmt && *sw == w && *sh == h);
             if stale {

@@ -73,6 +73,7 @@ pub(crate) use check::{check_shapes, recorded_shapes, shapes_of};
 #[cfg(feature = "hub")]
 pub use hub::{hub_model, hub_model_with, HubOptions};
 pub use infer::DEFAULT_FRAMES;
+pub(crate) use st::write_tensors;
 pub use st::{save_safetensors, CONFIG_METADATA_KEY};
 
 /// Prefix of the post-network head's keys in canonical names.

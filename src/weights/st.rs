@@ -167,15 +167,22 @@ pub fn save_safetensors(
     path: impl AsRef<Path>,
 ) -> Result<()> {
     let path = path.as_ref();
-    let mut raws: Vec<(String, Raw)> = Vec::with_capacity(tensors.len());
-    for (key, tensor) in tensors {
-        raws.push((key.clone(), to_raw(key, tensor).map_err(|e| with_path(e, path))?));
-    }
     let mut metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     if let Some(config) = config {
         let json = serde_json::to_string(config).map_err(|e| bad(path, format!("cannot serialise the config: {e}")))?;
         metadata.insert(CONFIG_METADATA_KEY.to_string(), json);
     }
+    let tensors: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    write_tensors(&tensors, metadata, path)
+}
+
+/// Writes `tensors` with `metadata` to `path` through a temporary file in the same folder and a rename,
+/// so a reader never sees a partial file.
+pub(crate) fn write_tensors(tensors: &[(&str, &Tensor)], metadata: HashMap<String, String>, path: &Path) -> Result<()> {
+    let raws = tensors
+        .iter()
+        .map(|(key, tensor)| Ok((key.to_string(), to_raw(key, tensor).map_err(|e| with_path(e, path))?)))
+        .collect::<Result<Vec<_>>>()?;
     let file_name =
         path.file_name().ok_or_else(|| bad(path, "the output path has no file name"))?.to_string_lossy().into_owned();
     let dir = match path.parent() {

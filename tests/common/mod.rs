@@ -108,3 +108,17 @@ pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         })
         .fold(0., f32::max)
 }
+
+/// The path of a built example; `cargo test` builds the examples before it runs the integration tests
+/// (a run limited with `--test` does not: build them with `cargo build --examples` first).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let path = target.join("examples").join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo test --features video` (or `cargo build --examples`)",
+        path.display()
+    );
+    path
+}

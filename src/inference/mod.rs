@@ -1,11 +1,16 @@
-//! Inference on clips on disk: one prediction per video with exactly the evaluation's sampling and
+//! Paths in, predictions out: one prediction per video with exactly the evaluation's sampling and
 //! preprocessing ([`ZeroShotClassifier::classify_path`]), a timeline of predictions over sliding
-//! windows of a whole video ([`ZeroShotClassifier::predict_windows`]), and label lists from the
-//! built-in UCF101/HMDB51 sets, files or comma lists ([`parse_labels`]).
+//! windows of a whole video ([`ZeroShotClassifier::predict_windows`]), live streams and long videos
+//! window by window ([`StreamClassifier`]), feature extraction to sharded files ([`extract_features`],
+//! [`save_class_features`]), and label lists from the built-in UCF101/HMDB51 sets, files or comma lists
+//! ([`parse_labels`]).
 //!
-//! Public here: [`parse_labels`] with its [`LabelList`], and the prediction records [`ClipPrediction`] and
-//! [`WindowPrediction`]. The path-level methods live on [`ZeroShotClassifier`]: `predict_path`,
-//! `classify_path`, `predict_windows`, `predict_windows_path`.
+//! | job | items |
+//! |---|---|
+//! | labels | [`parse_labels`], [`LabelList`] |
+//! | files | `ZeroShotClassifier::{predict_path, classify_path, predict_windows, predict_windows_path}`, [`ClipPrediction`], [`WindowPrediction`] |
+//! | streams (feature `video`) | [`StreamClassifier`], [`StreamConfig`], [`Span`], [`StreamWindow`], [`StreamWindows`] |
+//! | features | [`extract_features`], [`ExtractConfig`], [`ExtractEvent`], [`ExtractSummary`], [`save_class_features`] |
 //!
 //! ```no_run
 //! # fn main() -> actionclip::Result<()> {
@@ -31,6 +36,12 @@ use image::RgbImage;
 
 use crate::data::{sample_rng, ClipPipeline, ClipSource, FrameNaming, Sampling, TestTransform};
 use crate::{prompts, Error, Result, ZeroShotClassifier};
+
+mod features;
+mod stream;
+
+pub use features::{extract_features, save_class_features, ExtractConfig, ExtractEvent, ExtractSummary};
+pub use stream::{Span, StreamClassifier, StreamConfig, StreamWindow, StreamWindows};
 
 /// Windows encoded per model call in [`ZeroShotClassifier::predict_windows`].
 const WINDOW_BATCH: usize = 8;
@@ -114,7 +125,7 @@ pub struct LabelList {
 
 /// The 101 UCF101 class names (`ApplyEyeMakeup`, ...), in class-index order.
 fn ucf101_classes() -> Vec<String> {
-    include_str!("../weights/ucf101_classes.txt")
+    include_str!("../../weights/ucf101_classes.txt")
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
@@ -123,7 +134,7 @@ fn ucf101_classes() -> Vec<String> {
 
 /// The 51 HMDB51 class names (`brush_hair`, ...), in class-index order.
 fn hmdb51_classes() -> Vec<String> {
-    include_str!("../weights/hmdb51_classes.txt")
+    include_str!("../../weights/hmdb51_classes.txt")
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
