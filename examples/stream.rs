@@ -11,10 +11,12 @@
 //! `http://` URLs, or a V4L2 device. Each window prints one line:
 //! `{"window": 3, "start_s": 1.5, "end_s": 3.5, "start_frame": 45, "end_frame": 105,
 //!   "predictions": [{"label": "archery", "probability": 0.71}, ...], "latency_s": 0.21,
-//!   "dropped_windows": 0, "damaged_packets": 0}`.
+//!   "dropped_windows": 0, "damaged_packets": 0, "missing_frames": 0}`.
 //! Window and stride are seconds (`2s`, `0.5s`) or frames (`64`, `64f`). For inputs that are not files,
 //! windows that arrive while the model is still busy are skipped so predictions stay current (counted
-//! in `dropped_windows`; `--keep-all` classifies every window). A summary goes to stderr at the end.
+//! in `dropped_windows`; `--keep-all` classifies every window). `missing_frames` counts frames the
+//! stream's clock says never arrived, `damaged_packets` what FFmpeg could not read. A summary goes to
+//! stderr at the end.
 use std::path::Path;
 use std::time::Instant;
 
@@ -121,7 +123,8 @@ fn main() -> Result<()> {
         let line = serde_json::json!({
             "window": w.index, "start_s": w.start_s, "end_s": w.end_s,
             "start_frame": w.start_frame, "end_frame": w.end_frame, "predictions": predictions,
-            "latency_s": w.latency_s, "dropped_windows": w.dropped_windows, "damaged_packets": w.damaged_packets,
+            "latency_s": w.latency_s, "dropped_windows": w.dropped_windows,
+            "damaged_packets": w.damaged_packets, "missing_frames": w.missing_frames,
         });
         println!("{line}");
         latencies.push(w.latency_s);

@@ -173,3 +173,23 @@ fn the_stream_example_prints_a_json_line_per_window() {
         assert!(predictions.iter().all(|p| p["label"].is_string() && p["probability"].is_f64()));
     }
 }
+
+#[test]
+fn frames_missing_from_the_stream_clock_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("gap.mkv");
+    // 30 frames at 10 fps with frames 12..=15 cut out and the timestamps kept: a 0.5 s gap.
+    let args = ["-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-frames:v", "30", "-vf"];
+    ffmpeg(
+        &[&args[..], &["select=not(between(n\\,12\\,15))", "-fps_mode", "passthrough", "-c:v", "mpeg4"]].concat(),
+        &video,
+    );
+    let model = tiny_random_model();
+    let tok = Tokenizer::new();
+    let zs = ZeroShotClassifier::new(&model, &tok, &LABELS, &prompts::ACTIONCLIP_TEMPLATES).unwrap();
+    let stream = StreamClassifier::new(&zs, config(Span::Frames(8), Span::Frames(8), Duration::from_secs(10))).unwrap();
+    let windows: Vec<_> = stream.run(video.to_str().unwrap()).unwrap().collect::<Result<_, _>>().unwrap();
+    let missing: Vec<usize> = windows.iter().map(|w| w.missing_frames).collect();
+    assert_eq!(missing, [0, 4, 4], "26 decoded frames make 3 windows; the gap lies in the second");
+    assert!((windows[1].end_s - 2.0).abs() < 1e-6, "decoded frame 15 is source frame 19: {:?}", windows[1]);
+}

@@ -195,6 +195,19 @@ impl FrameStream {
         }
     }
 
+    /// Frames the stream's clock says are missing so far: gaps between consecutive timestamps longer than
+    /// one and a half frame durations, counted in frames (a lossy network, a source that skipped frames).
+    pub fn missing_frames(&self) -> usize {
+        #[cfg(feature = "video")]
+        {
+            self.inner.missing
+        }
+        #[cfg(not(feature = "video"))]
+        {
+            0
+        }
+    }
+
     /// The next frame, with its RGB image when `want(index)` says so; `None` at the end of the input.
     pub fn next_frame(&mut self, want: impl FnOnce(usize) -> bool) -> Result<Option<StreamFrame>> {
         #[cfg(feature = "video")]
@@ -241,6 +254,8 @@ mod imp {
         count: usize,
         flushed: bool,
         pub(super) damaged: usize,
+        pub(super) missing: usize,
+        last_time_s: Option<f64>,
         frame: ff::frame::Video,
         converter: RgbConverter,
         watchdog: Arc<Watchdog>,
@@ -289,6 +304,8 @@ mod imp {
                 count: 0,
                 flushed: false,
                 damaged: 0,
+                missing: 0,
+                last_time_s: None,
                 frame: ff::frame::Video::empty(),
                 converter: RgbConverter::default(),
                 watchdog,
@@ -353,6 +370,13 @@ mod imp {
                 _ if self.fps > 0.0 => index as f64 / self.fps,
                 _ => 0.0,
             };
+            if let (Some(last), true) = (self.last_time_s, self.fps > 0.0) {
+                let gap_frames = (time_s - last) * self.fps;
+                if gap_frames > 1.5 {
+                    self.missing += gap_frames.round() as usize - 1;
+                }
+            }
+            self.last_time_s = Some(time_s);
             let image = if want(index) { Some(self.converter.convert(&self.frame, Path::new(input))?) } else { None };
             Ok(StreamFrame { index, time_s, arrived: Instant::now(), image })
         }

@@ -109,6 +109,9 @@ pub struct StreamWindow {
     pub dropped_windows: usize,
     /// Packets the decoder could not read or decode so far (skipped).
     pub damaged_packets: usize,
+    /// Frames missing from the stream so far by its clock (gaps in the timestamps, see
+    /// [`FrameStream::missing_frames`]).
+    pub missing_frames: usize,
 }
 
 /// Classifies a live input or a long video window by window with a [`ZeroShotClassifier`].
@@ -246,6 +249,7 @@ impl StreamWindows<'_> {
             latency_s: window.last_arrived.elapsed().as_secs_f64(),
             dropped_windows: self.dropped.load(Ordering::Relaxed),
             damaged_packets: window.damaged_packets,
+            missing_frames: window.missing_frames,
         })
     }
 }
@@ -308,6 +312,7 @@ struct WindowInput {
     end_s: f64,
     last_arrived: Instant,
     damaged_packets: usize,
+    missing_frames: usize,
     frames: usize,
     size: usize,
     /// `[T, 3, S, S]` values.
@@ -388,6 +393,7 @@ impl Reader {
                 end_s: frame.time_s + frame_s,
                 last_arrived: frame.arrived,
                 damaged_packets: stream.damaged_packets(),
+                missing_frames: stream.missing_frames(),
                 frames: plan.frames,
                 size: plan.size as usize,
                 data,
