@@ -193,3 +193,34 @@ fn frames_missing_from_the_stream_clock_are_counted() {
     assert_eq!(missing, [0, 4, 4], "26 decoded frames make 3 windows; the gap lies in the second");
     assert!((windows[1].end_s - 2.0).abs() < 1e-6, "decoded frame 15 is source frame 19: {:?}", windows[1]);
 }
+
+#[test]
+fn a_udp_stream_is_classified_and_its_end_is_a_stall() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let input = format!("udp://127.0.0.1:{port}");
+    let model = tiny_random_model();
+    let tok = Tokenizer::new();
+    let zs = ZeroShotClassifier::new(&model, &tok, &LABELS, &prompts::ACTIONCLIP_TEMPLATES).unwrap();
+    let stream =
+        StreamClassifier::new(&zs, config(Span::Frames(10), Span::Frames(10), Duration::from_secs(2))).unwrap();
+    let windows = stream.run(&input).unwrap();
+    // The reader is listening once `run` returns its thread; FFmpeg sends 3 s in real time.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sender = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-re", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10"])
+        .args(["-frames:v", "30", "-c:v", "mpeg4", "-q:v", "3", "-f", "mpegts"])
+        .arg(format!("{input}?pkt_size=1316"))
+        .spawn()
+        .expect("the `ffmpeg` command-line tool is needed by this test (CI installs it)");
+    let started = Instant::now();
+    let results: Vec<_> = windows.collect();
+    assert!(sender.wait().unwrap().success());
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let (last, first) = results.split_last().unwrap();
+    assert!(matches!(last, Err(Error::StreamStalled { .. })), "a UDP stream ends by going silent: {last:?}");
+    assert!(!first.is_empty(), "no window before the stall");
+    for w in first {
+        let w = w.as_ref().unwrap();
+        assert_eq!(w.end_frame - w.start_frame, 10);
+    }
+}
