@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actionclip::data::{ClipPipeline, Loader, LoaderConfig, OnFailure, VideoDataset};
+use actionclip::data::VideoDataset;
 use actionclip::inference::{extract_features, save_class_features, ExtractConfig, ExtractEvent};
 use actionclip::{prompts, ActionClip, Tokenizer, TowerWeights, ZeroShotClassifier};
 use anyhow::{Context, Result};
@@ -149,22 +149,8 @@ fn main() -> Result<()> {
 
 /// Decodes and preprocesses every clip as the extraction does, without the model: clips/s of the loader.
 fn decode_only(model: &ActionClip, dataset: VideoDataset, config: &ExtractConfig) -> Result<()> {
-    let cfg = model.config();
-    let pipeline = ClipPipeline::multi_view(
-        cfg.frames,
-        cfg.clip.vision.image_size as u32,
-        config.temporal_views,
-        config.three_crops,
-    )?;
-    let loader_cfg = LoaderConfig {
-        batch_size: config.batch_size,
-        workers: config.workers,
-        shuffle: false,
-        on_failure: OnFailure::Skip,
-        ..LoaderConfig::default()
-    };
     let total = dataset.len();
-    let loader = Loader::new(dataset, pipeline, loader_cfg)?;
+    let loader = config.loader(model, dataset)?;
     let started = Instant::now();
     let mut clips = 0;
     for batch in loader.epoch(0) {

@@ -63,6 +63,26 @@ impl Default for ExtractConfig {
     }
 }
 
+impl ExtractConfig {
+    /// The loader [`extract_features`] reads `dataset` with: the evaluation's test sampling with these
+    /// views, in list order, failed clips skipped, batches on the model's device.
+    pub fn loader(&self, model: &ActionClip, dataset: VideoDataset) -> Result<Loader> {
+        let cfg = model.config();
+        let size = cfg.clip.vision.image_size as u32;
+        let pipeline = ClipPipeline::multi_view(cfg.frames, size, self.temporal_views, self.three_crops)?;
+        let loader_cfg = LoaderConfig {
+            batch_size: self.batch_size,
+            workers: self.workers,
+            shuffle: false,
+            on_failure: OnFailure::Skip,
+            dtype: DType::F32,
+            device: model.device().clone(),
+            ..LoaderConfig::default()
+        };
+        Loader::new(dataset, pipeline, loader_cfg)
+    }
+}
+
 /// Progress of [`extract_features`], for a progress bar or a log.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ExtractEvent<'e> {
@@ -181,23 +201,7 @@ fn encode_shards(
         samples: origin.iter().map(|&i| dataset.samples[i].clone()).collect(),
         classes: dataset.classes.clone(),
     };
-    let cfg = model.config();
-    let pipeline = ClipPipeline::multi_view(
-        cfg.frames,
-        cfg.clip.vision.image_size as u32,
-        config.temporal_views,
-        config.three_crops,
-    )?;
-    let loader_cfg = LoaderConfig {
-        batch_size: config.batch_size,
-        workers: config.workers,
-        shuffle: false,
-        on_failure: OnFailure::Skip,
-        dtype: DType::F32,
-        device: model.device().clone(),
-        ..LoaderConfig::default()
-    };
-    let loader = Loader::new(subset, pipeline, loader_cfg)?;
+    let loader = config.loader(model, subset)?;
     // Buffers of the shards being filled (a batch may straddle two), by shard number.
     let mut buffers: BTreeMap<usize, ShardBuffer> = BTreeMap::new();
     let mut next = 0; // index into `todo` of the next shard to write
