@@ -224,3 +224,36 @@ fn a_udp_stream_is_classified_and_its_end_is_a_stall() {
         assert_eq!(w.end_frame - w.start_frame, 10);
     }
 }
+
+#[test]
+fn a_slow_consumer_of_a_live_stream_skips_windows_and_stays_current() {
+    // 3 s of frames in real time, a window every 0.2 s; the consumer takes 0.7 s per window.
+    let mut child = Command::new("sh")
+        .args(["-c", "ffmpeg -v error -nostdin -re -f lavfi -i testsrc=size=64x48:rate=10 -frames:v 30 -c:v mpeg4 -f mpegts pipe:1"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the `ffmpeg` command-line tool and `sh` are needed by this test (CI installs ffmpeg)");
+    let stdout = child.stdout.take().unwrap();
+    let input = format!("pipe:{}", stdout.as_raw_fd());
+    let model = tiny_random_model();
+    let tok = Tokenizer::new();
+    let zs = ZeroShotClassifier::new(&model, &tok, &LABELS, &prompts::ACTIONCLIP_TEMPLATES).unwrap();
+    let mut cfg = config(Span::Frames(2), Span::Frames(2), Duration::from_secs(10));
+    cfg.drop_late_windows = true;
+    let stream = StreamClassifier::new(&zs, cfg).unwrap();
+    let mut seen = Vec::new();
+    for w in stream.run(&input).unwrap() {
+        seen.push(w.unwrap());
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    drop(stdout);
+    child.wait().unwrap();
+    let last = seen.last().expect("some windows");
+    assert!(seen.len() <= 8 && last.dropped_windows >= 5, "{} seen, {} dropped", seen.len(), last.dropped_windows);
+    assert!(seen.windows(2).all(|p| p[1].index > p[0].index), "windows stay in order");
+    assert!(seen.windows(2).any(|p| p[1].index > p[0].index + 1), "windows were skipped");
+    for w in &seen {
+        assert!(w.latency_s < 0.4, "window {} waited {:.2} s: a skipped window was served stale", w.index, w.latency_s);
+    }
+}

@@ -179,8 +179,10 @@ impl<'a> StreamClassifier<'a> {
         };
         let watchdog = Arc::new(Watchdog::new(self.config.input.stall_timeout));
         let dropped = Arc::new(AtomicUsize::new(0));
-        // One window in flight: the reader decodes the next while the model encodes the current one.
-        let (tx, rx) = mpsc::sync_channel(1);
+        // Files: one window waits while the model encodes the current one, so the model never waits
+        // for the decoder. Live inputs: a window is handed over only when the model is free, so the
+        // window it gets is the newest and the latency is one encoding.
+        let (tx, rx) = mpsc::sync_channel(if self.config.drop_late_windows { 0 } else { 1 });
         let reader = Reader { plan, watchdog: Arc::clone(&watchdog), dropped: Arc::clone(&dropped), tx };
         thread::Builder::new()
             .name("actionclip-stream".into())
