@@ -7,14 +7,13 @@
 //! fails with [`Error::StreamStalled`]. FFmpeg polls it inside network protocols and while probing; a
 //! blocking read of a pipe or a device is not interrupted by FFmpeg, so callers that must never block
 //! (the stream classifier) read on their own thread and check [`FrameStream::watchdog`] from outside.
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Stall detection shared between a [`FrameStream`] and whoever watches it.
 #[derive(Debug)]
@@ -113,9 +112,6 @@ impl Default for StreamOptions {
     }
 }
 
-/// Consecutive unreadable packets tolerated before the input counts as broken.
-const MAX_CONSECUTIVE_READ_ERRORS: usize = 100;
-
 /// An FFmpeg input read one frame at a time (feature `video`).
 ///
 /// ```no_run
@@ -160,8 +156,8 @@ impl FrameStream {
         }
         #[cfg(not(feature = "video"))]
         {
-            let _ = watchdog;
-            Err(Error::Video {
+            let _ = (options, watchdog);
+            Err(crate::error::Error::Video {
                 path: input.into(),
                 reason: "actionclip was built without the `video` feature; enable it (FFmpeg libraries needed)".into(),
             })
@@ -222,15 +218,6 @@ impl FrameStream {
     }
 }
 
-/// The error for an input that stopped: stalled, or cancelled by a watcher.
-fn stopped(input: &str, watchdog: &Watchdog) -> Error {
-    if watchdog.is_cancelled() {
-        Error::Video { path: Path::new(input).to_path_buf(), reason: "reading was cancelled".into() }
-    } else {
-        Error::StreamStalled { input: input.to_string(), seconds: watchdog.silent_for().as_secs_f64() }
-    }
-}
-
 #[cfg(feature = "video")]
 mod imp {
     use std::path::Path;
@@ -240,9 +227,21 @@ mod imp {
     use ff::util::error::EAGAIN;
     use ffmpeg_next as ff;
 
-    use super::{stopped, StreamFrame, StreamInfo, StreamOptions, Watchdog, MAX_CONSECUTIVE_READ_ERRORS};
+    use super::{StreamFrame, StreamInfo, StreamOptions, Watchdog};
     use crate::data::video::imp::{init, RgbConverter};
     use crate::error::{Error, Result};
+
+    /// Consecutive unreadable packets tolerated before the input counts as broken.
+    const MAX_CONSECUTIVE_READ_ERRORS: usize = 100;
+
+    /// The error for an input that stopped: stalled, or cancelled by a watcher.
+    fn stopped(input: &str, watchdog: &Watchdog) -> Error {
+        if watchdog.is_cancelled() {
+            Error::Video { path: Path::new(input).to_path_buf(), reason: "reading was cancelled".into() }
+        } else {
+            Error::StreamStalled { input: input.to_string(), seconds: watchdog.silent_for().as_secs_f64() }
+        }
+    }
 
     pub(super) struct Decoder {
         input: ff::format::context::Input,
