@@ -69,8 +69,8 @@ impl TextTransformer {
     /// Encodes token ids; each row is pooled at its largest id (the end-of-text token).
     // [N, L] u32 (L <= context length) -> [N, D]
     pub fn forward_t(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
-        let (n, l) = match tokens.dims() {
-            &[n, l] if l >= 1 && l <= self.cfg.context_length => (n, l),
+        let n = match tokens.dims() {
+            &[n, l] if l >= 1 && l <= self.cfg.context_length => n,
             dims => {
                 return Err(Error::InputShape {
                     what: "tokens",
@@ -88,13 +88,17 @@ impl TextTransformer {
                 found: vec![id as usize],
             });
         }
+        // Position of the end-of-text token (the largest id) of each sequence; the last block computes
+        // that token alone.
+        let eot = tokens.argmax(1)?.to_dtype(DType::U32)?;
+        // Under the causal mask no position attends to a later one, so the positions after the last
+        // end-of-text token of the batch (the zero padding) change nothing that is pooled: drop them.
+        let l = eot.max(0)?.to_scalar::<u32>()? as usize + 1;
+        let tokens = tokens.narrow(1, 0, l)?;
         let w = self.cfg.width;
         // [N, L, W]
         let x = self.token_embedding.embedding(&tokens.flatten_all()?)?.reshape((n, l, w))?;
         let x = crate::kernels::bias_add(&x, &self.positional_embedding.narrow(0, 0, l)?)?;
-        // Position of the end-of-text token (the largest id) of each sequence; the last block computes
-        // that token alone.
-        let eot = tokens.argmax(1)?.to_dtype(DType::U32)?;
         // [N, W]
         let pooled = forward_blocks_at(&self.blocks, &x, &eot, true, train)?;
         Ok(self.ln_final.forward_t(&pooled, train)?.matmul(&self.text_projection)?)
