@@ -31,6 +31,15 @@ pub enum Error {
         max: usize,
     },
 
+    /// A tokenizer file that cannot be used, or a text or ids that its pipeline rejects.
+    #[error("tokenizer {name}: {reason}")]
+    Tokenizer {
+        /// The tokenizer at fault: the path of its file, or `embedded OpenAI CLIP vocabulary`.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// An input tensor has the wrong rank, size or dtype.
     #[error("{what}: expected {expected}, found shape {found:?}")]
     InputShape {

@@ -1,4 +1,5 @@
 //! The CLIP towers in the OpenAI layout and the CLIP tokenizer.
+mod clean;
 pub mod text;
 pub(crate) mod tokenizer;
 pub mod vision;
