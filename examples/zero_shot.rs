@@ -3,9 +3,12 @@
 //! ```text
 //! cargo run --release --example zero_shot -- --weights model_best.pt --labels ucf101 clips/
 //! cargo run --release --example zero_shot -- --weights openai/clip-vit-base-patch16 --labels "archery,surfing" v.avi
+//! HF_HUB_OFFLINE=1 cargo run --release --example zero_shot -- --weights openai/clip-vit-base-patch16 clips/  # cache only
 //! cargo run --release --example zero_shot -- --demo      # synthetic clips + a random tiny model (smoke run)
 //! cargo run --release --features video --example zero_shot -- --random-weights vit-b16 --repeat 3   # latency
 //! ```
+//! A hub model is downloaded into the Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`) with a progress bar
+//! when it is not there yet; `--offline` or `HF_HUB_OFFLINE=1` only reads the cache.
 //! `--tower-weights int8` (or `f16`) runs the towers' linear layers on quantized weights; the default
 //! `packed` keeps f32 weights, laid out once for the CPU's GEMM.
 //! `--random-weights vit-b32|vit-b16` builds a real-size model (8 frames, 6-layer temporal transformer)
@@ -60,6 +63,9 @@ struct Args {
     /// Classify every input this many times (latency mode: the first run is cold, the rest warm).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Only read the hub cache, never download (as `HF_HUB_OFFLINE=1`).
+    #[arg(long)]
+    offline: bool,
     /// How the towers' linear layers hold their weights: `packed` (f32 laid out once for the CPU's
     /// AVX-512 GEMM: the results of `full`, faster; plain f32 elsewhere), `full` (f32), `f16` or `int8`
     /// (CPU; fastest).
@@ -209,9 +215,46 @@ fn load_model(args: &mut Args, tmp: &Path, device: &Device) -> Result<(ActionCli
         Ok((model, cfg, inputs))
     } else {
         let weights = args.weights.as_deref().context("--weights PATH|HUB_ID is required (or --demo)")?;
-        let (model, cfg) = ActionClip::load(weights, device, DType::F32)?;
+        let weights = fetch_hub_model(weights, args.offline)?;
+        let (model, cfg) = ActionClip::load(&weights, device, DType::F32)?;
         Ok((model, cfg, args.inputs.clone()))
     }
+}
+
+/// `weights` as a local path: a hub model id (no such file, `org/name`) is looked up in the hub cache and
+/// downloaded when missing, with a progress bar per file; anything else is returned as it is.
+#[cfg(feature = "hub")]
+fn fetch_hub_model(weights: &str, offline: bool) -> Result<PathBuf> {
+    use actionclip::weights::{self, HubOptions};
+    use indicatif::{ProgressBar, ProgressStyle};
+
+    let path = Path::new(weights);
+    let Some(id) = weights::hub_model_id(path) else { return Ok(path.to_path_buf()) };
+    let mut options = HubOptions::from_env()?;
+    options.offline |= offline;
+    let style = ProgressStyle::with_template("{msg:>20} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})")?
+        .progress_chars("=> ");
+    let mut bar: Option<ProgressBar> = None;
+    let file = weights::hub_model_with_progress(id, &options, |p| {
+        // A new bar for each file.
+        if bar.as_ref().is_none_or(|b| b.message() != p.file || b.is_finished()) {
+            bar = Some(ProgressBar::new(p.total).with_style(style.clone()).with_message(p.file.to_string()));
+        }
+        if let Some(b) = &bar {
+            b.set_length(p.total);
+            b.set_position(p.downloaded);
+            if p.done {
+                b.finish();
+            }
+        }
+    })?;
+    Ok(file)
+}
+
+/// `weights` as a local path (hub model ids need feature `hub`).
+#[cfg(not(feature = "hub"))]
+fn fetch_hub_model(weights: &str, _offline: bool) -> Result<PathBuf> {
+    Ok(PathBuf::from(weights))
 }
 
 /// Prints one clip's top labels (or its error) as text or as a JSON line.

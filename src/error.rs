@@ -133,6 +133,28 @@ pub enum Error {
         reason: String,
     },
 
+    /// A hub model is not in the local cache and downloads are off (`HF_HUB_OFFLINE`, or the `offline`
+    /// hub option).
+    #[error(
+        "hub model {model}: not in the hub cache at {} (revision {revision}; looked for {}) and downloads are off \
+         (HF_HUB_OFFLINE=1 or HubOptions::offline); fetch it where the hub can be reached, for example `huggingface-cli download {model} {} \
+         --revision {revision} --cache-dir {}`, then copy that cache here or point HF_HUB_CACHE at it",
+        hub_repo_dir(.cache_dir, .model).display(),
+        .files.join(", "),
+        .files.first().map(String::as_str).unwrap_or("model.safetensors"),
+        .cache_dir.display()
+    )]
+    HubNotCached {
+        /// The model id (`org/name`).
+        model: String,
+        /// The files looked for, in order of preference; any one of them would do.
+        files: Vec<String>,
+        /// The hub cache directory (the folder that holds `models--org--name`).
+        cache_dir: PathBuf,
+        /// The revision asked for.
+        revision: String,
+    },
+
     // ---- data (videos, frame folders, split files) ---------------------------------------------
     /// A video file could not be opened or decoded.
     #[error("video {path}: {reason}")]
@@ -211,4 +233,9 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
+}
+
+/// Where the hub cache under `cache_dir` keeps `model` (`models--org--name`, as huggingface_hub lays it out).
+pub(crate) fn hub_repo_dir(cache_dir: &std::path::Path, model: &str) -> PathBuf {
+    cache_dir.join(format!("models--{}", model.replace('/', "--")))
 }

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly): mark items that need a feature with it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod clip;
 mod config;

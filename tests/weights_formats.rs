@@ -712,7 +712,7 @@ fn hub_model_from_an_offline_cache() {
     // Not cached and offline: an error naming the model and where it looked.
     let err = weights::hub_model_with("org/absent", &options).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Hub { .. }), "{msg}");
+    assert!(matches!(err, Error::HubNotCached { .. }), "{msg}");
     assert!(
         msg.contains("org/absent") && msg.contains("models--org--absent") && msg.contains("HF_HUB_OFFLINE"),
         "{msg}"

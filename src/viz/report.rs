@@ -161,9 +161,16 @@ fn attr(s: &str) -> String {
 /// Writes `report.html`: a summary line and a table with one row per entry (thumbnail linking to the
 /// annotated video, video name, truth, prediction, probability, result, contact sheet link). Clicking a
 /// column header sorts by it; buttons show all rows or only correct, wrong or failed ones. Media paths
-/// are used as given (relative to the report).
+/// are used as given (relative to the report). Every name, label and path is HTML-escaped. The table
+/// fills the window's width and no more: fixed column widths, long names wrap inside their cells and
+/// thumbnails shrink to their column.
 pub fn write_report_html(path: impl AsRef<Path>, title: &str, entries: &[ReportEntry]) -> Result<()> {
     let path = path.as_ref();
+    std::fs::write(path, report_html(title, entries)).map_err(|e| Error::io(path, e))
+}
+
+/// The text of `report.html` (see [`write_report_html`]).
+fn report_html(title: &str, entries: &[ReportEntry]) -> String {
     let classified = entries.iter().filter(|e| e.outcome.is_ok()).count();
     let with_truth = entries.iter().filter(|e| e.correct().is_some()).count();
     let correct = entries.iter().filter(|e| e.correct() == Some(true)).count();
@@ -173,23 +180,28 @@ pub fn write_report_html(path: impl AsRef<Path>, title: &str, entries: &[ReportE
     let _ = write!(
         h,
         r#"<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{t}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{t}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
-table {{ border-collapse: collapse; }}
-th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left; vertical-align: middle; }}
+h1, p {{ overflow-wrap: anywhere; }}
+table {{ border-collapse: collapse; width: 100%; table-layout: fixed; }}
+col.idx {{ width: 3.5em; }} col.clip {{ width: 168px; }} col.video {{ width: 22%; }}
+col.prob {{ width: 7.5em; }} col.result {{ width: 6em; }} col.details {{ width: 15%; }}
+th, td {{ padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; vertical-align: middle; overflow-wrap: anywhere; }}
 th {{ cursor: pointer; background: #f3f5f8; user-select: none; }}
 th.sorted-asc::after {{ content: " \25B2"; }} th.sorted-desc::after {{ content: " \25BC"; }}
 tr.correct td.result {{ color: #1a7f37; }} tr.wrong td.result {{ color: #c62828; }} tr.failed td.result {{ color: #8a6d00; }}
 tr.failed {{ background: #fff8e1; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-img.thumb {{ max-width: 200px; display: block; }}
+img.thumb {{ display: block; max-width: 100%; height: auto; }}
 .filters button {{ margin-right: .4em; }}
 </style></head><body>
 <h1>{t}</h1>
 <p>{n} videos: {classified} classified, {failed} failed; top-1 accuracy {acc} ({correct} of {with_truth} with a known label).</p>
 <p class="filters">Show: <button data-show="all">all</button><button data-show="correct">correct</button><button data-show="wrong">wrong</button><button data-show="failed">failed</button></p>
-<table id="report"><thead><tr>
+<table id="report">
+<colgroup><col class="idx"><col class="clip"><col class="video"><col class="truth"><col class="prediction"><col class="prob"><col class="result"><col class="details"></colgroup>
+<thead><tr>
 <th data-type="num">#</th><th data-type="none">clip</th><th data-type="text">video</th><th data-type="text">truth</th><th data-type="text">prediction</th><th data-type="num">probability</th><th data-type="result">result</th><th data-type="none">details</th>
 </tr></thead><tbody>
 "#,
@@ -200,7 +212,7 @@ img.thumb {{ max-width: 200px; display: block; }}
         write_report_row(&mut h, i, e);
     }
     h.push_str(REPORT_TAIL);
-    std::fs::write(path, h).map_err(|e| Error::io(path, e))
+    h
 }
 
 /// One `<tr>` of the report: the entry's thumbnail, names, prediction and result (or its failure).
@@ -288,3 +300,87 @@ const REPORT_TAIL: &str = r#"</tbody></table>
 </script>
 </body></html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVIL: &str = "<script>alert(1)</script>";
+
+    fn predicted(video: &str, truth: &str, top: &[(&str, f32)], media: &str) -> ReportEntry {
+        ReportEntry {
+            video: video.into(),
+            truth: Some(truth.into()),
+            outcome: Ok(ReportPrediction {
+                top: top.iter().map(|(l, p)| (l.to_string(), *p)).collect(),
+                annotated: Some(format!("{media}.mp4")),
+                thumbnail: Some(format!("{media}.gif")),
+                sheet: Some(format!("{media}.png")),
+            }),
+        }
+    }
+
+    fn sample() -> Vec<ReportEntry> {
+        vec![
+            predicted("a\"b'c.mp4", EVIL, &[(EVIL, 0.9), ("x & \"y\"", 0.1)], "videos/a\"b'c"),
+            predicted("Archery/v_Archery_g01_c01.avi", "archery", &[("bowling", 0.6)], "videos/Archery__v"),
+            ReportEntry {
+                video: "<img src=x onerror=alert(2)>.avi".into(),
+                truth: Some("archery".into()),
+                outcome: Err("cannot open <b>\"x\"</b>".into()),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_name_label_and_path_is_escaped() {
+        let html = report_html("<title> & co", &sample());
+        // Our own script is the only one; no markup from the entries survives.
+        assert_eq!(html.matches("<script>").count(), 1, "{html}");
+        assert!(!html.contains(EVIL) && html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+        assert!(!html.contains("<img src=x") && html.contains("&lt;img src=x onerror=alert(2)&gt;.avi"));
+        assert!(!html.contains("<b>") && html.contains("cannot open &lt;b&gt;\"x\"&lt;/b&gt;"));
+        assert!(
+            html.contains("<title>&lt;title&gt; &amp; co</title>") && html.contains("<h1>&lt;title&gt; &amp; co</h1>")
+        );
+        // Quotes cannot end an attribute early: media paths and the top-list tooltip.
+        assert!(html.contains(r#"href="videos/a&quot;b'c.mp4""#), "{html}");
+        assert!(html.contains(r#"src="videos/a&quot;b'c.gif""#), "{html}");
+        assert!(html.contains(r#"href="videos/a&quot;b'c.png""#), "{html}");
+        assert!(html.contains(r#"title="x &amp; &quot;y&quot; 10.0%""#), "{html}");
+        // The video name as text.
+        assert!(html.contains("<td>a\"b'c.mp4</td>"), "{html}");
+    }
+
+    #[test]
+    fn the_table_fits_the_window_width() {
+        let html = report_html("t", &sample());
+        let css = &html[html.find("<style>").unwrap()..html.find("</style>").unwrap()];
+        // Fixed layout at the container's width: columns never grow past the window.
+        assert!(css.contains("table { border-collapse: collapse; width: 100%; table-layout: fixed; }"), "{css}");
+        // Long names break inside their cells; thumbnails shrink to their column.
+        let cells = css.lines().find(|l| l.starts_with("th, td {")).unwrap();
+        assert!(cells.contains("overflow-wrap: anywhere;"), "{cells}");
+        assert!(css.contains("img.thumb { display: block; max-width: 100%; height: auto; }"), "{css}");
+        assert!(css.contains("h1, p { overflow-wrap: anywhere; }"), "{css}");
+        assert!(html.contains(r#"<meta name="viewport" content="width=device-width, initial-scale=1">"#));
+        // One width class per column, the probability column among them, one cell per column in every row.
+        let cols: Vec<&str> = html.split("<col class=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+        assert_eq!(cols, ["idx", "clip", "video", "truth", "prediction", "prob", "result", "details"]);
+        for class in ["idx", "clip", "video", "prob", "result", "details"] {
+            assert!(css.contains(&format!("col.{class} {{ width: ")), "width of {class}: {css}");
+        }
+        let heads = html.matches("<th data-type=").count();
+        assert_eq!(heads, cols.len());
+        assert!(html.contains(r#"<th data-type="num">probability</th>"#));
+        let body = &html[html.find("<tbody>").unwrap()..html.find("</tbody>").unwrap()];
+        let rows: Vec<&str> = body.split("<tr ").skip(1).collect();
+        assert_eq!(rows.len(), 3);
+        for row in &rows {
+            assert_eq!(row.matches("<td").count(), cols.len(), "{row}");
+        }
+        assert!(rows[0].contains(r#"<td class="num" data-value="0.9">90.0%</td>"#), "{}", rows[0]);
+        assert!(rows[1].contains(r#"<td class="num" data-value="0.6">60.0%</td>"#), "{}", rows[1]);
+        assert!(rows[2].contains(r#"<td class="num" data-value="-1"></td>"#), "{}", rows[2]);
+    }
+}

@@ -3,7 +3,8 @@
 //! Public: [`load`] and [`detect_format`] (any supported file, directory or hub id), the result
 //! [`LoadedWeights`] (tensors in canonical names, the [`Format`] read, the config stored or inferred, a
 //! `VarBuilder` or `VarMap` over the tensors), [`save_safetensors`] with [`CONFIG_METADATA_KEY`],
-//! [`DEFAULT_FRAMES`], and with feature `hub` `hub_model`, `hub_model_with` and `HubOptions`.
+//! [`DEFAULT_FRAMES`], and with feature `hub` `hub_model`, `hub_model_with`, `hub_model_with_progress`,
+//! `hub_model_id`, `DownloadProgress` and `HubOptions`.
 //!
 //! # Canonical names
 //! The model builds from a [`candle_nn::VarBuilder`] over *canonical* names only:
@@ -71,7 +72,7 @@ mod st;
 
 pub(crate) use check::{check_shapes, recorded_shapes, shapes_of};
 #[cfg(feature = "hub")]
-pub use hub::{hub_model, hub_model_with, HubOptions};
+pub use hub::{hub_model, hub_model_with, hub_model_with_progress, DownloadProgress, HubOptions};
 pub use infer::DEFAULT_FRAMES;
 pub(crate) use st::write_tensors;
 pub use st::{save_safetensors, CONFIG_METADATA_KEY};
@@ -258,9 +259,13 @@ pub fn load(path: impl AsRef<Path>) -> Result<LoadedWeights> {
     Ok(loaded)
 }
 
-/// `org/name` when `path` looks like a hub model id rather than a file path.
+/// `path` as a hub model id (`org/name`) when no file or directory of that name exists and it has the
+/// form of one: what [`load`] fetches with [`hub_model`] instead of reading a file.
 #[cfg(feature = "hub")]
-fn hub_model_id(path: &Path) -> Option<&str> {
+pub fn hub_model_id(path: &Path) -> Option<&str> {
+    if path.exists() {
+        return None;
+    }
     let s = path.to_str()?;
     let (org, name) = s.split_once('/')?;
     let ok = |p: &str| {
