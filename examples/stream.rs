@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use actionclip::data::StreamOptions;
 use actionclip::inference::{Span, StreamClassifier, StreamConfig};
-use actionclip::{prompts, Tokenizer, TowerWeights, ZeroShotClassifier};
+use actionclip::{Tokenizer, TowerWeights};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Parser;
@@ -71,6 +71,10 @@ struct Args {
     /// How the towers' linear layers hold their weights: `packed` (default), `full`, `f16` or `int8`.
     #[arg(long, default_value = "packed")]
     tower_weights: TowerWeights,
+    /// Encode the class sentences even when their embeddings are cached (in
+    /// `~/.cache/actionclip/class-features`, keyed by the weights, labels and templates).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 /// `2s`, `0.5s` -> seconds; `64`, `64f` -> frames.
@@ -99,7 +103,7 @@ fn main() -> Result<()> {
         common::load_model(args.weights.as_deref(), args.random_weights.as_deref(), args.tower_weights, &device)?;
     let labels = common::labels(&args.labels, args.raw_labels)?;
     let tokenizer = Tokenizer::new();
-    let zs = ZeroShotClassifier::new(&model, &tokenizer, &labels, &prompts::ACTIONCLIP_TEMPLATES)?;
+    let zs = common::classifier(&model, &tokenizer, &labels, args.no_cache)?;
     let config = StreamConfig {
         window: args.window,
         stride: args.stride,

@@ -12,7 +12,7 @@
 //! `--tower-weights int8` (or `f16`) runs the towers' linear layers on quantized weights; the default
 //! `packed` keeps f32 weights, laid out once for the CPU's GEMM.
 //! `--random-weights vit-b32|vit-b16` builds a real-size model (8 frames, 6-layer temporal transformer)
-//! with random weights and prints timings to stderr: model build, class sentences, and per video the
+//! with random weights and prints timings to stderr: model build, class embeddings, and per video the
 //! time from the file to the printed label (decode + preprocess, then encode + classify). Without
 //! inputs it times a generated 320x240, 175-frame clip (UCF101's size and mean length).
 //! Inputs are video files (feature `video`), frame folders (`img_00001.jpg`, ...) or directories of
@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 
 use actionclip::{
     data, prompts, ActionClip, ActionClipConfig, ClipConfig, PostNetwork, Tokenizer, TowerWeights, VisualPrompt,
-    ZeroShotClassifier,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -71,6 +70,13 @@ struct Args {
     /// (CPU; fastest).
     #[arg(long, default_value = "packed")]
     tower_weights: TowerWeights,
+    /// Print timings to stderr (on by default with `--random-weights`).
+    #[arg(long)]
+    timings: bool,
+    /// Encode the class sentences even when their embeddings are cached (in
+    /// `~/.cache/actionclip/class-features`, keyed by the weights, labels and templates).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 /// Expands directories into the clips they hold (video files and frame folders), sorted.
@@ -147,21 +153,21 @@ fn main() -> Result<()> {
     let mut args = Args::parse();
     let device = Device::Cpu;
     let tmp = tempfile::tempdir()?;
-    let timing = args.random_weights.is_some();
+    let timing = args.timings || args.random_weights.is_some();
     let (model, cfg, inputs) = load_model(&mut args, tmp.path(), &device)?;
     let model = model.with_tower_weights(args.tower_weights)?;
     let labels = common::labels(&args.labels, args.raw_labels)?;
     let tokenizer = Tokenizer::new();
     let t_labels = std::time::Instant::now();
-    let zs = ZeroShotClassifier::new(&model, &tokenizer, &labels, &prompts::ACTIONCLIP_TEMPLATES)?;
+    let zs = common::classifier(&model, &tokenizer, &labels, args.no_cache)?;
     if timing {
         let n = labels.len() * prompts::ACTIONCLIP_TEMPLATES.len();
         let dt = t_labels.elapsed().as_secs_f64();
         eprintln!(
-            "class sentences: {} labels x {} templates = {n} encoded in {dt:.2} s ({:.1} ms each; done once)",
+            "class embeddings: {} labels x {} templates = {n} sentences ready in {dt:.2} s (encoded, or read from \
+             the cache)",
             labels.len(),
             prompts::ACTIONCLIP_TEMPLATES.len(),
-            1e3 * dt / n as f64
         );
     }
     let frames = args.frames.unwrap_or(cfg.frames);

@@ -245,6 +245,30 @@ impl<'a> ZeroShotClassifier<'a> {
         Ok(zs)
     }
 
+    /// A classifier over class embeddings computed before (by [`ZeroShotClassifier::new`] with the same
+    /// model, tokenizer, labels and templates): `class_features` is `[templates, labels, D]`, normalised,
+    /// in template and label order, as [`ZeroShotClassifier::class_features`] returns it. Labels are
+    /// deduplicated as by `new`; a shape that does not fit is [`Error::InputShape`].
+    pub fn from_class_features<S: AsRef<str>>(
+        model: &'a ActionClip,
+        tokenizer: &'a Tokenizer,
+        labels: &[S],
+        templates: &[Template],
+        class_features: Tensor,
+    ) -> Result<Self> {
+        let labels = dedup_labels(labels, &[])?;
+        let expected = [templates.len(), labels.len(), model.config().clip.embed_dim];
+        if class_features.dims() != expected {
+            return Err(Error::InputShape {
+                what: "class_features",
+                expected: format!("{expected:?} (templates, labels, embedding width)"),
+                found: class_features.dims().to_vec(),
+            });
+        }
+        let class_features = class_features.to_dtype(DType::F32)?.to_device(model.device())?;
+        Ok(Self { model, tokenizer, templates: templates.to_vec(), labels, class_features })
+    }
+
     /// The labels, in class-index order.
     pub fn labels(&self) -> &[String] {
         &self.labels

@@ -156,7 +156,15 @@ fn the_stream_example_prints_a_json_line_per_window() {
     let video = dir.path().join("pattern.avi");
     ffmpeg(&["-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-frames:v", "30", "-c:v", "mpeg4"], &video);
     let out = Command::new(common::example("stream"))
-        .args(["--weights", weights.to_str().unwrap(), "--labels", "archery,bowling,diving", "--top-k", "2"])
+        .args([
+            "--weights",
+            weights.to_str().unwrap(),
+            "--labels",
+            "archery,bowling,diving",
+            "--top-k",
+            "2",
+            "--no-cache",
+        ])
         .args(["--window", "1s", "--stride", "0.5s", "--input", video.to_str().unwrap()])
         .output()
         .unwrap();

@@ -67,3 +67,59 @@ fn bad_labels_are_typed_errors() {
         other => panic!("expected TextTooLong, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn one_classifier_serves_eight_threads_with_identical_results() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<actionclip::ActionClip>();
+    shareable::<ZeroShotClassifier>();
+    shareable::<Tokenizer>();
+    let model = tiny_random_model().with_tower_weights(actionclip::TowerWeights::Packed).unwrap();
+    let tok = Tokenizer::new();
+    let labels = ["archery", "bowling", "diving", "surfing"];
+    let zs = ZeroShotClassifier::new(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES).unwrap();
+    let inputs: Vec<Tensor> = (0..8)
+        .map(|i| (Tensor::randn(0f32, 1., (2, 4, 3, 32, 32), &Device::Cpu).unwrap() * (1.0 + i as f64)).unwrap())
+        .collect();
+    let alone: Vec<_> = inputs.iter().map(|x| zs.classify(x, 4).unwrap()).collect();
+    let together: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = inputs.iter().map(|x| scope.spawn(|| zs.classify(x, 4).unwrap())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone, "concurrent classification must equal one call at a time, bit for bit");
+}
+
+#[test]
+fn class_embeddings_are_cached_per_weights_labels_and_templates() {
+    let model = tiny_random_model();
+    let tok = Tokenizer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let files = || std::fs::read_dir(dir.path()).unwrap().count();
+    let labels = ["archery", "bowling", "diving"];
+    let fresh = ZeroShotClassifier::new(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES).unwrap();
+    let first = ZeroShotClassifier::new_cached(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES, dir.path()).unwrap();
+    assert_eq!(files(), 1);
+    let again = ZeroShotClassifier::new_cached(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES, dir.path()).unwrap();
+    assert_eq!(files(), 1, "the second classifier reads the cache");
+    for zs in [&first, &again] {
+        let diff = (zs.class_features() - fresh.class_features()).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(zs.labels(), fresh.labels());
+    }
+    // Other labels, other templates, other tower weights: other entries.
+    ZeroShotClassifier::new_cached(&model, &tok, &labels[..2], &ACTIONCLIP_TEMPLATES, dir.path()).unwrap();
+    ZeroShotClassifier::new_cached(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES[..3], dir.path()).unwrap();
+    let int8 = model.with_tower_weights(actionclip::TowerWeights::Int8).unwrap();
+    ZeroShotClassifier::new_cached(&int8, &tok, &labels, &ACTIONCLIP_TEMPLATES, dir.path()).unwrap();
+    assert_eq!(files(), 4);
+    // A damaged entry is recomputed and replaced.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"damaged").unwrap();
+    }
+    let repaired = ZeroShotClassifier::new_cached(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES, dir.path()).unwrap();
+    let diff = (repaired.class_features() - fresh.class_features()).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    let wrong = Tensor::zeros((2, 3, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err = ZeroShotClassifier::from_class_features(&model, &tok, &labels, &ACTIONCLIP_TEMPLATES, wrong);
+    assert!(matches!(err, Err(actionclip::Error::InputShape { .. })));
+}

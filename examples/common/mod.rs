@@ -48,3 +48,27 @@ pub fn labels(spec: &str, raw: bool) -> Result<Vec<String>> {
     }
     Ok(list.labels)
 }
+
+/// Where the examples cache class embeddings: `$XDG_CACHE_HOME/actionclip/class-features`, or
+/// `~/.cache/actionclip/class-features`.
+pub fn class_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("actionclip").join("class-features"))
+}
+
+/// The zero-shot classifier over `labels` in the 16 ActionCLIP templates, its class embeddings read
+/// from the cache when they were computed before with the same weights (unless `no_cache`).
+pub fn classifier<'a>(
+    model: &'a ActionClip,
+    tokenizer: &'a actionclip::Tokenizer,
+    labels: &[String],
+    no_cache: bool,
+) -> Result<actionclip::ZeroShotClassifier<'a>> {
+    let templates = &actionclip::prompts::ACTIONCLIP_TEMPLATES;
+    Ok(match class_cache_dir().filter(|_| !no_cache) {
+        Some(dir) => actionclip::ZeroShotClassifier::new_cached(model, tokenizer, labels, templates, dir)?,
+        None => actionclip::ZeroShotClassifier::new(model, tokenizer, labels, templates)?,
+    })
+}

@@ -7,7 +7,7 @@
 //!
 //! | job | items |
 //! |---|---|
-//! | labels | [`parse_labels`], [`LabelList`] |
+//! | labels | [`parse_labels`], [`LabelList`], class embeddings cached on disk (`ZeroShotClassifier::new_cached`) |
 //! | files | `ZeroShotClassifier::{predict_path, classify_path, predict_windows, predict_windows_path}`, [`ClipPrediction`], [`WindowPrediction`] |
 //! | streams (feature `video`) | [`StreamClassifier`], [`StreamConfig`], [`Span`], [`StreamWindow`], [`StreamWindows`] |
 //! | features | [`extract_features`], [`ExtractConfig`], [`ExtractEvent`], [`ExtractSummary`], [`save_class_features`] |
@@ -37,6 +37,7 @@ use image::RgbImage;
 use crate::data::{sample_rng, ClipPipeline, ClipSource, FrameNaming, Sampling, TestTransform};
 use crate::{prompts, Error, Result, ZeroShotClassifier};
 
+mod class_cache;
 mod features;
 mod stream;
 
