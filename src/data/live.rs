@@ -4,7 +4,7 @@
 //! converted to RGB only when the caller wants it, so memory stays bounded on endless inputs.
 //!
 //! A stall watchdog bounds every wait: when the input delivers no packet for the stall timeout, reading
-//! fails with [`Error::StreamStalled`]. FFmpeg polls it inside network protocols and while probing; a
+//! fails with [`Error::StreamStalled`](crate::Error::StreamStalled). FFmpeg polls it inside network protocols and while probing; a
 //! blocking read of a pipe or a device is not interrupted by FFmpeg, so callers that must never block
 //! (the stream classifier) read on their own thread and check [`FrameStream::watchdog`] from outside.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -98,7 +98,7 @@ pub struct StreamFrame {
 /// Settings for [`FrameStream::open`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamOptions {
-    /// Longest silence before reading fails with [`Error::StreamStalled`].
+    /// Longest silence before reading fails with [`Error::StreamStalled`](crate::Error::StreamStalled).
     pub stall_timeout: Duration,
     /// FFmpeg options for the input (the `-option value` pairs of `ffmpeg` before `-i`), for example
     /// `("rtsp_transport", "tcp")`, `("video_size", "640x480")` or `("framerate", "30")`.
