@@ -210,13 +210,14 @@ fn a_udp_stream_is_classified_and_its_end_is_a_stall() {
     let tok = Tokenizer::new();
     let zs = ZeroShotClassifier::new(&model, &tok, &LABELS, &prompts::ACTIONCLIP_TEMPLATES).unwrap();
     let stream =
-        StreamClassifier::new(&zs, config(Span::Frames(10), Span::Frames(10), Duration::from_secs(2))).unwrap();
+        StreamClassifier::new(&zs, config(Span::Frames(10), Span::Frames(10), Duration::from_secs(5))).unwrap();
     let windows = stream.run(&input).unwrap();
-    // The reader is listening once `run` returns its thread; FFmpeg sends 3 s in real time.
-    std::thread::sleep(Duration::from_millis(300));
+    // Give the reader thread time to open the socket; FFmpeg then sends 4 s in real time (a keyframe every
+    // 1.2 s, so a late start still leaves whole windows).
+    std::thread::sleep(Duration::from_millis(1000));
     let mut sender = Command::new("ffmpeg")
         .args(["-v", "error", "-nostdin", "-re", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10"])
-        .args(["-frames:v", "30", "-c:v", "mpeg4", "-q:v", "3", "-f", "mpegts"])
+        .args(["-frames:v", "40", "-c:v", "mpeg4", "-q:v", "3", "-f", "mpegts"])
         .arg(format!("{input}?pkt_size=1316"))
         .spawn()
         .expect("the `ffmpeg` command-line tool is needed by this test (CI installs it)");
