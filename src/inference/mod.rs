@@ -124,22 +124,14 @@ pub struct LabelList {
     pub repeated: Vec<String>,
 }
 
-/// The 101 UCF101 class names (`ApplyEyeMakeup`, ...), in class-index order.
-fn ucf101_classes() -> Vec<String> {
-    include_str!("../../weights/ucf101_classes.txt")
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
+/// UCF101's 101 class names (`ApplyEyeMakeup`, ...), one a line, in class-index order.
+const UCF101_CLASSES: &str = include_str!("../../weights/ucf101_classes.txt");
+/// HMDB51's 51 class names (`brush_hair`, ...), one a line, in class-index order.
+const HMDB51_CLASSES: &str = include_str!("../../weights/hmdb51_classes.txt");
 
-/// The 51 HMDB51 class names (`brush_hair`, ...), in class-index order.
-fn hmdb51_classes() -> Vec<String> {
-    include_str!("../../weights/hmdb51_classes.txt")
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
+/// The non-blank lines of a built-in class list, trimmed.
+fn class_list(text: &str) -> Vec<String> {
+    text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
 }
 
 /// Reads a label list: `ucf101` or `hmdb51` (built in), an existing file (one label per line; blank lines
@@ -148,8 +140,8 @@ fn hmdb51_classes() -> Vec<String> {
 /// [`LabelList::repeated`] (the classifier would drop them too); an empty list is [`Error::Labels`].
 pub fn parse_labels(spec: &str, humanize: bool) -> Result<LabelList> {
     let raw: Vec<String> = match spec.trim() {
-        "ucf101" => ucf101_classes(),
-        "hmdb51" => hmdb51_classes(),
+        "ucf101" => class_list(UCF101_CLASSES),
+        "hmdb51" => class_list(HMDB51_CLASSES),
         s if Path::new(s).is_file() => {
             std::fs::read_to_string(s).map_err(|e| Error::io(s, e))?.lines().map(str::to_string).collect()
         }
