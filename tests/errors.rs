@@ -65,3 +65,35 @@ fn bad_tokens_are_rejected() {
     let out_of_vocab = Tensor::new(&[[5u32, 1000]], &Device::Cpu).unwrap();
     assert!(matches!(m.encode_text(&out_of_vocab), Err(Error::InputShape { what: "tokens", .. })));
 }
+
+/// A zip-format `.pt` whose `archive/data.pkl` is `pickle`.
+fn pt_with_pickle(dir: &std::path::Path, pickle: &[u8]) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("hostile.pt");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    zip.write_all(pickle).unwrap();
+    zip.start_file("archive/version", stored).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap();
+    path
+}
+
+#[test]
+fn a_pickle_nested_200000_deep_is_a_checkpoint_error_not_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 200_000;
+    let mut pickle = vec![0x80, 2];
+    pickle.extend(std::iter::repeat_n(b']', n));
+    pickle.extend(std::iter::repeat_n(b'a', n - 1));
+    pickle.push(b'.');
+    let path = pt_with_pickle(dir.path(), &pickle);
+    match ActionClip::load(&path, &Device::Cpu, DType::F32) {
+        Err(Error::Checkpoint { path: p, reason }) => {
+            assert_eq!(p, path);
+            assert!(reason.contains("nests deeper than 256"), "{reason}");
+        }
+        other => panic!("expected a checkpoint error, got {:?}", other.map(|_| ())),
+    }
+}

@@ -67,6 +67,7 @@ mod check;
 mod hub;
 mod infer;
 mod names;
+mod pickle_guard;
 mod pytorch;
 mod st;
 

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use zip::ZipArchive;
 
 use super::names::{self, Canonical};
-use super::{describe_keys, Format, LoadedWeights};
+use super::{describe_keys, pickle_guard, Format, LoadedWeights};
 use crate::{Error, Result};
 
 /// Sub-dictionaries that may hold the state dict, in order of preference.
@@ -47,6 +47,9 @@ struct Archive {
     root: Object,
 }
 
+/// Largest `data.pkl` read: the pickle of a checkpoint holds tensor metadata only (a few megabytes).
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
 fn open(path: &Path) -> Result<Archive> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // PyTorch always writes zip64 end records; zip 9.8's archive-offset detection misreads them as 76 bytes
@@ -74,9 +77,19 @@ fn open(path: &Path) -> Result<Archive> {
     let torchscript =
         names.iter().any(|n| *n == format!("{root_dir}constants.pkl") || n.starts_with(&format!("{root_dir}code/")));
     let root = {
+        let mut pickle = Vec::new();
         let reader = zip.by_name(&data_pkl).map_err(|e| bad(path, format!("cannot open {data_pkl}: {e}")))?;
-        let mut reader = BufReader::new(reader);
+        // The entry's declared size is not trusted: read at most one byte past the limit.
+        reader
+            .take(MAX_PICKLE_BYTES + 1)
+            .read_to_end(&mut pickle)
+            .map_err(|e| bad(path, format!("cannot read {data_pkl}: {e}")))?;
+        if pickle.len() as u64 > MAX_PICKLE_BYTES {
+            return Err(bad(path, format!("{data_pkl} is larger than {MAX_PICKLE_BYTES} bytes: not a checkpoint")));
+        }
+        pickle_guard::check(&pickle).map_err(|reason| bad(path, format!("refusing {data_pkl}: {reason}")))?;
         let mut stack = Stack::empty();
+        let mut reader = pickle.as_slice();
         stack.read_loop(&mut reader).map_err(|e| bad(path, format!("cannot parse the pickle {data_pkl}: {e}")))?;
         stack.finalize().map_err(|e| bad(path, format!("cannot parse the pickle {data_pkl}: {e}")))?
     };
