@@ -207,3 +207,45 @@ fn videos_without_the_feature_say_so() {
     assert!(matches!(&err, Error::Video { .. }), "{err:?}");
     assert!(err.to_string().contains("`video` feature"), "{err}");
 }
+
+/// A JPEG whose header declares `width` x `height` over the pixels of a 16 x 16 image.
+fn jpeg_declaring(width: u16, height: u16) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::new(16, 16).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
+    // The baseline frame header: FF C0, length (2), precision (1), height (2), width (2).
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline JPEG");
+    bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn a_frame_header_past_the_size_limit_is_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = frame_folder(&dir.path().join("huge"), 8, &[]);
+    std::fs::write(clip.join("img_00001.jpg"), jpeg_declaring(16000, 16000)).unwrap();
+    let started = std::time::Instant::now();
+    let err = data::test_clip(&clip, 8, 224).unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        matches!(&err, Error::Image { path, reason } if path.ends_with("img_00001.jpg") && reason.contains("16000x16000")),
+        "{err:?}"
+    );
+}
+
+#[cfg(feature = "video")]
+#[test]
+fn a_video_with_frames_past_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.avi");
+    // 8000 x 4500 = 36 Mpx, past 8K UHD's 33.2 Mpx.
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-f", "lavfi", "-i", "color=c=blue:s=8000x4500", "-frames:v", "1"])
+        .args(["-c:v", "mjpeg", "-q:v", "31"])
+        .arg(&path)
+        .status()
+        .expect("the `ffmpeg` command-line tool is needed by this test (CI installs it)");
+    assert!(status.success());
+    let err = data::test_clip(&path, 8, 224).unwrap_err();
+    assert!(matches!(&err, Error::Video { path: p, reason } if p == &path && reason.contains("8000x4500")), "{err:?}");
+}

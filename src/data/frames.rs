@@ -186,8 +186,16 @@ impl FrameFolder {
             }
             Err(e) => return Err(Error::io(&path, e)),
         };
-        let img =
-            image::load_from_memory(&bytes).map_err(|e| Error::Image { path: path.clone(), reason: e.to_string() })?;
+        let image_err = |reason: String| Error::Image { path: path.clone(), reason };
+        let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|e| image_err(e.to_string()))?;
+        // The header's size first: a hostile file must not make the decoder allocate gigabytes.
+        let (w, h) = reader.into_dimensions().map_err(|e| image_err(e.to_string()))?;
+        if let Some(problem) = super::frame_size_problem(w, h) {
+            return Err(image_err(problem));
+        }
+        let img = image::load_from_memory(&bytes).map_err(|e| image_err(e.to_string()))?;
         Ok(img.into_rgb8())
     }
 }

@@ -291,6 +291,9 @@ mod imp {
             let codec = format!("{:?}", codec_ctx.id()).to_lowercase();
             let decoder =
                 codec_ctx.decoder().video().map_err(|e| err(input, format!("cannot open the decoder: {e}")))?;
+            if let Some(problem) = crate::data::frame_size_problem(decoder.width(), decoder.height()) {
+                return Err(err(input, problem));
+            }
             let info = StreamInfo { width: decoder.width(), height: decoder.height(), fps, codec };
             let index = stream.index();
             let decoder = Self {

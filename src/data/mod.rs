@@ -5,7 +5,7 @@
 //!
 //! | job | items |
 //! |---|---|
-//! | one clip in one call | [`frame_count`], [`decode_frames`], [`test_clip`] |
+//! | one clip in one call | [`frame_count`], [`decode_frames`], [`test_clip`], the frame size limit [`MAX_FRAME_PIXELS`] |
 //! | datasets | [`VideoDataset`] (UCF101 splits, TSN list files), [`VideoSample`], [`Subset`], [`Storage`] |
 //! | clip pipeline | [`ClipPipeline`] (sampling + transform + frame naming), [`ClipTransform`], [`ClipData`] |
 //! | sampling | [`Sampling`] (TSN segments), [`SampleMode`], [`sample_rng`] |
@@ -57,6 +57,18 @@ pub use video::{count_frames, probe, write_video, EncodeOptions, VideoCodec, Vid
 
 use crate::error::Result;
 use frames::FrameFolder;
+
+/// Largest frame the readers decode, in pixels: 8K UHD (7680 x 4320). A video or frame file with larger
+/// frames is refused ([`crate::Error::Video`], [`crate::Error::Image`]) from its header, before any
+/// pixel is decoded, so that the frames of a sampled clip (held at full size until they are resized)
+/// stay within a few hundred megabytes.
+pub const MAX_FRAME_PIXELS: u64 = 7680 * 4320;
+
+/// Why a `width` x `height` frame is refused, if it is ([`MAX_FRAME_PIXELS`]).
+pub(crate) fn frame_size_problem(width: u32, height: u32) -> Option<String> {
+    (u64::from(width) * u64::from(height) > MAX_FRAME_PIXELS)
+        .then(|| format!("frames of {width}x{height} pixels exceed the {MAX_FRAME_PIXELS}-pixel limit (8K UHD)"))
+}
 
 /// Number of frames in a video file (feature `video`; the container's count, or a counting pass when
 /// it has none) or in a frame folder (`img_{:05d}.jpg` files from 1; a gap is an error).

@@ -311,6 +311,9 @@ pub(super) mod imp {
                 .map_err(|e| video_err(path, format!("unsupported codec parameters: {e}")))?;
             let mut decoder =
                 ctx.decoder().video().map_err(|e| video_err(path, format!("cannot open the decoder: {e}")))?;
+            if let Some(problem) = crate::data::frame_size_problem(decoder.width(), decoder.height()) {
+                return Err(video_err(path, problem));
+            }
             // Near the header's end, keep the latest frame: a header that overstates the count by a
             // few frames is tolerated by repeating the real last frame.
             let keep_tail_from = (self.header_frames.max(0) as usize).saturating_sub(HEADER_SLACK + 1);
@@ -420,6 +423,9 @@ pub(super) mod imp {
         /// The frame as an RGB image; `path` names the input in errors.
         pub(in crate::data) fn convert(&mut self, frame: &ff::frame::Video, path: &Path) -> Result<RgbImage> {
             let (fmt, w, h) = (frame.format(), frame.width(), frame.height());
+            if let Some(problem) = crate::data::frame_size_problem(w, h) {
+                return Err(video_err(path, problem));
+            }
             let stale = !matches!(&self.scaler, Some((_, f, sw, sh)) if *f == fmt && *sw == w && *sh == h);
             if stale {
                 let mut ctx = scaling::Context::get(fmt, w, h, Pixel::RGB24, w, h, scaling::Flags::BICUBIC)
