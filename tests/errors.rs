@@ -97,3 +97,13 @@ fn a_pickle_nested_200000_deep_is_a_checkpoint_error_not_an_abort() {
         other => panic!("expected a checkpoint error, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn a_pickle_naming_os_system_is_refused_with_the_global_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pt_with_pickle(dir.path(), b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.");
+    match ActionClip::load(&path, &Device::Cpu, DType::F32) {
+        Err(Error::Checkpoint { reason, .. }) => assert!(reason.contains("`os.system`"), "{reason}"),
+        other => panic!("expected a checkpoint error, got {:?}", other.map(|_| ())),
+    }
+}

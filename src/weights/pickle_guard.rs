@@ -1,27 +1,42 @@
-//! Checks a pickle before candle's parser builds it: its nesting depth, simulated opcode by opcode.
+//! Checks a pickle before candle's parser builds it, opcode by opcode: its nesting depth and the globals
+//! it names.
 //!
 //! The parser builds nested values recursively, and dropping them recurses too, so a pickle of a few
 //! hundred kilobytes that nests lists 200,000 deep overflows the stack and aborts the process. Here
 //! every stack item carries only its depth (a scalar 0, a container one more than the deepest item it
 //! holds); a pickle deeper than [`MAX_DEPTH`], malformed (an item popped that is not there), or with an
-//! opcode outside protocol 5 is refused before anything is built.
+//! opcode outside protocol 5 is refused before anything is built. So is a pickle that names a global
+//! outside the allow-list of [`allowed_global`] (as PyTorch's `weights_only` loading refuses them), with
+//! the global's name: candle never calls one, but a file that names `os.system` is not a checkpoint.
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Deepest nesting accepted. PyTorch checkpoints nest a handful of levels (a dict of dicts of
 /// `_rebuild_tensor_v2` calls on tuples).
 pub(crate) const MAX_DEPTH: u32 = 256;
 
-/// The pickle's simulated stack: depths of items, and the stack heights at the open marks.
+/// A simulated stack item: its nesting depth, and its text when it is a string (for `STACK_GLOBAL`).
+#[derive(Clone, Default)]
+struct Item {
+    depth: u32,
+    text: Option<Rc<str>>,
+}
+
+/// The pickle's simulated stack: its items, and the stack heights at the open marks.
 struct Sim {
-    stack: Vec<u32>,
+    stack: Vec<Item>,
     marks: Vec<usize>,
-    memo: HashMap<u64, u32>,
+    memo: HashMap<u64, Item>,
     at: usize,
 }
 
 impl Sim {
-    fn pop(&mut self) -> Result<u32, String> {
+    fn pop_item(&mut self) -> Result<Item, String> {
         self.stack.pop().ok_or_else(|| format!("malformed pickle: an empty stack is popped at byte {}", self.at))
+    }
+
+    fn pop(&mut self) -> Result<u32, String> {
+        Ok(self.pop_item()?.depth)
     }
 
     /// Pops back to the last mark; returns the deepest item popped.
@@ -30,15 +45,19 @@ impl Sim {
         if mark > self.stack.len() {
             return Err(format!("malformed pickle: a mark above the stack at byte {}", self.at));
         }
-        Ok(self.stack.drain(mark..).max().unwrap_or(0))
+        Ok(self.stack.drain(mark..).map(|item| item.depth).max().unwrap_or(0))
+    }
+
+    fn push_item(&mut self, item: Item) -> Result<(), String> {
+        if item.depth > MAX_DEPTH {
+            return Err(format!("the pickle nests deeper than {MAX_DEPTH} levels (at byte {})", self.at));
+        }
+        self.stack.push(item);
+        Ok(())
     }
 
     fn push(&mut self, depth: u32) -> Result<(), String> {
-        if depth > MAX_DEPTH {
-            return Err(format!("the pickle nests deeper than {MAX_DEPTH} levels (at byte {})", self.at));
-        }
-        self.stack.push(depth);
-        Ok(())
+        self.push_item(Item { depth, text: None })
     }
 
     /// Puts `depth` into the container on top of the stack.
@@ -47,9 +66,51 @@ impl Sim {
         self.push(top.max(depth + 1))
     }
 
-    fn top(&self) -> u32 {
-        self.stack.last().copied().unwrap_or(0)
+    fn top(&self) -> Item {
+        self.stack.last().cloned().unwrap_or_default()
     }
+}
+
+/// The callables and classes a checkpoint's pickle may name: tensor and storage rebuilding, the
+/// containers and numeric types `torch.save` writes, and TorchScript's own classes (`__torch__.*`, which
+/// name compiled modules, not Python code).
+fn allowed_global(module: &str, name: &str) -> bool {
+    match module {
+        "collections" => name == "OrderedDict",
+        "torch._utils" => name.starts_with("_rebuild_"),
+        "torch" => {
+            name.ends_with("Storage")
+                || ["Size", "device"].contains(&name)
+                || ["float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "bool"]
+                    .contains(&name)
+        }
+        "torch.storage" => name == "UntypedStorage",
+        "torch.nn.parameter" => name == "Parameter",
+        "torch.jit._pickle" => name.starts_with("build_") || name == "restore_type_tag",
+        "builtins" => ["set", "frozenset", "complex"].contains(&name),
+        "numpy" => name == "dtype",
+        "numpy.core.multiarray" | "numpy._core.multiarray" => name == "scalar",
+        "_codecs" => name == "encode",
+        m => m == "__torch__" || m.starts_with("__torch__."),
+    }
+}
+
+/// Refuses a global outside [`allowed_global`], naming it.
+fn check_global(module: &str, name: &str, at: usize) -> Result<(), String> {
+    if allowed_global(module, name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the pickle names the global `{module}.{name}` (at byte {at}), which is none of the tensor, storage, \
+             container and numeric types a checkpoint holds"
+        ))
+    }
+}
+
+/// The text of a newline-terminated argument at `pos` and the position after it.
+fn line(bytes: &[u8], pos: usize) -> Result<(String, usize), String> {
+    let end = line_end(bytes, pos)?;
+    Ok((String::from_utf8_lossy(&bytes[pos..end - 1]).trim().to_string(), end))
 }
 
 /// Reads `n` little-endian bytes at `pos` as a length or memo index.
@@ -95,7 +156,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
             b'1' => {
                 sim.pop_mark()?;
             }
-            b'2' => sim.push(sim.top())?,
+            b'2' => sim.push_item(sim.top())?,
             // Scalars with a newline-terminated argument.
             b'F' | b'I' | b'L' | b'S' | b'V' | b'P' => {
                 pos = line_end(bytes, pos)?;
@@ -114,21 +175,24 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
             }
             // Length-prefixed scalars: LONG1, SHORT_BINSTRING, SHORT_BINUNICODE, SHORT_BINBYTES (1 byte of
             // length); LONG4, BINSTRING, BINUNICODE, BINBYTES (4); BINUNICODE8, BINBYTES8, BYTEARRAY8 (8).
-            0x8a | b'U' | 0x8c | b'C' => {
-                pos = counted(bytes, pos, 1)?;
-                sim.push(0)?;
-            }
-            0x8b | b'T' | b'X' | b'B' => {
-                pos = counted(bytes, pos, 4)?;
-                sim.push(0)?;
-            }
-            0x8d | 0x8e | 0x96 => {
-                pos = counted(bytes, pos, 8)?;
-                sim.push(0)?;
+            0x8a | b'U' | 0x8c | b'C' | 0x8b | b'T' | b'X' | b'B' | 0x8d | 0x8e | 0x96 => {
+                let n = match op {
+                    0x8a | b'U' | 0x8c | b'C' => 1,
+                    0x8b | b'T' | b'X' | b'B' => 4,
+                    _ => 8,
+                };
+                let end = counted(bytes, pos, n)?;
+                let text = matches!(op, 0x8c | b'X' | 0x8d | b'U' | b'T')
+                    .then(|| Rc::from(String::from_utf8_lossy(&bytes[pos + n..end]).as_ref()));
+                pos = end;
+                sim.push_item(Item { depth: 0, text })?;
             }
             // GLOBAL: module and name lines.
             b'c' => {
-                pos = line_end(bytes, line_end(bytes, pos)?)?;
+                let (module, after) = line(bytes, pos)?;
+                let (name, after) = line(bytes, after)?;
+                check_global(&module, &name, pos - 1)?;
+                pos = after;
                 sim.push(0)?;
             }
             // Empty containers.
@@ -154,22 +218,34 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
             }
             // INST: module and name lines, then the items since the mark.
             b'i' => {
-                pos = line_end(bytes, line_end(bytes, pos)?)?;
+                let (module, after) = line(bytes, pos)?;
+                let (name, after) = line(bytes, after)?;
+                check_global(&module, &name, pos - 1)?;
+                pos = after;
                 let v = sim.pop_mark()?;
                 sim.push(v + 1)?;
             }
-            // TUPLE1..3, STACK_GLOBAL, REDUCE, NEWOBJ, NEWOBJ_EX, BINPERSID: pop some, push one.
-            0x85 | 0x86 | 0x87 | 0x93 | b'R' | 0x81 | 0x92 | b'Q' => {
+            // STACK_GLOBAL: module and name strings from the stack.
+            0x93 => {
+                let (name, module) = (sim.pop_item()?.text, sim.pop_item()?.text);
+                let (Some(module), Some(name)) = (module, name) else {
+                    return Err(format!("malformed pickle: STACK_GLOBAL without two strings at byte {}", pos - 1));
+                };
+                check_global(&module, &name, pos - 1)?;
+                sim.push(0)?;
+            }
+            // TUPLE1..3, REDUCE, NEWOBJ, NEWOBJ_EX, BINPERSID: pop some, push one.
+            0x85 | 0x86 | 0x87 | b'R' | 0x81 | 0x92 | b'Q' => {
                 let n = match op {
                     0x85 | b'Q' => 1,
-                    0x86 | 0x93 | b'R' | 0x81 => 2,
+                    0x86 | b'R' | 0x81 => 2,
                     _ => 3,
                 };
                 let mut v = 0;
                 for _ in 0..n {
                     v = v.max(sim.pop()?);
                 }
-                sim.push(if op == 0x93 { 0 } else { v + 1 })?;
+                sim.push(v + 1)?;
             }
             // READONLY_BUFFER: no stack effect.
             0x98 => {}
@@ -196,15 +272,15 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
     Err("malformed pickle: no STOP opcode".into())
 }
 
-/// A memo store (`put`) of the top item, or a fetch that pushes the stored depth.
+/// A memo store (`put`) of the top item, or a fetch that pushes the stored item.
 fn memo(sim: &mut Sim, put: bool, key: u64) -> Result<(), String> {
     if put {
         let top = sim.top();
         sim.memo.insert(key, top);
         Ok(())
     } else {
-        let depth = sim.memo.get(&key).copied().unwrap_or(0);
-        sim.push(depth)
+        let item = sim.memo.get(&key).cloned().unwrap_or_default();
+        sim.push_item(item)
     }
 }
 
@@ -242,6 +318,32 @@ mod tests {
         assert!(check(b"\x80\x02]").unwrap_err().contains("no STOP"));
         assert!(check(b"\x80\x02\xff.").unwrap_err().contains("unknown pickle opcode 0xff"));
         assert!(check(b"\x80\x02e.").unwrap_err().contains("no mark"));
+    }
+
+    #[test]
+    fn globals_outside_the_allow_list_are_refused_by_name() {
+        // `os.system("true")` through GLOBAL and REDUCE, protocol 2.
+        let err = check(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.").unwrap_err();
+        assert!(err.contains("`os.system`"), "{err}");
+        // Protocol 4: STACK_GLOBAL over memoized strings.
+        let stack_global = |module: &[u8], name: &[u8]| {
+            let mut p = vec![0x80, 4, 0x8c, module.len() as u8];
+            p.extend(module);
+            p.extend([0x94, 0x8c, name.len() as u8]);
+            p.extend(name);
+            p.extend([0x94, 0x93, 0x94, b')', b'R', b'.']);
+            p
+        };
+        assert!(check(&stack_global(b"torch._utils", b"_rebuild_tensor_v2")).is_ok());
+        assert!(check(&stack_global(b"builtins", b"eval")).unwrap_err().contains("`builtins.eval`"));
+        // The module string fetched back from the memo still names the global.
+        let mut p = vec![0x80, 4, 0x8c, 8];
+        p.extend(b"builtins");
+        p.extend([0x94, b'0', b'h', 0, 0x8c, 4]);
+        p.extend(b"exec");
+        p.extend([0x93, b')', b'R', b'.']);
+        assert!(check(&p).unwrap_err().contains("`builtins.exec`"));
+        assert!(check(b"\x80\x02c__torch__.model\nCLIP\n).").is_ok());
     }
 
     #[test]
