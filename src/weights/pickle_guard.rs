@@ -84,6 +84,8 @@ fn allowed_global(module: &str, name: &str) -> bool {
                 || ["float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "bool"]
                     .contains(&name)
         }
+        "torch._tensor" => name == "_rebuild_from_type_v2",
+        "torch.serialization" => name == "_get_layout",
         "torch.storage" => name == "UntypedStorage",
         "torch.nn.parameter" => name == "Parameter",
         "torch.jit._pickle" => name.starts_with("build_") || name == "restore_type_tag",
