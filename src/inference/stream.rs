@@ -229,7 +229,8 @@ impl StreamWindows<'_> {
     // [T, 3, S, S] -> top-k labels
     fn classify(&mut self, window: WindowInput) -> Result<StreamWindow> {
         let zs = self.classifier.classifier;
-        let (t, s) = (window.frames, window.size);
+        let cfg = zs.model().config();
+        let (t, s) = (cfg.frames, cfg.clip.vision.image_size);
         let clip = Tensor::from_vec(window.data, (1, t, 3, s, s), &Device::Cpu)?.to_device(zs.model().device())?;
         let features = zs.model().encode_video(&clip)?; // [1, D]
         let probs = zs.probabilities(&features)?.squeeze(0)?.to_vec1::<f32>()?; // [C]
@@ -315,8 +316,6 @@ struct WindowInput {
     last_arrived: Instant,
     damaged_packets: usize,
     missing_frames: usize,
-    frames: usize,
-    size: usize,
     /// `[T, 3, S, S]` values.
     data: Vec<f32>,
 }
@@ -396,8 +395,6 @@ impl Reader {
                 last_arrived: frame.arrived,
                 damaged_packets: stream.damaged_packets(),
                 missing_frames: stream.missing_frames(),
-                frames: plan.frames,
-                size: plan.size as usize,
                 data,
             };
             next_window += 1;
