@@ -128,8 +128,8 @@ struct Args {
     #[arg(long)]
     output: Option<PathBuf>,
     /// Resume from a checkpoint (default: OUTPUT/last).
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
-    resume: Option<PathBuf>,
+    #[arg(long, value_name = "CHECKPOINT")]
+    resume: Option<Option<PathBuf>>,
     /// Only evaluate the starting weights (no training).
     #[arg(long)]
     evaluate_only: bool,
@@ -288,7 +288,7 @@ fn apply_args(r: &mut Recipe, a: &Args) {
         r.input_size = a.input_size;
     }
     if let Some(path) = &a.resume {
-        r.resume = Some(if path.as_os_str().is_empty() { r.output.join("last") } else { path.clone() });
+        r.resume = Some(path.clone().unwrap_or_else(|| r.output.join("last")));
     }
     r.scratch |= a.scratch;
     r.evaluate_only |= a.evaluate_only;

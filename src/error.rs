@@ -23,7 +23,7 @@ pub enum Error {
     /// A text tokenizes to more tokens than the context holds and truncation was not asked for.
     #[error("text {text:?} needs {tokens} tokens with start and end markers; the context holds {max} (tokenize with truncation to cut it)")]
     TextTooLong {
-        /// The text that was too long.
+        /// The text that was too long (its first 100 characters and `...` when it is longer).
         text: String,
         /// Its token count including the start and end markers.
         tokens: usize,
@@ -232,6 +232,17 @@ impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// [`Error::TextTooLong`] for `text`, quoting at most its first 100 characters (a label can be
+    /// megabytes long).
+    pub(crate) fn text_too_long(text: &str, tokens: usize, max: usize) -> Self {
+        const QUOTED: usize = 100;
+        let text = match text.char_indices().nth(QUOTED) {
+            Some((end, _)) => format!("{}...", &text[..end]),
+            None => text.to_string(),
+        };
+        Error::TextTooLong { text, tokens, max }
     }
 }
 

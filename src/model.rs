@@ -1,5 +1,6 @@
 //! [`ActionClip`] (video encoder + text encoder + logit scale) and [`ZeroShotClassifier`] (class
 //! sentences encoded once, videos scored against them).
+use std::collections::HashSet;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -8,6 +9,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::{
     clip::TextEncoder,
     config::ActionClipConfig,
+    data::MAX_CLASSES,
     loss,
     nn::{
         params::{Named, Params},
@@ -365,18 +367,23 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
     idx.into_iter().take(k).map(|i| (i, values[i])).collect()
 }
 
-/// Labels without repeats (and without those in `existing`); empty input is an error.
+/// Labels without repeats (and without those in `existing`); empty input, an empty label, or more than
+/// [`MAX_CLASSES`] labels with `existing` is an error.
 fn dedup_labels<S: AsRef<str>>(labels: &[S], existing: &[String]) -> Result<Vec<String>> {
     if labels.is_empty() {
         return Err(Error::Labels("the label list is empty".into()));
     }
-    let mut out: Vec<String> = Vec::with_capacity(labels.len());
+    let mut seen: HashSet<&str> = existing.iter().map(String::as_str).collect();
+    let mut out: Vec<String> = Vec::with_capacity(labels.len().min(MAX_CLASSES));
     for l in labels {
         let l = l.as_ref().trim();
         if l.is_empty() {
             return Err(Error::Labels("a label is empty".into()));
         }
-        if !existing.iter().any(|e| e == l) && !out.iter().any(|e| e == l) {
+        if seen.insert(l) {
+            if seen.len() > MAX_CLASSES {
+                return Err(Error::Labels(format!("more than {MAX_CLASSES} labels (data::MAX_CLASSES)")));
+            }
             out.push(l.to_string());
         }
     }

@@ -107,3 +107,43 @@ fn a_pickle_naming_os_system_is_refused_with_the_global_named() {
         other => panic!("expected a checkpoint error, got {:?}", other.map(|_| ())),
     }
 }
+
+/// A one-megabyte label is tokenized at once: an error quoting its start, or 77 ids when truncation is asked.
+#[test]
+fn a_megabyte_label_is_a_text_too_long_error_quoting_its_start() {
+    let tok = actionclip::Tokenizer::new();
+    let label = "a person doing a very long action ".repeat(1 << 20 >> 5);
+    assert!(label.len() >= 1 << 20);
+    match tok.tokenize(&label, false).unwrap_err() {
+        Error::TextTooLong { text, tokens, max } => {
+            assert_eq!(max, 77);
+            assert!(tokens > 200_000, "{tokens} tokens");
+            assert!(text.starts_with("a person doing") && text.ends_with("...") && text.len() <= 110, "{text}");
+        }
+        other => panic!("expected TextTooLong, got {other:?}"),
+    }
+    let ids = tok.tokenize(&label, true).unwrap();
+    assert_eq!(ids.len(), 77);
+}
+
+/// A million distinct labels are refused before any of them is encoded, and a million repeats of a few
+/// labels are deduplicated quickly (the check is by hash, not by scanning the list).
+#[test]
+fn a_label_list_past_the_class_limit_is_refused_before_encoding() {
+    let many: Vec<String> = (0..1_000_000).map(|i| format!("action number {i}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("labels.txt");
+    std::fs::write(&file, many.join("\n")).unwrap();
+    let err = actionclip::inference::parse_labels(file.to_str().unwrap(), false).unwrap_err();
+    assert!(matches!(&err, Error::Labels(m) if m.contains("more than 100000")), "{err:?}");
+
+    let model = tiny_random_model();
+    let tok = actionclip::Tokenizer::new();
+    let templates = actionclip::prompts::ACTIONCLIP_TEMPLATES;
+    let err = actionclip::ZeroShotClassifier::new(&model, &tok, &many, &templates).err().unwrap();
+    assert!(matches!(&err, Error::Labels(m) if m.contains("more than 100000")), "{err:?}");
+
+    let repeats: Vec<&str> = (0..1_000_000).map(|i| ["run", "jump", "swim"][i % 3]).collect();
+    let zs = actionclip::ZeroShotClassifier::new(&model, &tok, &repeats, &templates).unwrap();
+    assert_eq!(zs.labels(), ["run", "jump", "swim"]);
+}

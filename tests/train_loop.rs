@@ -369,3 +369,83 @@ fn accumulation_and_freezing() {
         }
     }
 }
+
+/// Bytes free on the file system holding `dir` (`df`).
+fn free_bytes(dir: &Path) -> u64 {
+    let out = std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df output")
+}
+
+/// Fills the file system holding `dir` until `leave` bytes are free.
+fn fill_disk(dir: &Path, leave: u64) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![1u8; 1 << 16];
+    while free_bytes(dir) > leave + chunk.len() as u64 {
+        file.write_all(&chunk).unwrap();
+        file.sync_all().unwrap();
+    }
+}
+
+/// A full disk while `last/` is rewritten, then a read-only run directory: each gives a typed I/O error
+/// naming the file, and the previous `last/` stays whole and loadable. The run directory is a small tmpfs
+/// mounted in a user namespace (`unshare -rm`, no root needed where user namespaces are enabled): the
+/// test re-runs itself there with `ACTIONCLIP_SMALL_FS` naming the mount.
+#[test]
+fn a_full_disk_or_a_read_only_run_dir_keeps_the_previous_checkpoint() {
+    const TEST: &str = "a_full_disk_or_a_read_only_run_dir_keeps_the_previous_checkpoint";
+    let Some(mount) = std::env::var_os("ACTIONCLIP_SMALL_FS").map(PathBuf::from) else {
+        let mount = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("unshare")
+            .args(["-rm", "sh", "-c", r#"mount -t tmpfs -o size=64m tmpfs "$0" && exec "$@""#])
+            .arg(mount.path())
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env("ACTIONCLIP_SMALL_FS", mount.path())
+            .status()
+            .expect("`unshare` (util-linux) runs this test in a user namespace");
+        assert!(status.success(), "the test failed inside its namespace (output above)");
+        return;
+    };
+    let dir = mount.join("run");
+    let data = data(false);
+    let mut trainer =
+        Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
+    let stopped = trainer.fit(&data, &mut Recorder { stop_after: Some(2), ..Default::default() }).unwrap();
+    assert!(stopped.stopped);
+    let saved = trainer.weights();
+    let checkpoint_bytes: u64 =
+        std::fs::read_dir(dir.join("last")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+
+    // Room for half a checkpoint: the swap's temporary copy cannot be written.
+    fill_disk(&mount, checkpoint_bytes / 2);
+    let mut resumed =
+        Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
+    resumed.resume(&dir).unwrap();
+    let err = resumed.fit(&data, &mut Silent).unwrap_err();
+    eprintln!("full disk: {err}");
+    assert!(
+        matches!(&err, TrainError::Model(actionclip::Error::Io { path, source })
+            if source.kind() == std::io::ErrorKind::StorageFull && path.starts_with(&dir)),
+        "{err:?}"
+    );
+    assert!(!dir.join(".last.tmp").exists(), "the partial checkpoint is removed");
+    let (last, _) = ActionClip::load(dir.join("last"), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(max_diff(&last.named_tensors().into_iter().collect(), &saved), 0.0, "last/ is the previous one");
+
+    std::fs::remove_file(mount.join("filler")).unwrap();
+    let remount = std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(&mount).status().unwrap();
+    assert!(remount.success());
+    let mut resumed =
+        Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
+    resumed.resume(&dir).unwrap();
+    let err = resumed.fit(&data, &mut Silent).unwrap_err();
+    eprintln!("read-only: {err}");
+    assert!(
+        matches!(&err, TrainError::Model(actionclip::Error::Io { path, source })
+            if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem && path.starts_with(&dir)),
+        "{err:?}"
+    );
+    let (last, _) = ActionClip::load(dir.join("last"), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(max_diff(&last.named_tensors().into_iter().collect(), &saved), 0.0, "last/ is untouched");
+}

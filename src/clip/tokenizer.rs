@@ -199,7 +199,7 @@ impl Tokenizer {
         ids.push(eot);
         if ids.len() > CONTEXT_LENGTH {
             if !truncate {
-                return Err(Error::TextTooLong { text: text.to_string(), tokens: ids.len(), max: CONTEXT_LENGTH });
+                return Err(Error::text_too_long(text, ids.len(), CONTEXT_LENGTH));
             }
             ids.truncate(CONTEXT_LENGTH);
             if let Some(last) = ids.last_mut() {

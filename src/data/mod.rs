@@ -6,6 +6,7 @@
 //! | job | items |
 //! |---|---|
 //! | one clip in one call | [`frame_count`], [`decode_frames`], [`test_clip`], the frame size limit [`MAX_FRAME_PIXELS`] |
+//! | class lists | the class count limit [`MAX_CLASSES`] |
 //! | datasets | [`VideoDataset`] (UCF101 splits, TSN list files), [`VideoSample`], [`Subset`], [`Storage`] |
 //! | clip pipeline | [`ClipPipeline`] (sampling + transform + frame naming), [`ClipTransform`], [`ClipData`] |
 //! | sampling | [`Sampling`] (TSN segments), [`SampleMode`], [`sample_rng`] |
@@ -63,6 +64,12 @@ use frames::FrameFolder;
 /// pixel is decoded, so that the frames of a sampled clip (held at full size until they are resized)
 /// stay within a few hundred megabytes.
 pub const MAX_FRAME_PIXELS: u64 = 7680 * 4320;
+
+/// Most classes a class list or a zero-shot label list may hold: 100,000, several times the largest label
+/// sets in use (Kinetics-700, ImageNet-21k). A longer list is refused ([`crate::Error::ListFile`],
+/// [`crate::Error::Labels`]) when it is read: its class embeddings (16 sentences a class) would take days to
+/// compute and gigabytes to hold.
+pub const MAX_CLASSES: usize = 100_000;
 
 /// Why a `width` x `height` frame is refused, if it is ([`MAX_FRAME_PIXELS`]).
 pub(crate) fn frame_size_problem(width: u32, height: u32) -> Option<String> {

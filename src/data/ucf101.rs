@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::source::FrameNaming;
+use super::MAX_CLASSES;
 use crate::error::{Error, Result};
 
 /// One labelled clip.
@@ -209,6 +210,9 @@ fn read_class_index(path: impl AsRef<Path>) -> Result<Vec<String>> {
         if id != classes.len() + 1 {
             return Err(bad(format!("class id {id} out of order (expected {})", classes.len() + 1)));
         }
+        if classes.len() == MAX_CLASSES {
+            return Err(bad(format!("more than {} classes (data::MAX_CLASSES)", MAX_CLASSES)));
+        }
         classes.push(name.trim().to_string());
     }
     if classes.is_empty() {
@@ -235,6 +239,9 @@ fn read_label_csv(path: impl AsRef<Path>) -> Result<Vec<String>> {
             }
             return Err(bad(format!("class id {id:?} is not a number")));
         };
+        if rows.len() == MAX_CLASSES {
+            return Err(bad(format!("more than {} classes (data::MAX_CLASSES)", MAX_CLASSES)));
+        }
         let name = name.trim();
         let name = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')).unwrap_or(name);
         rows.push((id, name.to_string()));

@@ -28,13 +28,13 @@
 //! }
 //! # Ok(()) }
 //! ```
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use crate::data::{sample_rng, ClipPipeline, ClipSource, FrameNaming, Sampling, TestTransform};
+use crate::data::{sample_rng, ClipPipeline, ClipSource, FrameNaming, Sampling, TestTransform, MAX_CLASSES};
 use crate::{prompts, Error, Result, ZeroShotClassifier};
 
 mod class_cache;
@@ -137,7 +137,8 @@ fn class_list(text: &str) -> Vec<String> {
 /// Reads a label list: `ucf101` or `hmdb51` (built in), an existing file (one label per line; blank lines
 /// skipped), or a comma-separated list. With `humanize`, labels become words ([`prompts::humanize`]:
 /// `ApplyEyeMakeup` -> `apply eye makeup`). Repeated labels are kept once and reported in
-/// [`LabelList::repeated`] (the classifier would drop them too); an empty list is [`Error::Labels`].
+/// [`LabelList::repeated`] (the classifier would drop them too); an empty list, or one with more than
+/// [`MAX_CLASSES`] labels, is [`Error::Labels`].
 pub fn parse_labels(spec: &str, humanize: bool) -> Result<LabelList> {
     let raw: Vec<String> = match spec.trim() {
         "ucf101" => class_list(UCF101_CLASSES),
@@ -147,14 +148,17 @@ pub fn parse_labels(spec: &str, humanize: bool) -> Result<LabelList> {
         }
         s => s.split(',').map(str::to_string).collect(),
     };
-    let mut labels: Vec<String> = Vec::with_capacity(raw.len());
+    let mut labels: Vec<String> = Vec::with_capacity(raw.len().min(MAX_CLASSES));
     let mut repeated: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
     for l in raw.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
         let l = if humanize { prompts::humanize(l) } else { l.to_string() };
-        if labels.contains(&l) {
+        if !seen.insert(l.clone()) {
             if !repeated.contains(&l) {
                 repeated.push(l);
             }
+        } else if labels.len() == MAX_CLASSES {
+            return Err(Error::Labels(format!("the label list {spec:?} has more than {MAX_CLASSES} labels")));
         } else {
             labels.push(l);
         }

@@ -295,11 +295,24 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
     serde_json::from_str(&text).map_err(|e| Error::Checkpoint { path, reason: format!("not a trainer state: {e}") })
 }
 
-/// Writes `value` as pretty JSON to `path`.
+/// Writes `value` as pretty JSON to `path`, atomically.
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::Config(format!("cannot serialise {}: {e}", path.display())))?;
-    fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    write_file_atomic(path, (text + "\n").as_bytes())
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it and a rename, so a kill or a full disk leaves
+/// either the previous file or the new one, never a torn one.
+pub(crate) fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

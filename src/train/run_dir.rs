@@ -3,7 +3,7 @@
 //! `summary.json` and `summary.md`.
 use std::path::{Path, PathBuf};
 
-use super::checkpoint::{recover, write_json};
+use super::checkpoint::{recover, write_file_atomic, write_json};
 use super::config::{TrainConfig, TrainData};
 use super::eval::EvalReport;
 use super::events::RunSummary;
@@ -95,7 +95,7 @@ impl RunDir {
     ) -> Result<()> {
         write_json(&self.path.join("summary.json"), summary)?;
         let path = self.path.join("summary.md");
-        std::fs::write(&path, summary_markdown(summary, model_cfg, classes)).map_err(|e| Error::io(&path, e))
+        write_file_atomic(&path, summary_markdown(summary, model_cfg, classes).as_bytes())
     }
 }
 

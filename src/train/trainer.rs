@@ -422,17 +422,20 @@ impl Trainer {
         Ok(last_epoch)
     }
 
-    /// Writes `last/` (and `best/`) and redraws the plots, when there is a run directory.
+    /// Writes `best/` (when the epoch improved) and then `last/`, and redraws the plots, when there is a run
+    /// directory. `best/` goes first: a run killed between the two resumes from the previous `last/`, repeats
+    /// the epoch and writes the same `best/` again, whereas the other order would leave a `last/` whose state
+    /// records a best epoch that `best/` does not hold.
     fn save_epoch(&self, run: &mut Run, best: bool, report: Option<&EvalReport>) -> TrainResult<()> {
         let Some(out) = &run.out else { return Ok(()) };
-        let last = out.path().join("last");
-        self.save_checkpoint(&last)?;
-        run.observer.event(&Event::CheckpointSaved { path: &last, best: false });
         if best {
             let best = out.path().join("best");
             self.save_checkpoint(&best)?;
             run.observer.event(&Event::CheckpointSaved { path: &best, best: true });
         }
+        let last = out.path().join("last");
+        self.save_checkpoint(&last)?;
+        run.observer.event(&Event::CheckpointSaved { path: &last, best: false });
         if self.cfg.plots {
             out.plot(report, &run.classes)?;
         }
