@@ -1,11 +1,13 @@
 //! Hub models (feature `hub`) without the network: an offline cache laid out by hand as huggingface_hub
-//! lays it out, and downloads from a stand-in for the hub's HTTP API on 127.0.0.1 with progress reports.
+//! lays it out, and downloads from a stand-in for the hub's HTTP API on 127.0.0.1 with progress reports, and
+//! a server that stops answering.
 #![cfg(feature = "hub")]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actionclip::weights::{self, DownloadProgress, Format, HubOptions};
 use actionclip::{ActionClip, Error};
@@ -160,6 +162,7 @@ fn downloads_report_progress_and_land_in_the_cache() {
         offline: false,
         endpoint: Some(endpoint),
         revision: "main".into(),
+        stall_timeout: Duration::from_secs(60),
     };
     let mut reports: Vec<(String, u64, u64, bool)> = Vec::new();
     let path = weights::hub_model_with_progress("org/dl", &options, |p: DownloadProgress<'_>| {
@@ -198,4 +201,31 @@ fn downloads_report_progress_and_land_in_the_cache() {
     // A repository the hub does not know: a hub error naming the model.
     let err = weights::hub_model_with("org/missing", &options).unwrap_err();
     assert!(matches!(&err, Error::Hub { model, .. } if model == "org/missing"), "{err}");
+}
+
+/// A server that takes the request and then sends nothing: the call ends with a hub error after the stall
+/// timeout instead of waiting forever.
+#[test]
+fn a_hub_that_stops_sending_is_abandoned_after_the_stall_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let options = HubOptions {
+        cache_dir: cache.path().to_path_buf(),
+        offline: false,
+        endpoint: Some(endpoint),
+        revision: "main".into(),
+        stall_timeout: Duration::from_millis(500),
+    };
+    let err = weights::hub_model_with("org/silent", &options).unwrap_err();
+    assert!(
+        matches!(&err, Error::Hub { model, reason } if model == "org/silent" && reason.contains("sent nothing")),
+        "{err}"
+    );
 }

@@ -64,13 +64,8 @@ fn has_checkpoint(dir: &Path) -> bool {
 /// The directories a checkpoint swap creates beside the checkpoints.
 const SWAP_DIRS: [&str; 4] = [".last.tmp", ".best.tmp", ".last.old", ".best.old"];
 
-/// Whether `dir` holds what a checkpoint swap leaves while it runs (or left when it was killed).
-fn swap_leftovers(dir: &Path) -> bool {
-    SWAP_DIRS.iter().any(|n| dir.join(n).exists())
-}
-
-/// Whether a checkpoint swap started in `dir` since `since`: one of its directories was created or
-/// renamed (its inode changed) after then, so leftovers of an earlier kill do not count.
+/// Whether a checkpoint swap started in `dir` since `since` and is not finished: one of its directories
+/// was created or renamed (its inode changed) after then, so leftovers of an earlier kill do not count.
 fn swap_started_since(dir: &Path, since: SystemTime) -> bool {
     use std::os::unix::fs::MetadataExt;
     SWAP_DIRS.iter().filter_map(|n| std::fs::metadata(dir.join(n)).ok()).any(|m| {
@@ -210,7 +205,7 @@ fn training_killed_anywhere_resumes_to_the_same_weights() {
         child.kill().unwrap();
         child.wait().unwrap();
         done += 1;
-        let swap_state = if swap_leftovers(&dir) { "leaving a checkpoint swap unfinished" } else { "outside a swap" };
+        let swap_state = if swap_started_since(&dir, spawned) { "inside a checkpoint swap" } else { "outside a swap" };
         eprintln!("kill {done} after {:.3} s, {swap_state}", t.elapsed().as_secs_f64());
         assert_checkpoints_load(&dir, &mut seen);
     }

@@ -686,7 +686,13 @@ fn hub_model_from_an_offline_cache() {
     let cache = dir.path().join("hub");
     let snap = fake_hub_cache(&cache, "org/tiny-clip", &[("model.safetensors", &hf_file), ("config.json", &cfg_file)]);
 
-    let options = HubOptions { cache_dir: cache.clone(), offline: true, endpoint: None, revision: "main".into() };
+    let options = HubOptions {
+        cache_dir: cache.clone(),
+        offline: true,
+        endpoint: None,
+        revision: "main".into(),
+        stall_timeout: std::time::Duration::from_secs(60),
+    };
     let path = weights::hub_model_with("org/tiny-clip", &options).unwrap();
     assert_eq!(path, snap.join("model.safetensors"));
     let w = weights::load(&path).unwrap();

@@ -1,6 +1,12 @@
 //! Hugging Face hub models (feature `hub`): the standard cache first, a download (with optional progress
 //! reports) only when a file is missing and the hub is not switched off with `HF_HUB_OFFLINE`.
+//!
+//! hf-hub's HTTP client has a connect timeout but none for reading, so a server that stops sending would
+//! block forever: the download runs on a worker thread, and the caller gives up with [`Error::Hub`] when no
+//! byte arrives for [`HubOptions::stall_timeout`].
 use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::api::Progress;
@@ -24,7 +30,12 @@ pub struct HubOptions {
     pub endpoint: Option<String>,
     /// The revision (branch, tag or commit) to use.
     pub revision: String,
+    /// How long a download may go without receiving a byte before it is abandoned with [`Error::Hub`].
+    pub stall_timeout: Duration,
 }
+
+/// [`HubOptions::stall_timeout`] unless `ACTIONCLIP_HUB_TIMEOUT` gives seconds: one minute.
+const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name)
@@ -35,7 +46,7 @@ fn env_flag(name: &str) -> bool {
 impl HubOptions {
     /// The options the Hugging Face tools use: cache `HF_HUB_CACHE`, else `HF_HOME/hub`, else
     /// `~/.cache/huggingface/hub`; offline when `HF_HUB_OFFLINE` is `1`/`true`/`yes`/`on`; endpoint
-    /// `HF_ENDPOINT`; revision `main`.
+    /// `HF_ENDPOINT`; revision `main`; stall timeout `ACTIONCLIP_HUB_TIMEOUT` seconds, else 60.
     pub fn from_env() -> Result<Self> {
         let cache_dir = if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
             PathBuf::from(dir)
@@ -56,6 +67,11 @@ impl HubOptions {
             offline: env_flag("HF_HUB_OFFLINE"),
             endpoint: std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty()),
             revision: "main".into(),
+            stall_timeout: std::env::var("ACTIONCLIP_HUB_TIMEOUT")
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map_or(DEFAULT_STALL_TIMEOUT, Duration::from_secs_f64),
         })
     }
 }
@@ -73,22 +89,27 @@ pub struct DownloadProgress<'a> {
     pub done: bool,
 }
 
-/// hf-hub's progress hooks turned into [`DownloadProgress`] reports.
-struct Reporter<'f> {
+/// What the download thread tells the caller: a progress report (file, bytes so far, size, done), or the end.
+enum Message {
+    Progress(String, u64, u64, bool),
+    Finished(Result<PathBuf>),
+}
+
+/// hf-hub's progress hooks turned into [`Message::Progress`] reports to the caller.
+struct Reporter {
     file: String,
     downloaded: u64,
     total: u64,
-    callback: &'f mut dyn FnMut(DownloadProgress<'_>),
+    tx: mpsc::Sender<Message>,
 }
 
-impl Reporter<'_> {
+impl Reporter {
     fn report(&mut self, done: bool) {
-        let (downloaded, total) = (self.downloaded, self.total);
-        (self.callback)(DownloadProgress { file: &self.file, downloaded, total, done });
+        let _ = self.tx.send(Message::Progress(self.file.clone(), self.downloaded, self.total, done));
     }
 }
 
-impl Progress for Reporter<'_> {
+impl Progress for Reporter {
     // hf-hub calls `init` at the start of every attempt (twice for the first), then `update` with the bytes
     // already on disk.
     fn init(&mut self, size: usize, filename: &str) {
@@ -130,7 +151,8 @@ pub fn hub_model_with(model_id: &str, options: &HubOptions) -> Result<PathBuf> {
 
 /// [`hub_model_with`] that reports each download to `progress` (a progress bar, a log line): once when a
 /// file starts, after every chunk received, and once when it is complete. Nothing is reported when the
-/// files are in the cache.
+/// files are in the cache. A server that sends nothing for [`HubOptions::stall_timeout`] ends the call with
+/// [`Error::Hub`] (the abandoned request is left to its thread).
 ///
 /// ```no_run
 /// # fn main() -> actionclip::Result<()> {
@@ -163,6 +185,38 @@ pub fn hub_model_with_progress(
             revision: options.revision.clone(),
         });
     }
+    let (tx, rx) = mpsc::channel();
+    let (model, options) = (model_id.to_string(), options.clone());
+    let stall_timeout = options.stall_timeout;
+    std::thread::spawn(move || {
+        let result = download(&model, &options, repo, tx.clone());
+        let _ = tx.send(Message::Finished(result));
+    });
+    loop {
+        match rx.recv_timeout(stall_timeout) {
+            Ok(Message::Progress(file, downloaded, total, done)) => {
+                progress(DownloadProgress { file: &file, downloaded, total, done })
+            }
+            Ok(Message::Finished(result)) => return result,
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(hub_err(format!(
+                    "the hub sent nothing for {:.0} s; the download is abandoned (a partial file in {} is \
+                     resumed next time; set ACTIONCLIP_HUB_TIMEOUT to wait longer)",
+                    stall_timeout.as_secs_f64(),
+                    repo_dir.display()
+                )))
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err(hub_err("the download thread panicked".into())),
+        }
+    }
+}
+
+/// Lists the repository and downloads its weights file (and `config.json`) into the cache, reporting
+/// progress on `tx`; runs on the download thread.
+fn download(model_id: &str, options: &HubOptions, repo: Repo, tx: mpsc::Sender<Message>) -> Result<PathBuf> {
+    let cache = Cache::new(options.cache_dir.clone()).repo(repo.clone());
+    let hub_err = |reason: String| Error::Hub { model: model_id.to_string(), reason };
+    let repo_dir = hub_repo_dir(&options.cache_dir, model_id);
     let mut builder = ApiBuilder::from_cache(Cache::new(options.cache_dir.clone())).with_progress(false);
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint.clone());
@@ -184,11 +238,11 @@ pub fn hub_model_with_progress(
             files.join(", ")
         )));
     };
-    let mut fetch = |file: &str| -> Result<PathBuf> {
+    let fetch = |file: &str| -> Result<PathBuf> {
         if let Some(path) = cache.get(file) {
             return Ok(path);
         }
-        let reporter = Reporter { file: file.to_string(), downloaded: 0, total: 0, callback: &mut progress };
+        let reporter = Reporter { file: file.to_string(), downloaded: 0, total: 0, tx: tx.clone() };
         api_repo
             .download_with_progress(file, reporter)
             .map_err(|e| hub_err(format!("cannot download {file} into {}: {e}", repo_dir.display())))
