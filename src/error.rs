@@ -246,7 +246,42 @@ impl Error {
     }
 }
 
+/// Runs `read`, turning a panic inside it (a dependency's parser or decoder failing on malformed input) into
+/// the error `on_panic` makes from the panic's message, so that a bad file cannot bring down the caller's
+/// process (with the default `panic = "unwind"`).
+pub(crate) fn catch_reader_panic<T>(
+    read: impl FnOnce() -> Result<T>,
+    on_panic: impl FnOnce(String) -> Error,
+) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(on_panic(format!("the reader failed on malformed input (it panicked: {message})")))
+    })
+}
+
 /// Where the hub cache under `cache_dir` keeps `model` (`models--org--name`, as huggingface_hub lays it out).
 pub(crate) fn hub_repo_dir(cache_dir: &std::path::Path, model: &str) -> PathBuf {
     cache_dir.join(format!("models--{}", model.replace('/', "--")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_reader_becomes_the_error_naming_its_message() {
+        let on_panic = |reason| Error::Video { path: "clip.avi".into(), reason };
+        let err = catch_reader_panic(|| -> Result<()> { panic!("index out of bounds") }, on_panic).unwrap_err();
+        assert!(
+            matches!(&err, Error::Video { reason, .. } if reason.contains("panicked: index out of bounds")),
+            "{err:?}"
+        );
+        let formatted = catch_reader_panic(|| -> Result<()> { panic!("{} bytes", 7) }, on_panic).unwrap_err();
+        assert!(formatted.to_string().contains("panicked: 7 bytes"), "{formatted}");
+        assert_eq!(catch_reader_panic(|| Ok(3), on_panic).unwrap(), 3);
+    }
 }

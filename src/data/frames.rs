@@ -78,6 +78,11 @@ pub(crate) struct FrameFolder {
 }
 
 impl FrameFolder {
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+
     /// Opens `dir` with the default template (`img_{:05d}.jpg`, numbered from 1) and counts its frames;
     /// a folder with no such files but `img_{:05d}.png` or `.jpeg` ones is read with that extension.
     pub(crate) fn open(dir: impl AsRef<Path>) -> Result<Self> {

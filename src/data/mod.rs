@@ -56,7 +56,7 @@ pub use transforms::{ColorJitter, TestCrops, TestTransform, TrainTransform, CLIP
 pub use ucf101::{Storage, Subset, VideoDataset, VideoSample};
 pub use video::{count_frames, probe, write_video, EncodeOptions, VideoCodec, VideoInfo};
 
-use crate::error::Result;
+use crate::error::{catch_reader_panic, Result};
 use frames::FrameFolder;
 
 /// Largest frame the readers decode, in pixels: 8K UHD (7680 x 4320). A video or frame file with larger
@@ -88,11 +88,10 @@ pub fn frame_count(path: impl AsRef<Path>) -> Result<usize> {
 /// as RGB images. Videos are decoded only up to the largest index.
 pub fn decode_frames(path: impl AsRef<Path>, indices: &[usize]) -> Result<Vec<RgbImage>> {
     let path = path.as_ref();
-    if path.is_dir() {
-        FrameFolder::open(path)?.read(indices)
-    } else {
-        video::decode(path, indices)
-    }
+    catch_reader_panic(
+        || if path.is_dir() { FrameFolder::open(path)?.read(indices) } else { video::decode(path, indices) },
+        |reason| source::decode_error(path, reason),
+    )
 }
 
 /// The reference's single-view test input for a video file or frame folder: `frames` segment

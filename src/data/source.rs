@@ -5,7 +5,7 @@ use image::RgbImage;
 
 use super::frames::{FrameFolder, FrameTemplate};
 use super::video::VideoReader;
-use crate::error::{Error, Result};
+use crate::error::{catch_reader_panic, Error, Result};
 
 /// How frame folders are named; videos ignore it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -35,6 +35,10 @@ impl ClipSource {
     /// Opens `path`: a directory is a frame folder, anything else a video. `known_len` (for example
     /// from a TSN list file) skips counting.
     pub(crate) fn open(path: &Path, naming: &FrameNaming, known_len: Option<usize>) -> Result<Self> {
+        catch_reader_panic(|| Self::open_unguarded(path, naming, known_len), |reason| decode_error(path, reason))
+    }
+
+    fn open_unguarded(path: &Path, naming: &FrameNaming, known_len: Option<usize>) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
             let folder = match known_len {
@@ -59,6 +63,14 @@ impl ClipSource {
         Ok(ClipSource::Video(reader, n))
     }
 
+    /// The video file or frame folder.
+    fn path(&self) -> &Path {
+        match self {
+            ClipSource::Video(r, _) => r.path(),
+            ClipSource::Frames(f) => f.path(),
+        }
+    }
+
     /// Number of frames.
     pub(crate) fn len(&self) -> usize {
         match self {
@@ -69,9 +81,23 @@ impl ClipSource {
 
     /// Reads the 0-based frames `indices` (any order, repeats allowed).
     pub(crate) fn read(self, indices: &[usize]) -> Result<Vec<RgbImage>> {
-        match self {
-            ClipSource::Video(r, _) => r.decode(indices),
-            ClipSource::Frames(f) => f.read(indices),
-        }
+        let path = self.path().to_path_buf();
+        catch_reader_panic(
+            || match self {
+                ClipSource::Video(r, _) => r.decode(indices),
+                ClipSource::Frames(f) => f.read(indices),
+            },
+            |reason| decode_error(&path, reason),
+        )
+    }
+}
+
+/// The error for a reader that failed on `path` in an unexpected way: [`Error::Image`] for a frame folder,
+/// [`Error::Video`] for anything else.
+pub(crate) fn decode_error(path: &Path, reason: String) -> Error {
+    if path.is_dir() {
+        Error::Image { path: path.to_path_buf(), reason }
+    } else {
+        Error::Video { path: path.to_path_buf(), reason }
     }
 }

@@ -145,6 +145,11 @@ pub(crate) struct VideoReader {
 }
 
 impl VideoReader {
+    /// The video file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Opens `path`.
     pub(crate) fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();

@@ -60,6 +60,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
+use crate::error::catch_reader_panic;
 use crate::{ActionClipConfig, Error, Result};
 
 mod check;
@@ -397,10 +398,14 @@ pub(crate) fn describe_keys<'a>(keys: impl Iterator<Item = &'a str>) -> String {
 }
 
 fn load_file(path: &Path) -> Result<LoadedWeights> {
-    match sniff(path)? {
-        FileKind::Safetensors => st::load(path),
-        FileKind::Zip => pytorch::load(path),
-    }
+    let on_panic = |reason| Error::Checkpoint { path: path.to_path_buf(), reason };
+    catch_reader_panic(
+        || match sniff(path)? {
+            FileKind::Safetensors => st::load(path),
+            FileKind::Zip => pytorch::load(path),
+        },
+        on_panic,
+    )
 }
 
 #[cfg(test)]
