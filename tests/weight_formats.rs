@@ -18,10 +18,14 @@ fn min_row_cosine(a: &Tensor, b: &Tensor) -> f32 {
     (dot / norms).unwrap().to_vec1::<f32>().unwrap().into_iter().fold(f32::INFINITY, f32::min)
 }
 
-/// Whether [`TowerWeights::Packed`] takes effect on this CPU (the AVX-512 kernel runs).
+/// Whether [`TowerWeights::Packed`] takes effect on this CPU (the crate's AVX-512 or AVX2 + FMA GEMM
+/// runs, `ACTIONCLIP_CPU_ISA=generic` not turning it off).
 fn packing_applies() -> bool {
+    let generic = std::env::var("ACTIONCLIP_CPU_ISA").is_ok_and(|isa| isa.trim().eq_ignore_ascii_case("generic"));
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
+    return !generic
+        && (std::arch::is_x86_feature_detected!("avx512f")
+            || std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"));
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -114,7 +118,7 @@ fn int8_and_packed_refuse_training_and_double_conversion() {
     for format in [TowerWeights::Int8, TowerWeights::Packed] {
         let m = golden_model(false, false, PostNetwork::MeanPool).with_tower_weights(format).unwrap();
         if format == TowerWeights::Packed && !packing_applies() {
-            // Without the AVX-512 kernel packed weights stay plain f32 (trainable).
+            // Without the crate's GEMM packed weights stay plain f32 (trainable).
             continue;
         }
         let err = m.encode_video_t(&io["frames"], true).unwrap_err();

@@ -3,16 +3,18 @@
 //! - `dispatch`: one function per operation (linear with an epilogue, the MLP, attention, LayerNorm,
 //!   bias add, bias + QuickGELU), each choosing the kernel by device, dtype, weight format and mode;
 //!   what this module hands to the layers.
-//! - `cpu`: the f32 AVX-512 GEMM, int8 linear layers, fused inference ops and fused training ops;
-//!   `cuda` (feature `cuda`): fused CUDA kernels (`kernels.cu`) with their backward passes.
+//! - `cpu`: the f32 GEMM (AVX-512 and AVX2), int8 linear layers, fused inference ops and fused training
+//!   ops; `cuda` (feature `cuda`): fused CUDA kernels (`kernels.cu`) with their backward passes.
 //! - `simd`: helpers every CPU kernel shares; `reference`: the operations on plain candle ops, which
-//!   the kernels fall back to and are tested against.
+//!   the kernels fall back to and are tested against; `isa`: the instruction set the CPU kernels use
+//!   (detected, capped by the environment variable `ACTIONCLIP_CPU_ISA`).
 //!
 //! Nothing here imports the layers.
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod dispatch;
+mod isa;
 mod reference;
 mod simd;
 #[cfg(test)]

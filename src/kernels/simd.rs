@@ -4,8 +4,9 @@
 //! of candle's CPU storages.
 use candle_core::{bail, CpuStorage, Layout};
 
-/// Defines `fn $name($args)` running `$generic($args)` compiled for AVX-512F or AVX2 when the CPU has
-/// them (checked at run time), so the loops in `$generic` vectorise wider than the baseline target.
+/// Defines `fn $name($args)` running `$generic($args)` compiled for AVX-512F or AVX2 when the selected
+/// instruction set ([`Isa`](crate::kernels::isa::Isa)) has them, so the loops in `$generic` vectorise
+/// wider than the baseline target.
 macro_rules! multiversion {
     ($vis:vis $name:ident => $generic:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
@@ -19,13 +20,12 @@ macro_rules! multiversion {
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $generic($($arg),*)
                 }
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, checked just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2, checked just above.
-                    return unsafe { avx2($($arg),*) };
+                match $crate::kernels::isa::Isa::selected_or_detected() {
+                    // SAFETY: the selected instruction set never exceeds the CPU's: it has AVX-512F.
+                    $crate::kernels::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above, the CPU has AVX2.
+                    $crate::kernels::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::kernels::isa::Isa::Generic => {}
                 }
             }
             $generic($($arg),*)

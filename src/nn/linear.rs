@@ -22,10 +22,11 @@ pub enum TowerWeights {
     /// Int8 per output channel, activations quantized per token at run time, products summed in i32
     /// (CPU and f32 activations only, inference only): a quarter of the memory, the fastest CPU path.
     Int8,
-    /// f32, laid out once in the panels the CPU's AVX-512 GEMM reads (CPU and f32 activations only,
-    /// inference only): the results of `Full` bit for bit without re-packing every weight on every call.
-    /// Where that kernel does not run (another device, no AVX-512F, or not x86-64) the weights stay as
-    /// `Full`, so this is the fastest exact f32 choice anywhere.
+    /// f32, laid out once in the panels the crate's CPU GEMM reads (AVX-512 or AVX2 + FMA; CPU and f32
+    /// activations only, inference only): the results of `Full` bit for bit without re-packing every
+    /// weight on every call. Where that GEMM does not run (another device, neither AVX-512F nor AVX2 +
+    /// FMA, `ACTIONCLIP_CPU_ISA=generic`, or not x86-64) the weights stay as `Full`, so this is the
+    /// fastest exact f32 choice anywhere.
     Packed,
 }
 

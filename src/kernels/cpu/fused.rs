@@ -1,10 +1,10 @@
 //! Fused f32 CPU kernels for inference (no backward: use them only when not training).
 //!
 //! - [`linear`] / [`linear_quick_gelu`]: one multi-threaded GEMM per linear layer reading the weight
-//!   through its strides. On AVX-512 CPUs it is the crate's own kernel ([`super::sgemm`]) with bias and
-//!   QuickGELU in its epilogue; elsewhere the `gemm` crate's, the bias pre-broadcast into the output (no
-//!   separate bias pass), or, with QuickGELU, bias + QuickGELU in one parallel in-place pass right after
-//!   the GEMM.
+//!   through its strides. On AVX-512 and AVX2 + FMA CPUs it is the crate's own kernel ([`super::sgemm`])
+//!   with bias and QuickGELU in its epilogue; elsewhere (or with `ACTIONCLIP_CPU_ISA=generic`) the `gemm`
+//!   crate's, the bias pre-broadcast into the output (no separate bias pass), or, with QuickGELU, bias +
+//!   QuickGELU in one parallel in-place pass right after the GEMM.
 //! - [`attention`]: scaled dot-product attention read straight from the fused in_proj output
 //!   `[N, L, 3, H, hd]` (no permute copies), parallel over (frame, head), with the mask add folded into the
 //!   score GEMM and a vectorisable softmax.
@@ -103,9 +103,10 @@ impl LinearOp {
         check_bounds(xl, x.len(), "linear x")?;
         check_bounds(wl, w.len(), "linear weight")?;
         #[cfg(target_arch = "x86_64")]
-        if sgemm::available() {
+        if let Some(kernel) = sgemm::Kernel::selected().map_err(candle_core::Error::wrap)? {
             let weight = sgemm::WeightOperand::Strided(sgemm::Matrix::of(w, wl));
             return Ok(sgemm_linear(
+                kernel,
                 rows,
                 k,
                 sgemm::Matrix::of(x, xl),
@@ -181,12 +182,18 @@ impl LinearOp {
     }
 }
 
-/// [`sgemm::linear`] into a new storage [rows, n] (operands checked by the caller).
+/// [`sgemm::linear`] on `kernel` into a new storage [rows, n] (operands checked by the caller).
 #[cfg(target_arch = "x86_64")]
-fn sgemm_linear(rows: usize, k: usize, x: sgemm::Matrix, layer: sgemm::Layer) -> (CpuStorage, Shape) {
+fn sgemm_linear(
+    kernel: sgemm::Kernel,
+    rows: usize,
+    k: usize,
+    x: sgemm::Matrix,
+    layer: sgemm::Layer,
+) -> (CpuStorage, Shape) {
     let n = layer.outputs;
     // SAFETY: `sgemm::linear` writes every value of its rows x n output (stride n).
-    unsafe { new_output(rows, n, |dst| sgemm::linear(rows, k, x, layer, dst, n)) }
+    unsafe { new_output(rows, n, |dst| sgemm::linear(kernel, rows, k, x, layer, dst, n)) }
 }
 
 /// A new f32 storage [rows, n] that `fill` writes.
@@ -207,13 +214,22 @@ unsafe fn new_output(
     (CpuStorage::F32(dst), Shape::from((rows, n)))
 }
 
-/// A linear layer, or a whole CLIP MLP (`c_fc`, QuickGELU, `c_proj`), on the AVX-512 GEMM as a candle op
+/// A linear layer, or a whole CLIP MLP (`c_fc`, QuickGELU, `c_proj`), on the crate's GEMM as a candle op
 /// on an f32 CPU tensor [rows, in] at any strides (inference only); as a binary op the second tensor
 /// [rows, out] (unit column stride) is added to the output in the GEMM's epilogue (a residual
-/// connection). The layers borrow their weights: packed ([`sgemm::PackedWeight`]) or read from a
-/// tensor's storage held by the caller.
+/// connection). The layers borrow their weights: packed ([`sgemm::PackedWeight`], for `kernel`) or read
+/// from a tensor's storage held by the caller.
 #[cfg(target_arch = "x86_64")]
-pub(crate) enum GemmOp<'a> {
+pub(crate) struct GemmOp<'a> {
+    /// The register tile that runs the layers.
+    pub(crate) kernel: sgemm::Kernel,
+    /// The layers.
+    pub(crate) layers: GemmLayers<'a>,
+}
+
+/// What a [`GemmOp`] computes.
+#[cfg(target_arch = "x86_64")]
+pub(crate) enum GemmLayers<'a> {
     /// One layer.
     Linear(sgemm::Layer<'a>),
     /// `c_fc` (its epilogue with QuickGELU) then `c_proj`, the hidden activations never leaving the op.
@@ -241,8 +257,8 @@ impl GemmOp<'_> {
         let x = xs.as_slice::<f32>()?;
         let (rows, k) = xl.shape().dims2()?;
         check_bounds(xl, x.len(), "sgemm input")?;
-        if !sgemm::available() {
-            bail!("sgemm: this CPU lacks AVX-512F")
+        if !self.kernel.available() {
+            bail!("sgemm: this CPU lacks the instruction set of {:?}", self.kernel)
         }
         let (mut last, x) = (self.last_layer(), sgemm::Matrix::of(x, xl));
         if let Some((rs, rl)) = residual {
@@ -258,19 +274,20 @@ impl GemmOp<'_> {
             check_bounds(rl, r.len(), "sgemm residual")?;
             last.epilogue.residual = Some(sgemm::Matrix::of(r, rl));
         }
-        Ok(match *self {
-            GemmOp::Linear(_) => sgemm_linear(rows, k, x, last),
+        let kernel = self.kernel;
+        Ok(match self.layers {
+            GemmLayers::Linear(_) => sgemm_linear(kernel, rows, k, x, last),
             // SAFETY: `sgemm::mlp` writes every value of its rows x n output.
-            GemmOp::Mlp(fc1, _) => unsafe {
-                new_output(rows, last.outputs, |dst| sgemm::mlp(rows, k, x, fc1, last, dst))
+            GemmLayers::Mlp(fc1, _) => unsafe {
+                new_output(rows, last.outputs, |dst| sgemm::mlp(kernel, rows, k, x, fc1, last, dst))
             },
         })
     }
 
     /// The layer that produces the output.
     fn last_layer(&self) -> sgemm::Layer<'_> {
-        match *self {
-            GemmOp::Linear(layer) | GemmOp::Mlp(_, layer) => layer,
+        match self.layers {
+            GemmLayers::Linear(layer) | GemmLayers::Mlp(_, layer) => layer,
         }
     }
 }

@@ -200,17 +200,16 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel of the selected instruction set (`kernels::isa`) that this CPU runs.
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-            {
+            use crate::kernels::isa::Isa;
+            let isa = Isa::selected_or_detected();
+            if isa >= Isa::Avx512 && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
                 return Self::Vnni;
             }
-            if is_x86_feature_detected!("avx2") {
+            if isa >= Isa::Avx2 {
                 return Self::Avx2;
             }
         }

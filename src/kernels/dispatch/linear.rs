@@ -1,15 +1,16 @@
 //! The linear operation: `x @ W^T` and an [`Epilogue`], over a weight in any stored format
 //! ([`LinearWeight`]), on the kernel that the device, dtype, format and mode call for:
 //!
-//! - CPU inference: fused kernels without backward. f32 activations on AVX-512 CPUs run the crate's own
-//!   GEMM with the whole epilogue in it (dense weights read in place, or packed ones); int8 weights the
-//!   integer GEMM; anything else the `gemm` crate's with the bias (and QuickGELU) folded in.
+//! - CPU inference: fused kernels without backward. f32 activations on AVX-512 and AVX2 + FMA CPUs run
+//!   the crate's own GEMM with the whole epilogue in it (dense weights read in place, or packed ones);
+//!   int8 weights the integer GEMM; anything else the `gemm` crate's with the bias (and QuickGELU)
+//!   folded in.
 //! - CPU training with f32 tensors: one GEMM with the bias folded in and its own backward, QuickGELU
 //!   likewise.
 //! - CUDA: candle's matmul, then the bias (and QuickGELU) in one fused kernel with its backward.
 //! - Elsewhere candle's plain ops ([`plain_linear`]).
 //!
-//! [`mlp`] chains two layers with QuickGELU between them: on AVX-512 CPUs in inference as one op.
+//! [`mlp`] chains two layers with QuickGELU between them: on the crate's GEMM in inference as one op.
 use std::{ops::Range, sync::Arc};
 
 use candle_core::{bail, DType, Tensor};
@@ -21,7 +22,7 @@ use crate::kernels::cpu::{
 };
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::cpu::{
-    fused::GemmOp,
+    fused::{GemmLayers, GemmOp},
     sgemm::{self, PackedWeight},
 };
 use crate::{Error, Result};
@@ -34,8 +35,8 @@ pub(crate) enum LinearWeight {
     Dense(Tensor),
     /// Int8, packed for the CPU GEMM (inference only): the outputs `cols` of the packed matrix.
     Int8 { packed: Arc<Int8Weight>, cols: Range<usize> },
-    /// f32 packed for the AVX-512 GEMM (inference only): the outputs `cols`, which start at a multiple
-    /// of [`PackedWeight::OUTPUT_ALIGN`].
+    /// f32 packed for the crate's GEMM (inference only): the outputs `cols`, which start on one of the
+    /// packed panels ([`PackedWeight::outputs_from`]).
     #[cfg(target_arch = "x86_64")]
     Packed { packed: Arc<PackedWeight>, cols: Range<usize> },
 }
@@ -48,14 +49,15 @@ impl LinearWeight {
         Ok(Self::Int8 { packed: Arc::new(packed), cols })
     }
 
-    /// `w` [out, in] as f32 panels for the AVX-512 GEMM, or dense and unchanged where that kernel does
-    /// not run (another device, no AVX-512F, not x86-64).
+    /// `w` [out, in] as f32 panels for the crate's GEMM on the selected instruction set, or dense and
+    /// unchanged where that GEMM does not run (another device, neither AVX-512F nor AVX2 + FMA, not
+    /// x86-64); an error for an invalid `ACTIONCLIP_CPU_ISA`.
     pub(crate) fn packed(w: &Tensor) -> Result<Self> {
         #[cfg(target_arch = "x86_64")]
-        if w.device().is_cpu() && sgemm::available() {
+        if let (true, Some(kernel)) = (w.device().is_cpu(), sgemm::Kernel::selected()?) {
             let (n, k) = w.dims2()?;
             let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let packed = PackedWeight::pack(sgemm::Matrix::row_major(&values, k), n, k);
+            let packed = PackedWeight::pack(kernel, sgemm::Matrix::row_major(&values, k), n, k);
             return Ok(Self::Packed { packed: Arc::new(packed), cols: 0..n });
         }
         Ok(Self::Dense(w.clone()))
@@ -79,7 +81,7 @@ impl LinearWeight {
             #[cfg(target_arch = "x86_64")]
             Self::Packed { packed, cols } => {
                 let cols = sub_range(cols, start, len)?;
-                if cols.start.is_multiple_of(PackedWeight::OUTPUT_ALIGN) {
+                if packed.outputs_from(cols.start).is_some() {
                     Self::Packed { packed: packed.clone(), cols }
                 } else {
                     Self::Dense(unpacked(packed)?.narrow(0, cols.start, cols.len())?)
@@ -175,8 +177,8 @@ pub(crate) fn linear(x: &Tensor, layer: LinearParams<'_>, epilogue: Epilogue<'_>
 }
 
 /// The CLIP MLP `c_proj(QuickGELU(c_fc(x)))`, with `residual` [..., out] added when given: in inference
-/// on AVX-512 CPUs with f32 activations one op (the hidden activations in a reused scratch buffer, read
-/// in place by `c_proj`, the residual added in its epilogue), else two [`linear`] calls.
+/// on the crate's GEMM with f32 activations one op (the hidden activations in a reused scratch buffer,
+/// read in place by `c_proj`, the residual added in its epilogue), else two [`linear`] calls.
 // [..., in] -> [..., out]
 pub(crate) fn mlp(
     x: &Tensor,
@@ -186,11 +188,12 @@ pub(crate) fn mlp(
     train: bool,
 ) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
-    if !train && cpu_f32(x) {
+    if let Some(kernel) = gemm_kernel(x, train)? {
         let (x2, out_dims) = flatten(x, c_proj.weight.out_features())?;
-        let fused = gemm_layer(c_fc, x2.dim(1)?, true, |fc1| {
-            gemm_layer(c_proj, c_fc.weight.out_features(), false, |fc2| {
-                Ok(GemmOp::Mlp(fc1, fc2).apply(&x2, residual)?.reshape(out_dims)?)
+        let fused = gemm_layer(kernel, c_fc, x2.dim(1)?, true, |fc1| {
+            gemm_layer(kernel, c_proj, c_fc.weight.out_features(), false, |fc2| {
+                let op = GemmOp { kernel, layers: GemmLayers::Mlp(fc1, fc2) };
+                Ok(op.apply(&x2, residual)?.reshape(out_dims)?)
             })
         })?;
         if let Some(y) = fused.flatten() {
@@ -236,8 +239,8 @@ fn matmul(x: &Tensor, weight: &LinearWeight) -> candle_core::Result<Tensor> {
     x2.matmul(&w.to_dtype(x.dtype())?.t()?)?.reshape(out_dims)
 }
 
-/// The inference forward on the CPU (no backward): one GEMM with the whole epilogue where the AVX-512
-/// kernel runs; else the bias (and QuickGELU) inside the kernel and the residual added after it.
+/// The inference forward on the CPU (no backward): one GEMM with the whole epilogue where the crate's
+/// GEMM runs; else the bias (and QuickGELU) inside the kernel and the residual added after it.
 // [..., in] -> [..., out]
 fn cpu_inference(x: &Tensor, layer: LinearParams<'_>, epilogue: Epilogue<'_>) -> Result<Tensor> {
     let (gelu, residual) = match epilogue {
@@ -247,9 +250,9 @@ fn cpu_inference(x: &Tensor, layer: LinearParams<'_>, epilogue: Epilogue<'_>) ->
     };
     let (x2, out_dims) = flatten(x, layer.weight.out_features())?;
     #[cfg(target_arch = "x86_64")]
-    if cpu_f32(x) {
-        let op = |gemm: sgemm::Layer| GemmOp::Linear(gemm).apply(&x2, residual);
-        if let Some(y) = gemm_layer(layer, x2.dim(1)?, gelu, op)? {
+    if let Some(kernel) = gemm_kernel(x, false)? {
+        let op = |gemm: sgemm::Layer| GemmOp { kernel, layers: GemmLayers::Linear(gemm) }.apply(&x2, residual);
+        if let Some(y) = gemm_layer(kernel, layer, x2.dim(1)?, gelu, op)? {
             return Ok(y.reshape(out_dims)?);
         }
     }
@@ -285,18 +288,29 @@ fn cpu_inference(x: &Tensor, layer: LinearParams<'_>, epilogue: Epilogue<'_>) ->
     })
 }
 
-/// Runs `f` on `layer` as the AVX-512 GEMM takes it (its epilogue with QuickGELU when `gelu`), for f32
-/// CPU activations of `features` features: f32 weights on the CPU, dense (read in place from the
-/// tensor's storage, held for the call) or packed. `None` where that kernel does not run; an error when
-/// `features` is not the layer's number of inputs.
+/// The kernel of the crate's GEMM for an inference forward (`train` false) of `x`: f32 activations on
+/// the CPU and a kernel for the selected instruction set; `None` otherwise.
+#[cfg(target_arch = "x86_64")]
+fn gemm_kernel(x: &Tensor, train: bool) -> Result<Option<sgemm::Kernel>> {
+    if train || !cpu_f32(x) {
+        return Ok(None);
+    }
+    sgemm::Kernel::selected()
+}
+
+/// Runs `f` on `layer` as the GEMM on `kernel` takes it (its epilogue with QuickGELU when `gelu`), for
+/// f32 CPU activations of `features` features: f32 weights on the CPU, dense (read in place from the
+/// tensor's storage, held for the call) or packed for `kernel`. `None` where the GEMM does not run; an
+/// error when `features` is not the layer's number of inputs or the weight is packed for another kernel.
 #[cfg(target_arch = "x86_64")]
 fn gemm_layer<R>(
+    kernel: sgemm::Kernel,
     layer: LinearParams<'_>,
     features: usize,
     gelu: bool,
     f: impl FnOnce(sgemm::Layer) -> Result<R>,
 ) -> Result<Option<R>> {
-    if !layer.bias.is_none_or(|b| b.device().is_cpu()) || !sgemm::available() {
+    if !layer.bias.is_none_or(|b| b.device().is_cpu()) {
         return Ok(None);
     }
     let in_features = match layer.weight {
@@ -311,6 +325,10 @@ fn gemm_layer<R>(
     let epilogue = sgemm::Epilogue { bias: bias.as_deref(), gelu, residual: None };
     let outputs = layer.weight.out_features();
     match layer.weight {
+        LinearWeight::Packed { packed, .. } if packed.kernel() != kernel => Err(Error::Config(format!(
+            "a weight packed for the {:?} GEMM run where the {kernel:?} one is selected",
+            packed.kernel()
+        ))),
         LinearWeight::Packed { packed, cols } => {
             let weight = packed
                 .outputs_from(cols.start)
