@@ -134,7 +134,7 @@ struct Args {
     #[arg(long)]
     evaluate_only: bool,
     /// With --evaluate-only: how the towers' linear layers hold their weights, `full` (f32), `packed`
-    /// (f32 laid out for the CPU's AVX-512 GEMM: the same results, faster), `f16` or `int8` (CPU; fastest).
+    /// (f32 laid out for the CPU's AVX-512 or AVX2 GEMM: the same results, faster), `f16` or `int8` (CPU; fastest).
     #[arg(long, default_value = "full", value_parser = |s: &str| TowerWeights::parse(s).map(|_| s.to_string()))]
     tower_weights: String,
     /// Multi-view test after training (or with --evaluate-only): CLIPSxCROPS, e.g. 4x3.

@@ -66,7 +66,7 @@ struct Args {
     #[arg(long)]
     offline: bool,
     /// How the towers' linear layers hold their weights: `packed` (f32 laid out once for the CPU's
-    /// AVX-512 GEMM: the results of `full`, faster; plain f32 elsewhere), `full` (f32), `f16` or `int8`
+    /// AVX-512 or AVX2 GEMM: the results of `full`, faster; plain f32 elsewhere), `full` (f32), `f16` or `int8`
     /// (CPU; fastest).
     #[arg(long, default_value = "packed")]
     tower_weights: TowerWeights,

@@ -77,7 +77,7 @@ impl ActionClip {
 
     /// The same model with the linear layers of its image and text towers held as `format` says, for
     /// inference: [`TowerWeights::Packed`] keeps f32 and its results, laid out once for the CPU's
-    /// AVX-512 GEMM (faster), [`TowerWeights::F16`] halves their memory, [`TowerWeights::Int8`] quarters
+    /// AVX-512 or AVX2 GEMM (faster), [`TowerWeights::F16`] halves their memory, [`TowerWeights::Int8`] quarters
     /// it and runs the CPU's integer GEMM (int8 and packed: f32 activations on the CPU; a training
     /// forward then fails). Patch
     /// embedding, projections and the temporal head keep their weights. See the README for the
