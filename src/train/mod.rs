@@ -38,6 +38,7 @@ mod trainer;
 
 pub mod checkpoint;
 pub mod demo;
+pub mod distributed;
 pub mod eval;
 pub mod metrics;
 pub mod optimizer;
