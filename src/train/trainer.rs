@@ -219,7 +219,8 @@ impl Trainer {
     }
 
     /// Forward and backward of one batch; gradients are added to the accumulation buffers (weighted by
-    /// `1 / accumulate`). Returns the batch's loss (over the global batch in a data-parallel job).
+    /// `1 / accumulate`). Returns the batch's loss (over the global batch in a data-parallel job; NaN, with
+    /// nothing added, when no rank had a clip).
     // frames [B, T, 3, H, W], tokens [B, 77] u32, B labels
     pub fn accumulate(&mut self, frames: &Tensor, tokens: &Tensor, labels: &[u32]) -> TrainResult<f64> {
         let local = Encoded::new(&self.vars.model, frames, tokens, labels).map_err(Into::into);

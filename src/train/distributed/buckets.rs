@@ -10,7 +10,8 @@ use crate::train::error::TrainResult;
 const BUCKET_ELEMS: usize = 25 * 1024 * 1024 / 4;
 
 /// The ranks' gradients summed (or averaged) in place. A slot without a gradient on this rank counts as
-/// zeros of `shapes[i]`; after the reduction a slot holds a gradient when any rank had one.
+/// zeros of `shapes[i]`; after the reduction a slot holds a gradient (on the gradients' device) when any
+/// rank had one.
 pub(crate) fn all_reduce_grads(
     collective: &dyn Collective,
     grads: &mut [Option<Tensor>],
@@ -31,14 +32,15 @@ pub(crate) fn all_reduce_grads(
             None => Tensor::zeros(shape, DType::F32, device),
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
+    let home = grads.iter().flatten().map(|g| g.device().clone()).next().unwrap_or_else(|| device.clone());
     let reduced = bucketed(&local, BUCKET_ELEMS, |bucket| collective.all_reduce(bucket, op))?;
     for ((slot, sum), n) in grads.iter_mut().zip(reduced).zip(present) {
-        *slot = (n > 0.0).then_some(sum);
+        *slot = if n > 0.0 { Some(sum.to_device(&home)?) } else { None };
     }
     Ok(())
 }
 
-/// Rank 0's values of `tensors` (f32), on every rank.
+/// Rank 0's values of `tensors` (as f32, each on its tensor's device), on every rank.
 pub(crate) fn broadcast_tensors(collective: &dyn Collective, tensors: &[Tensor]) -> TrainResult<Vec<Tensor>> {
     if collective.world_size() == 1 {
         return Ok(tensors.to_vec());
@@ -46,7 +48,8 @@ pub(crate) fn broadcast_tensors(collective: &dyn Collective, tensors: &[Tensor])
     let device = collective.device();
     let local =
         tensors.iter().map(|t| t.to_dtype(DType::F32)?.to_device(device)).collect::<candle_core::Result<Vec<_>>>()?;
-    bucketed(&local, BUCKET_ELEMS, |bucket| collective.broadcast(bucket))
+    let synced = bucketed(&local, BUCKET_ELEMS, |bucket| collective.broadcast(bucket))?;
+    Ok(synced.iter().zip(tensors).map(|(s, t)| s.to_device(t.device())).collect::<candle_core::Result<_>>()?)
 }
 
 /// `operation` applied to `tensors` packed into flat buckets of at most `capacity` elements (f32 tensors of

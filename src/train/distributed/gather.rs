@@ -16,7 +16,7 @@ pub(crate) fn row_counts(collective: &dyn Collective, rows: usize) -> TrainResul
     Ok(collective.all_gather(&mine)?.to_vec1::<u32>()?.into_iter().map(|n| n as usize).collect())
 }
 
-/// Every rank's rows in rank order, given the ranks' row counts ([`row_counts`]).
+/// Every rank's rows in rank order, given the ranks' row counts ([`row_counts`]), on `rows`' device.
 // [counts[rank], ...] -> [sum(counts), ...]
 pub(crate) fn gather_rows(collective: &dyn Collective, rows: &Tensor, counts: &[usize]) -> TrainResult<Tensor> {
     let longest = counts.iter().copied().max().unwrap_or(0);
@@ -31,7 +31,7 @@ pub(crate) fn gather_rows(collective: &dyn Collective, rows: &Tensor, counts: &[
         n if n < longest => Tensor::cat(&[rows, &Tensor::zeros(pad, rows.dtype(), rows.device())?], 0)?,
         _ => rows.clone(),
     };
-    let all = collective.all_gather(&padded)?;
+    let all = collective.all_gather(&padded.to_device(collective.device())?)?.to_device(rows.device())?;
     let parts = counts
         .iter()
         .enumerate()
