@@ -8,6 +8,9 @@
 //! cargo run --release --features video --example finetune_ucf101 -- --config configs/ucf101.yaml --resume
 //! cargo run --release --features video --example finetune_ucf101 -- --root data/UCF-101 \
 //!     --weights runs/ucf101_b16/best --evaluate-only --multi-view 4x3
+//! # data-parallel: 2 CPU processes (or one process per GPU with --features nccl and --distributed nccl)
+//! cargo build --release --features mpi --example finetune_ucf101
+//! mpirun -np 2 target/release/examples/finetune_ucf101 --distributed mpi --demo --batch-size 8
 //! ```
 //! Settings come from defaults (the reference's UCF101 recipe, or the demo's with `--demo`), then the
 //! optional `--config` file (TOML or YAML, with the reference's keys: `network.arch`, `network.sim_header`,
@@ -15,16 +18,23 @@
 //! then the flags. Ctrl-C saves `last/` and exits; a second Ctrl-C exits at once. Everything lands in
 //! `--output` (metrics.jsonl, config.json, curves.png, confusion.png, summary.md, last/, best/).
 //!
+//! With `--distributed mpi` (feature `mpi`, ranks from `mpirun`) or `--distributed nccl` (feature `nccl`,
+//! ranks from torchrun/Slurm's `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT` or from
+//! `mpirun`; `LOCAL_RANK` picks the GPU) every process trains on its share of each epoch; `--batch-size`
+//! is per process, as in PyTorch DDP. Rank 0 alone prints, shows progress and writes the run directory.
+//!
 //! The demo (`actionclip::train::demo`) trains a tiny model (vision width 64 x 2 layers, patch 8, 32 px;
 //! a frozen text tower of width 64 x 1 layer; temporal shift + a 1-layer Transf head) on 8 synthetic motion
 //! classes; the `--demo-*` flags change its model, data and augmentation.
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use actionclip::data::{ClipPipeline, Loader, LoaderConfig, Sampling, Storage, Subset, VideoDataset};
 use actionclip::train::demo::Demo;
+use actionclip::train::distributed::{Collective, SingleProcess};
 use actionclip::train::recipe::Recipe;
 use actionclip::train::{
     AdamWConfig, EvalReport, Event, Freeze, Observer, Precision, RunSummary, StartFrom, TrainConfig, TrainData,
@@ -34,7 +44,7 @@ use actionclip::{ActionClipConfig, ClipConfig, TowerWeights};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 #[derive(Parser, Debug, Serialize)]
@@ -164,9 +174,13 @@ struct Args {
     /// Skip the zero-shot evaluation of the starting weights.
     #[arg(long)]
     no_zero_shot: bool,
-    /// Device: cpu, cuda, cuda:N or metal.
+    /// Device: cpu, cuda, cuda:N or metal (with --distributed nccl: the GPU `LOCAL_RANK` names).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Data-parallel training: `mpi` (CPU processes under mpirun; feature `mpi`) or `nccl` (one GPU per
+    /// process; feature `nccl`). --batch-size is then per process.
+    #[arg(long)]
+    distributed: Option<String>,
 }
 
 /// The demo's model, data and augmentation (with --demo).
@@ -305,19 +319,66 @@ fn device(spec: &str) -> Result<Device> {
     })
 }
 
-/// The training and test clips: the demo's synthetic dataset, TSN list files or UCF101 splits.
-fn datasets(r: &Recipe, args: &Args) -> Result<(VideoDataset, VideoDataset)> {
+/// This process's place in the job: `--distributed mpi|nccl`, or a single process on `--device`.
+fn collective(args: &Args) -> Result<Box<dyn Collective>> {
+    match args.distributed.as_deref() {
+        None => Ok(Box::new(SingleProcess::new(&device(&args.device)?))),
+        Some("mpi") => mpi_rank(),
+        Some("nccl") => nccl_rank(),
+        Some(other) => bail!("unknown --distributed {other:?} (mpi or nccl)"),
+    }
+}
+
+/// This process's MPI rank (ranks from `mpirun`).
+#[cfg(feature = "mpi")]
+fn mpi_rank() -> Result<Box<dyn Collective>> {
+    Ok(Box::new(actionclip::train::distributed::Mpi::init()?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_rank() -> Result<Box<dyn Collective>> {
+    bail!("--distributed mpi needs the example built with `--features mpi`")
+}
+
+/// This process's NCCL rank (ranks from the torchrun/Slurm/mpirun environment; `LOCAL_RANK` picks the GPU).
+#[cfg(feature = "nccl")]
+fn nccl_rank() -> Result<Box<dyn Collective>> {
+    Ok(Box::new(actionclip::train::distributed::Nccl::from_env()?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_rank() -> Result<Box<dyn Collective>> {
+    bail!("--distributed nccl needs the example built with `--features nccl`")
+}
+
+/// The training and test clips: the demo's synthetic dataset (written by rank 0), TSN list files or UCF101
+/// splits.
+fn datasets(r: &Recipe, args: &Args, collective: &dyn Collective) -> Result<(VideoDataset, VideoDataset)> {
     if args.demo {
         let t0 = Instant::now();
         let root = r.output.join("data");
-        let (train, test) = args.demo_flags.demo().write_dataset(&root)?;
-        println!(
-            "demo dataset: {} ({} classes, {} training and {} test clips, written in {:.1} s)",
-            root.display(),
-            train.num_classes(),
-            train.len(),
-            test.len(),
-            t0.elapsed().as_secs_f64()
+        let written = match collective.rank() {
+            0 => Some(args.demo_flags.demo().write_dataset(&root)?),
+            _ => None,
+        };
+        collective.barrier()?;
+        let (train, test) = match written {
+            Some(splits) => splits,
+            None => (
+                VideoDataset::ucf101(&root, 1, Subset::Train, Storage::FrameFolders)?,
+                VideoDataset::ucf101(&root, 1, Subset::Test, Storage::FrameFolders)?,
+            ),
+        };
+        say(
+            collective,
+            format!(
+                "demo dataset: {} ({} classes, {} training and {} test clips, written in {:.1} s)",
+                root.display(),
+                train.num_classes(),
+                train.len(),
+                test.len(),
+                t0.elapsed().as_secs_f64()
+            ),
         );
         return Ok((train, test));
     }
@@ -342,9 +403,16 @@ fn datasets(r: &Recipe, args: &Args) -> Result<(VideoDataset, VideoDataset)> {
     })
 }
 
+/// Prints `line` on rank 0 only.
+fn say(collective: &dyn Collective, line: String) {
+    if collective.rank() == 0 {
+        println!("{line}");
+    }
+}
+
 /// The model to train and where its weights start: the demo's tiny model, the `--arch` dimensions from
 /// scratch, or a checkpoint (`--weights`, or OpenAI's weights for `--arch`).
-fn model(r: &Recipe, args: &Args) -> Result<(ActionClipConfig, StartFrom)> {
+fn model(r: &Recipe, args: &Args, collective: &dyn Collective) -> Result<(ActionClipConfig, StartFrom)> {
     let head_layers = args.demo.then_some(args.demo_flags.demo_head_layers);
     let prompt = r.visual_prompt(head_layers)?;
     if args.demo && r.weights.is_none() {
@@ -371,7 +439,7 @@ fn model(r: &Recipe, args: &Args) -> Result<(ActionClipConfig, StartFrom)> {
         cfg.frames = r.frames;
         cfg.prompt = prompt;
     }
-    println!("starting weights: {} ({}), {:?}", weights.path.display(), weights.format, cfg.prompt);
+    say(collective, format!("starting weights: {} ({}), {:?}", weights.path.display(), weights.format, cfg.prompt));
     Ok((cfg, StartFrom::Weights(Box::new(weights))))
 }
 
@@ -451,23 +519,41 @@ fn train_config(r: &Recipe, args: &Args, precision: Precision) -> Result<TrainCo
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let recipe = resolve_recipe(&args)?;
-    let device = device(&args.device)?;
+    let collective: Rc<dyn Collective> = Rc::from(collective(&args)?);
+    let outcome = run(&args, &collective);
+    if let (Err(e), true) = (&outcome, collective.world_size() > 1) {
+        // Every rank has stopped (the trainer exchanges each rank's status), or this rank failed outside
+        // the trainer where the others cannot hear of it: end the whole job either way.
+        eprintln!("rank {}: {e:#}", collective.rank());
+        collective.abort(1);
+    }
+    outcome
+}
+
+/// Everything after the launch, on every rank.
+fn run(args: &Args, collective: &Rc<dyn Collective>) -> Result<()> {
+    let recipe = resolve_recipe(args)?;
+    let device = collective.device().clone();
     let precision = Precision::parse(args.precision.as_deref().unwrap_or("auto"), &device)?;
     std::fs::create_dir_all(&recipe.output).with_context(|| format!("creating {}", recipe.output.display()))?;
-    let datasets = datasets(&recipe, &args)?;
-    let (model_cfg, start) = model(&recipe, &args)?;
-    let data = train_data(&recipe, &args, &model_cfg, datasets, &device)?;
-    let mut trainer = Trainer::new(&model_cfg, start, train_config(&recipe, &args, precision)?, &device)?
+    let datasets = datasets(&recipe, args, &**collective)?;
+    let (model_cfg, start) = model(&recipe, args, &**collective)?;
+    let data = train_data(&recipe, args, &model_cfg, datasets, &device)?;
+    let world_size = collective.world_size();
+    let mut trainer = Trainer::new(&model_cfg, start, train_config(&recipe, args, precision)?, &device)?
+        .with_collective(collective.clone())?
         .with_run_dir(&recipe.output);
-    trainer.set_run_info(serde_json::json!({ "settings": recipe, "args": args, "demo": args.demo }));
+    trainer.set_run_info(
+        serde_json::json!({ "settings": recipe, "args": args, "demo": args.demo, "world_size": world_size }),
+    );
+    let quiet = collective.rank() != 0;
     if recipe.evaluate_only {
-        return evaluate_only(&trainer, &data, &recipe.output, TowerWeights::parse(&args.tower_weights)?);
+        return evaluate_only(&trainer, &data, &recipe.output, TowerWeights::parse(&args.tower_weights)?, quiet);
     }
     if let Some(r) = &recipe.resume {
         trainer.resume(r).with_context(|| format!("resuming from {}", r.display()))?;
     }
-    let mut console = Console::new(stop_on_ctrl_c()?);
+    let mut console = Console::new(stop_on_ctrl_c()?, quiet);
     let started = Instant::now();
     let summary = match trainer.fit(&data, &mut console) {
         Ok(s) => s,
@@ -480,7 +566,9 @@ fn main() -> Result<()> {
     };
     console.total.finish();
     console.epoch.finish_and_clear();
-    report(&summary, started, &recipe.output, args.demo);
+    if !quiet {
+        report(&summary, started, &recipe.output, args.demo);
+    }
     Ok(())
 }
 
@@ -519,13 +607,20 @@ fn report(summary: &RunSummary, started: Instant, output: &Path, demo: bool) {
 
 /// Scores the starting weights on the test splits with the towers' weights as `format`; a format other
 /// than full f32 is compared with f32 on the same clips.
-fn evaluate_only(trainer: &Trainer, data: &TrainData, output: &Path, format: TowerWeights) -> Result<()> {
-    let mut console = Console::new(Arc::new(AtomicBool::new(false)));
+/// Rank 0 alone (`quiet` false) prints and writes the reports.
+fn evaluate_only(trainer: &Trainer, data: &TrainData, output: &Path, format: TowerWeights, quiet: bool) -> Result<()> {
+    let mut console = Console::new(Arc::new(AtomicBool::new(false)), quiet);
     for (name, loader) in [("test", data.test.as_ref()), ("test_multiview", data.multi_view.as_ref())] {
         let Some(loader) = loader else { continue };
         let report = evaluate_with_bar(&mut console, trainer, loader, format, name != "test")?;
-        if format != TowerWeights::Full {
-            let full = evaluate_with_bar(&mut console, trainer, loader, TowerWeights::Full, name != "test")?;
+        let full = match format {
+            TowerWeights::Full => None,
+            _ => Some(evaluate_with_bar(&mut console, trainer, loader, TowerWeights::Full, name != "test")?),
+        };
+        if quiet {
+            continue;
+        }
+        if let Some(full) = full {
             let agreement = report.top1_agreement(&full).map_or("n/a".into(), |a| format!("{:.2}%", 100.0 * a));
             println!("{name}: f32 weights top-1 {:.2}% ({:.1} s); {format:?} weights agree with f32 on the top-1 class of {agreement} of the clips", 100.0 * full.top1, full.seconds);
         }
@@ -568,6 +663,8 @@ fn evaluate_with_bar(
 
 /// Progress bars, Ctrl-C and a few printed lines.
 struct Console {
+    /// Ranks other than 0 of a data-parallel job: no bars, no lines.
+    quiet: bool,
     bars: MultiProgress,
     total: ProgressBar,
     epoch: ProgressBar,
@@ -578,8 +675,9 @@ struct Console {
 }
 
 impl Console {
-    fn new(stop: Arc<AtomicBool>) -> Self {
-        let bars = MultiProgress::new();
+    fn new(stop: Arc<AtomicBool>, quiet: bool) -> Self {
+        let bars =
+            if quiet { MultiProgress::with_draw_target(ProgressDrawTarget::hidden()) } else { MultiProgress::new() };
         let total = bars.add(ProgressBar::new(0));
         total.set_style(
             ProgressStyle::with_template(
@@ -595,10 +693,13 @@ impl Console {
                 .unwrap()
                 .progress_chars("=> "),
         );
-        Self { bars, total, epoch, eval: None, stop, epochs: 0, started: Instant::now() }
+        Self { quiet, bars, total, epoch, eval: None, stop, epochs: 0, started: Instant::now() }
     }
 
     fn println(&self, line: String) {
+        if self.quiet {
+            return;
+        }
         if self.bars.is_hidden() {
             println!("{line}");
         } else {

@@ -17,6 +17,7 @@ use rand::Rng;
 
 use super::pipeline::ClipPipeline;
 use super::sampling::{keyed_rng, sample_rng};
+use super::shard::Shard;
 use super::ucf101::VideoDataset;
 use crate::error::{Error, Result};
 
@@ -148,6 +149,8 @@ struct Shared {
     dataset: VideoDataset,
     pipeline: ClipPipeline,
     cfg: LoaderConfig,
+    /// This process's share of every epoch in a data-parallel job (`None`: the whole epoch).
+    shard: Option<Shard>,
 }
 
 impl Loader {
@@ -159,7 +162,21 @@ impl Loader {
         if !matches!(cfg.dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(Error::Config(format!("loader dtype must be f32, f16 or bf16, not {:?}", cfg.dtype)));
         }
-        Ok(Self { shared: Arc::new(Shared { dataset, pipeline, cfg }) })
+        Ok(Self { shared: Arc::new(Shared { dataset, pipeline, cfg, shard: None }) })
+    }
+
+    /// The same loader reading only `shard`'s part of every epoch (data-parallel training or evaluation;
+    /// see [`Shard`]). Every rank must build it from the same dataset, seed and settings.
+    pub fn sharded(&self, shard: Shard) -> Self {
+        let Shared { dataset, pipeline, cfg, .. } = &*self.shared;
+        let shared =
+            Shared { dataset: dataset.clone(), pipeline: pipeline.clone(), cfg: cfg.clone(), shard: Some(shard) };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// The share of every epoch this loader reads (`None`: the whole epoch).
+    pub fn shard(&self) -> Option<Shard> {
+        self.shared.shard
     }
 
     /// The dataset.
@@ -172,23 +189,29 @@ impl Loader {
         &self.shared.cfg
     }
 
-    /// Batches per epoch (before failures).
+    /// Batches per epoch (before failures; this process's share when sharded).
     pub fn num_batches(&self) -> usize {
-        let (n, b) = (self.shared.dataset.len(), self.shared.cfg.batch_size);
-        if self.shared.cfg.drop_last {
+        let cfg = &self.shared.cfg;
+        let (n, b) = (self.shared.dataset.len(), cfg.batch_size);
+        let n = self.shared.shard.map_or(n, |s| s.len(n, b, cfg.drop_last));
+        if cfg.drop_last {
             n / b
         } else {
             n.div_ceil(b)
         }
     }
 
-    /// The clip order of `epoch` (dataset indices).
+    /// The clip order of `epoch` (dataset indices; this process's share when sharded).
     fn order(&self, epoch: u64) -> Vec<usize> {
+        let cfg = &self.shared.cfg;
         let mut order: Vec<usize> = (0..self.shared.dataset.len()).collect();
-        if self.shared.cfg.shuffle {
-            order.shuffle(&mut keyed_rng(self.shared.cfg.seed, epoch, 0, SHUFFLE_DOMAIN));
+        if cfg.shuffle {
+            order.shuffle(&mut keyed_rng(cfg.seed, epoch, 0, SHUFFLE_DOMAIN));
         }
-        order
+        match self.shared.shard {
+            Some(shard) => shard.select(&order, cfg.batch_size, cfg.drop_last),
+            None => order,
+        }
     }
 
     /// Starts `epoch`: an iterator of batches (errors only for tensor construction; clip failures are

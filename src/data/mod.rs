@@ -13,6 +13,7 @@
 //! | transforms | [`TestTransform`], [`TrainTransform`], [`ColorJitter`], [`TestCrops`], [`Filter`] (Pillow-exact resampling), [`CLIP_MEAN`], [`CLIP_STD`] |
 //! | frame folders | [`FrameNaming`], [`FrameTemplate`] (`img_{:05d}.jpg` from 1 by default) |
 //! | loader | [`Loader`], [`LoaderConfig`], [`Epoch`], [`Batch`], [`LoaderReport`], [`OnFailure`], [`SampleFailure`] |
+//! | data-parallel shares | [`Shard`], [`ShardKind`]: one process's part of every epoch |
 //! | video files (feature `video`) | [`probe`], [`VideoInfo`], [`count_frames`], [`write_video`], [`EncodeOptions`], [`VideoCodec`] |
 //! | live and long inputs (feature `video`) | [`FrameStream`] (any FFmpeg input frame by frame), [`StreamOptions`], [`StreamFrame`], [`StreamInfo`], [`Watchdog`] |
 //! | synthetic data | [`synthetic`]: a small generated dataset in the UCF101 layout |
@@ -38,6 +39,7 @@ mod loader;
 mod pipeline;
 mod resize;
 mod sampling;
+mod shard;
 mod source;
 pub mod synthetic;
 mod transforms;
@@ -50,6 +52,7 @@ pub use loader::{Batch, Epoch, Loader, LoaderConfig, LoaderReport, OnFailure, Sa
 pub use pipeline::{ClipData, ClipPipeline, ClipTransform};
 pub use resize::Filter;
 pub use sampling::{sample_rng, SampleMode, Sampling};
+pub use shard::{Shard, ShardKind};
 pub(crate) use source::ClipSource;
 pub use source::FrameNaming;
 pub use transforms::{ColorJitter, TestCrops, TestTransform, TrainTransform, CLIP_MEAN, CLIP_STD};

@@ -1,6 +1,7 @@
 //! Why training stops with an error: [`TrainError`] (a model, data or file error, or one of the loop's own).
 use std::path::{Path, PathBuf};
 
+use super::distributed::DistributedError;
 use crate::Error;
 
 /// Why training stopped with an error.
@@ -56,6 +57,10 @@ pub enum TrainError {
         /// The last checkpoint written, untouched.
         last_good: Option<PathBuf>,
     },
+
+    /// The data-parallel machinery failed, or another rank of the job did.
+    #[error(transparent)]
+    Distributed(#[from] DistributedError),
 
     /// A gradient became NaN or infinite in f32/bf16 (f16 skips such steps and lowers its loss scale).
     #[error("a gradient is not finite at epoch {epoch}, iteration {step}: training stopped")]

@@ -2,7 +2,8 @@
 //! [`Event`]s to an [`Observer`]; AdamW over the reference's parameter groups ([`optimizer`]), per-iteration
 //! schedules ([`schedule`]), f32 master weights with optional half-precision compute ([`vars`]), evaluation
 //! with the template ensemble ([`eval`]), atomic checkpoints and exact resume ([`checkpoint`]), metrics and
-//! plots; the reference's YAML settings ([`recipe`]) and the synthetic demo ([`demo`]).
+//! plots; the reference's YAML settings ([`recipe`]) and the synthetic demo ([`demo`]); data-parallel
+//! training across processes, GPUs and machines on MPI or NCCL ([`distributed`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,6 +39,7 @@ mod trainer;
 
 pub mod checkpoint;
 pub mod demo;
+pub mod distributed;
 pub mod eval;
 pub mod metrics;
 pub mod optimizer;

@@ -61,11 +61,6 @@ impl RunDir {
         Ok(Self { path: path.to_path_buf(), metrics })
     }
 
-    /// The directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends a line to `metrics.jsonl`.
     pub(crate) fn record(&mut self, record: &Record) -> Result<()> {
         self.metrics.write(record)

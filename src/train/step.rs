@@ -1,25 +1,76 @@
-//! The maths of one optimizer step. Per loader batch: forward in training mode, the symmetric KL loss,
-//! backward of the loss times `loss_scale / accumulate`, gradients summed in a [`GradAccumulator`]. Per
-//! optimizer step: the sums divided by the loss scale, the global norm measured, an overflow either
-//! skipped with a lower loss scale (f16) or reported (f32, bf16), the norm clipped; after an applied
-//! update the f16 loss scale grows every `growth_interval` good steps (as `torch.cuda.amp.GradScaler`).
+//! The maths of one optimizer step. Per loader batch: forward in training mode, the symmetric KL loss over
+//! the global batch (every rank's clips in a data-parallel job), backward of the loss times
+//! `loss_scale / accumulate`, gradients summed in a [`GradAccumulator`]. Per optimizer step: the sums
+//! summed over the ranks, divided by the loss scale, the global norm measured, an overflow either skipped
+//! with a lower loss scale (f16) or reported (f32, bf16), the norm clipped; after an applied update the f16
+//! loss scale grows every `growth_interval` good steps (as `torch.cuda.amp.GradScaler`).
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use super::checkpoint::TrainerState;
 use super::config::TrainConfig;
+use super::distributed::{gather_labels, global_logits, row_counts, Collective};
 use super::error::{TrainError, TrainResult};
 use super::optimizer::{clip_to_norm, global_grad_norm, scale_grads};
 use super::vars::Precision;
 use crate::{loss, ActionClip, Result};
 
-/// The symmetric KL loss of one batch, the model in training mode.
-// frames [B, T, 3, H, W], tokens [B, 77] u32, B labels -> scalar
-pub(crate) fn batch_loss(model: &ActionClip, frames: &Tensor, tokens: &Tensor, labels: &[u32]) -> Result<Tensor> {
-    let video = model.encode_video_t(frames, true)?;
-    let text = model.encode_text_t(tokens, true)?;
-    let (v2t, t2v) = model.logits(&video, &text)?;
-    loss::symmetric_kl_loss(&v2t, &t2v, labels)
+/// This rank's clips of a batch, encoded in training mode.
+pub(crate) struct Encoded {
+    /// Video embeddings `[b, D]`.
+    video: Tensor,
+    /// Text embeddings `[b, D]`.
+    text: Tensor,
+    /// One label per clip.
+    labels: Vec<u32>,
+}
+
+impl Encoded {
+    /// Encodes a batch with the model in training mode.
+    // frames [b, T, 3, H, W], tokens [b, 77] u32, b labels -> [b, D] twice
+    pub(crate) fn new(model: &ActionClip, frames: &Tensor, tokens: &Tensor, labels: &[u32]) -> Result<Self> {
+        let video = model.encode_video_t(frames, true)?;
+        let text = model.encode_text_t(tokens, true)?;
+        Ok(Self { video, text, labels: labels.to_vec() })
+    }
+
+    /// No clips: what a rank without a batch brings to the global batch (`dim` wide, in `model`'s dtype).
+    pub(crate) fn empty(model: &ActionClip, dim: usize) -> Result<Self> {
+        let empty = Tensor::zeros((0, dim), model.dtype(), model.device())?;
+        Ok(Self { video: empty.clone(), text: empty, labels: Vec::new() })
+    }
+
+    /// Clips encoded.
+    pub(crate) fn clips(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether every embedding is finite (a NaN clip is caught on its own rank, before the gather spreads
+    /// it to every rank's loss).
+    pub(crate) fn is_finite(&self) -> Result<bool> {
+        if self.labels.is_empty() {
+            return Ok(true);
+        }
+        let total = (self.video.to_dtype(DType::F32)?.sum_all()? + self.text.to_dtype(DType::F32)?.sum_all()?)?;
+        Ok(total.to_scalar::<f32>()?.is_finite())
+    }
+}
+
+/// The symmetric KL loss over the global batch: every rank's clips in rank order, gradients flowing
+/// through this rank's embeddings (see [`global_logits`]). `None` when no rank had a clip.
+// b_rank clips per rank -> scalar over B = sum(b_rank)
+pub(crate) fn global_batch_loss(
+    model: &ActionClip,
+    local: &Encoded,
+    collective: &dyn Collective,
+) -> TrainResult<Option<Tensor>> {
+    let counts = row_counts(collective, local.clips())?;
+    if counts.iter().sum::<usize>() == 0 {
+        return Ok(None);
+    }
+    let (v2t, t2v) = global_logits(collective, &local.video, &local.text, &model.logit_scale().exp()?, &counts)?;
+    let labels = gather_labels(collective, &local.labels, &counts)?;
+    Ok(Some(loss::symmetric_kl_loss(&v2t, &t2v, &labels)?))
 }
 
 /// Gradients of `loss * weight` (the loss scale over the batches per step).

@@ -1,5 +1,6 @@
 //! The training text: every clip gets one of ActionCLIP's 16 templates, drawn uniformly, filled with its
-//! class. The draw is keyed by `(seed, epoch, batch)`, so a resumed run draws the same sentences.
+//! class. The draw is keyed by `(seed, epoch, clip)`, so a resumed run draws the same sentences, and so does
+//! a data-parallel run whatever the batch size or the number of processes.
 use candle_core::{Device, Tensor};
 use rand::Rng;
 
@@ -50,21 +51,25 @@ impl PromptBank {
         Ok(Self { ids, row, classes: words.len(), context })
     }
 
-    /// The training text of each clip of batch `batch` of `epoch`: `labels.len()` labels -> `[B, context]` u32.
+    /// The training text of the clips `clips` (dataset indices) with labels `labels` in `epoch`:
+    /// `labels.len()` labels -> `[B, context]` u32.
     pub(crate) fn draw(
         &self,
         labels: &[u32],
+        clips: &[usize],
         seed: u64,
         epoch: usize,
-        batch: usize,
         device: &Device,
     ) -> Result<Tensor> {
-        let mut rng = sample_rng(seed ^ TEMPLATE_DOMAIN, epoch as u64, batch as u64);
+        if clips.len() != labels.len() {
+            return Err(Error::Labels(format!("{} labels for {} clips", labels.len(), clips.len())));
+        }
         let mut ids = Vec::with_capacity(labels.len() * self.context);
-        for &label in labels {
+        for (&label, &clip) in labels.iter().zip(clips) {
             if label as usize >= self.classes {
                 return Err(Error::Labels(format!("label {label} is outside the {} classes", self.classes)));
             }
+            let mut rng = sample_rng(seed ^ TEMPLATE_DOMAIN, epoch as u64, clip as u64);
             let j = rng.gen_range(0..prompts::ACTIONCLIP_TEMPLATES.len());
             let at = (j * self.classes + label as usize) * self.row;
             let mut sentence = self.ids[at..at + self.row].to_vec();
@@ -91,17 +96,22 @@ mod tests {
     }
 
     #[test]
-    fn draws_repeat_for_the_same_key_and_reject_bad_labels() {
+    fn draws_depend_on_the_clip_not_the_batch() {
         let tok = Tokenizer::new();
         let bank = PromptBank::new(&tok, &class_words(&classes(&["Archery", "Bowling"])).unwrap(), 77).unwrap();
         let labels = [0, 1, 1, 0, 1, 0, 0, 1];
-        let a = bank.draw(&labels, 3, 1, 2, &Device::Cpu).unwrap();
-        let b = bank.draw(&labels, 3, 1, 2, &Device::Cpu).unwrap();
-        assert_eq!(a.dims(), &[8, 77]);
-        assert_eq!(a.to_vec2::<u32>().unwrap(), b.to_vec2::<u32>().unwrap());
-        let c = bank.draw(&labels, 3, 1, 3, &Device::Cpu).unwrap();
-        assert_ne!(a.to_vec2::<u32>().unwrap(), c.to_vec2::<u32>().unwrap(), "another batch draws other templates");
-        assert!(bank.draw(&[2], 3, 1, 2, &Device::Cpu).is_err());
-        assert!(PromptBank::new(&tok, &[], 77).unwrap().draw(&[0], 3, 1, 2, &Device::Cpu).is_err());
+        let clips: Vec<usize> = (0..8).collect();
+        let a = bank.draw(&labels, &clips, 3, 1, &Device::Cpu).unwrap().to_vec2::<u32>().unwrap();
+        assert_eq!(a.len(), 8);
+        let halves = [
+            bank.draw(&labels[..4], &clips[..4], 3, 1, &Device::Cpu).unwrap().to_vec2::<u32>().unwrap(),
+            bank.draw(&labels[4..], &clips[4..], 3, 1, &Device::Cpu).unwrap().to_vec2::<u32>().unwrap(),
+        ];
+        assert_eq!(a, halves.concat(), "two half batches draw what the whole batch draws");
+        let later = bank.draw(&labels, &clips, 3, 2, &Device::Cpu).unwrap().to_vec2::<u32>().unwrap();
+        assert_ne!(a, later, "another epoch draws other templates");
+        assert!(bank.draw(&[2], &[0], 3, 1, &Device::Cpu).is_err());
+        assert!(bank.draw(&[0, 1], &[0], 3, 1, &Device::Cpu).is_err());
+        assert!(PromptBank::new(&tok, &[], 77).unwrap().draw(&[0], &[0], 3, 1, &Device::Cpu).is_err());
     }
 }

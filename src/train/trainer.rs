@@ -3,14 +3,21 @@
 //! random training template, the symmetric KL loss, an optimizer step per `accumulate` batches, evaluation
 //! after the epoch, atomic `last/` and `best/` checkpoints and the run directory's files. The library never
 //! prints: progress goes to an [`Observer`].
+//!
+//! In a data-parallel job ([`Trainer::with_collective`]) every rank runs the same calls: each trains on its
+//! share of every epoch, the loss is taken over the global batch, gradients are summed before clipping,
+//! evaluation is split between the ranks, and rank 0 alone writes the run directory, each write followed
+//! by an exchange of every rank's status, so a failure anywhere stops every rank with that rank's error.
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarMap;
 
 use super::checkpoint::{self, TrainerState, STATE_FILE};
 use super::config::{StartFrom, TrainConfig, TrainData};
+use super::distributed::{self, Collective, ReduceOp, SingleProcess};
 use super::error::{TrainError, TrainResult};
 use super::eval::{self, EvalReport};
 use super::events::{Event, Observer, RunSummary, StepOutput};
@@ -18,10 +25,10 @@ use super::metrics::{EpochLog, EvalLog, Record, StepLog};
 use super::optimizer::{AdamW, Group};
 use super::run_dir::{run_config, EvalKind, RunDir};
 use super::schedule::LrSchedule;
-use super::step::{self, Accumulated, GradAccumulator};
+use super::step::{self, Accumulated, Encoded, GradAccumulator};
 use super::templates::{class_words, PromptBank};
 use super::vars::ModelVars;
-use crate::data::{Batch, Loader};
+use crate::data::{Batch, Loader, Shard};
 use crate::{ActionClip, ActionClipConfig, Tokenizer, TowerWeights};
 
 /// The fine-tuning engine.
@@ -36,11 +43,16 @@ pub struct Trainer {
     acc: GradAccumulator,
     resumed: bool,
     run_info: serde_json::Value,
+    /// The ranks of the job ([`SingleProcess`] unless [`Trainer::with_collective`] set one).
+    collective: Box<dyn Collective>,
+    /// Shapes of the trainable parameters, in the order of the gradient slots.
+    grad_shapes: Vec<Shape>,
 }
 
 /// What one call of [`Trainer::fit`] carries from part to part.
 struct Run<'a> {
-    data: &'a TrainData,
+    /// The run's data, the training loader cut to this rank's share.
+    data: TrainData,
     observer: &'a mut dyn Observer,
     out: Option<RunDir>,
     classes: Vec<String>,
@@ -89,6 +101,7 @@ impl Trainer {
         }
         let params = vars.trainable.iter().map(|(n, v, _)| (n.clone(), v.clone())).collect();
         let optimizer = AdamW::new(params, cfg.optimizer.clone())?;
+        let grad_shapes = vars.trainable.iter().map(|(_, v, _)| v.shape().clone()).collect();
         Ok(Self {
             state: TrainerState::new(&cfg, model_cfg),
             acc: GradAccumulator::new(vars.trainable.len()),
@@ -100,7 +113,43 @@ impl Trainer {
             tokenizer: Tokenizer::new(),
             resumed: false,
             run_info: serde_json::Value::Null,
+            collective: Box::new(SingleProcess::new(device)),
+            grad_shapes,
         })
+    }
+
+    /// Makes this trainer one rank of a data-parallel job: rank 0's weights are broadcast to every rank now,
+    /// and from here on every rank must make the same calls in the same order (build every rank's trainer
+    /// and loaders from the same settings; pass each loader whole, the trainer takes this rank's share).
+    /// `TrainConfig::accumulate` and the loader's batch size are per rank: the global batch is
+    /// `world_size` times the loader's.
+    pub fn with_collective(mut self, collective: impl Collective + 'static) -> TrainResult<Self> {
+        self.collective = Box::new(collective);
+        self.broadcast_weights()?;
+        Ok(self)
+    }
+
+    /// The ranks of the job this trainer belongs to.
+    pub fn collective(&self) -> &dyn Collective {
+        &*self.collective
+    }
+
+    /// Overwrites every weight with rank 0's (in name order, bucketed).
+    fn broadcast_weights(&self) -> TrainResult<()> {
+        let tensors = self.vars.master_tensors()?;
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        let values: Vec<Tensor> = names.iter().map(|n| tensors[*n].clone()).collect();
+        let values = distributed::broadcast_tensors(&*self.collective, &values)?;
+        let synced: HashMap<String, Tensor> = names.into_iter().cloned().zip(values).collect();
+        Ok(self.vars.load_master(&synced)?)
+    }
+
+    /// Runs `write` on rank 0 only, then exchanges every rank's status (a barrier): the run directory and
+    /// checkpoints have one writer, and its failure stops every rank.
+    fn on_rank_0(&self, write: impl FnOnce() -> TrainResult<()>) -> TrainResult<()> {
+        let written = if self.collective.rank() == 0 { write() } else { Ok(()) };
+        distributed::agree(&*self.collective, written)
     }
 
     /// Sets the run directory (created by [`Trainer::fit`]); without one nothing is written.
@@ -157,9 +206,11 @@ impl Trainer {
     }
 
     /// Continues from a checkpoint directory (`run/last`, or `run` itself meaning `run/last`): weights,
-    /// optimizer moments and trainer state. The checkpoint must be of this model's architecture.
+    /// optimizer moments and trainer state. The checkpoint must be of this model's architecture. In a
+    /// data-parallel job every rank reads the same checkpoint (a shared file system).
     pub fn resume(&mut self, dir: impl AsRef<Path>) -> TrainResult<()> {
-        let mut state = checkpoint::load(dir.as_ref(), &self.vars, &self.model_cfg, &mut self.optimizer)?;
+        let loaded = checkpoint::load(dir.as_ref(), &self.vars, &self.model_cfg, &mut self.optimizer);
+        let mut state = distributed::agree(&*self.collective, loaded)?;
         state.train_config = self.cfg.clone();
         self.state = state;
         self.resumed = true;
@@ -168,30 +219,47 @@ impl Trainer {
     }
 
     /// Forward and backward of one batch; gradients are added to the accumulation buffers (weighted by
-    /// `1 / accumulate`). Returns the batch's loss.
+    /// `1 / accumulate`). Returns the batch's loss (over the global batch in a data-parallel job; NaN, with
+    /// nothing added, when no rank had a clip).
     // frames [B, T, 3, H, W], tokens [B, 77] u32, B labels
     pub fn accumulate(&mut self, frames: &Tensor, tokens: &Tensor, labels: &[u32]) -> TrainResult<f64> {
-        let loss = step::batch_loss(&self.vars.model, frames, tokens, labels)?;
-        let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
-        if !value.is_finite() {
-            self.acc.clear();
-            let last_good = self.run_dir.as_ref().map(|d| d.join("last")).filter(|d| d.join(STATE_FILE).is_file());
-            return Err(TrainError::NonFiniteLoss {
-                epoch: self.state.epoch,
-                step: self.state.step,
-                loss: value,
-                last_good,
-            });
-        }
-        let grads = step::weighted_backward(&loss, self.state.loss_scale / self.cfg.accumulate as f64)?;
-        self.acc.add(&grads, &self.vars.trainable, value, labels.len())?;
-        Ok(value)
+        let local = Encoded::new(&self.vars.model, frames, tokens, labels).map_err(Into::into);
+        Ok(self.accumulate_encoded(local)?.unwrap_or(f64::NAN))
     }
 
-    /// Applies the accumulated gradients: unscale, overflow check (f16), clip, AdamW at the schedule's rate,
-    /// refresh the compute copy, advance the iteration.
+    /// [`Trainer::accumulate`] of this rank's encoded clips: the loss over the global batch, its backward,
+    /// the gradients added. `None` (nothing added) when no rank had a clip.
+    fn accumulate_encoded(&mut self, local: TrainResult<Encoded>) -> TrainResult<Option<f64>> {
+        let local = local.and_then(|e| match e.is_finite()? {
+            true => Ok(e),
+            false => Err(self.non_finite_loss(f64::NAN)),
+        });
+        let local = distributed::agree(&*self.collective, local)?;
+        let Some(loss) = step::global_batch_loss(&self.vars.model, &local, &*self.collective)? else {
+            return Ok(None);
+        };
+        let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            return Err(self.non_finite_loss(value));
+        }
+        let grads = step::weighted_backward(&loss, self.state.loss_scale / self.cfg.accumulate as f64)?;
+        self.acc.add(&grads, &self.vars.trainable, value, local.clips())?;
+        Ok(Some(value))
+    }
+
+    /// The error of a non-finite loss now; the step's partial sums are dropped.
+    fn non_finite_loss(&mut self, loss: f64) -> TrainError {
+        self.acc.clear();
+        let last_good = self.run_dir.as_ref().map(|d| d.join("last")).filter(|d| d.join(STATE_FILE).is_file());
+        TrainError::NonFiniteLoss { epoch: self.state.epoch, step: self.state.step, loss, last_good }
+    }
+
+    /// Applies the accumulated gradients: summed over the ranks, unscale, overflow check (f16), clip, AdamW
+    /// at the schedule's rate, refresh the compute copy, advance the iteration.
     pub fn apply_step(&mut self) -> TrainResult<StepOutput> {
         let Accumulated { mut grads, loss } = self.acc.take();
+        // Each rank holds the gradient through its own clips: their sum is the global batch's gradient.
+        distributed::all_reduce_grads(&*self.collective, &mut grads, &self.grad_shapes, ReduceOp::Sum)?;
         let (grad_norm, skipped) = step::unscale_and_clip(&mut grads, &mut self.state, &self.cfg)?;
         let lr_factor = self.state.schedule.factor(self.state.step);
         if !skipped {
@@ -211,14 +279,18 @@ impl Trainer {
         self.apply_step()
     }
 
-    /// Writes a checkpoint directory (atomically): model, optimizer state, trainer state.
+    /// Writes a checkpoint directory (atomically): model, optimizer state, trainer state. In a
+    /// data-parallel job rank 0 writes it and every rank returns once it is whole (or with its error).
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> TrainResult<()> {
-        Ok(checkpoint::save(dir.as_ref(), &self.vars, &self.model_cfg, &self.optimizer, &self.state)?)
+        self.on_rank_0(|| {
+            Ok(checkpoint::save(dir.as_ref(), &self.vars, &self.model_cfg, &self.optimizer, &self.state)?)
+        })
     }
 
     /// Evaluates the current weights on every clip of `loader`'s epoch 0 (a test loader: no shuffle, no
     /// dropped batch) with ActionCLIP's template ensemble; the dataset's class names are humanized for the
-    /// prompts. `progress(done, total)` is called after each batch.
+    /// prompts. In a data-parallel job every rank passes the whole split, scores its own block and gets the
+    /// report of the whole split. `progress(done, total)` is called after each of this rank's batches.
     pub fn evaluate(&self, loader: &Loader, progress: &mut dyn FnMut(usize, usize)) -> TrainResult<EvalReport> {
         self.evaluate_with(TowerWeights::Full, loader, progress)
     }
@@ -240,7 +312,8 @@ impl Trainer {
                 &converted
             }
         };
-        Ok(eval::evaluate(model, &self.tokenizer, &words, loader, self.state.epoch, self.state.step, progress)?)
+        let (epoch, step) = (self.state.epoch, self.state.step);
+        eval::evaluate(model, &self.tokenizer, &words, loader, epoch, step, &*self.collective, progress)
     }
 
     /// Trains for the configured epochs (from where a resumed checkpoint left off), evaluating, saving and
@@ -252,7 +325,7 @@ impl Trainer {
                 return self.stop_early(run);
             }
             let last_epoch = self.end_epoch(&mut run)?;
-            if !last_epoch && run.observer.should_stop() {
+            if !last_epoch && self.should_stop(&mut run)? {
                 return self.stop_early(run);
             }
         }
@@ -261,24 +334,34 @@ impl Trainer {
 
     /// Checks the data, resolves the schedule, opens the run directory, reports the start and evaluates the
     /// starting weights (a fresh run with a test split and `zero_shot_eval`).
-    fn start_run<'a>(&mut self, data: &'a TrainData, observer: &'a mut dyn Observer) -> TrainResult<Run<'a>> {
+    fn start_run<'a>(&mut self, data: &TrainData, observer: &'a mut dyn Observer) -> TrainResult<Run<'a>> {
         let called = Instant::now();
-        data.validate()?;
-        let classes = data.train.dataset().classes.clone();
-        let prompts =
-            PromptBank::new(&self.tokenizer, &class_words(&classes)?, self.model_cfg.clip.text.context_length)?;
+        let collective = &*self.collective;
+        let checked = data.validate().and_then(|_| {
+            let train = match collective.world_size() {
+                1 => data.train.clone(),
+                world => data.train.sharded(Shard::training(collective.rank(), world)?),
+            };
+            let classes = data.train.dataset().classes.clone();
+            let context = self.model_cfg.clip.text.context_length;
+            let prompts = PromptBank::new(&self.tokenizer, &class_words(&classes)?, context)?;
+            Ok((TrainData { train, ..data.clone() }, classes, prompts))
+        });
+        let (data, classes, prompts) = distributed::agree(collective, checked)?;
         let batches = data.train.num_batches();
         let steps_per_epoch = batches.div_ceil(self.cfg.accumulate);
         self.state.schedule = self.cfg.resolve_schedule(steps_per_epoch);
         self.state.schedule.validate()?;
         self.state.train_config = self.cfg.clone();
-        let out = match &self.run_dir {
-            Some(dir) => {
-                let config = run_config(&self.model_cfg, &self.cfg, data, &self.run_info);
-                Some(RunDir::open(dir, &config, self.resumed.then_some((self.state.step, self.state.epoch)))?)
-            }
-            None => None,
-        };
+        let mut out = None;
+        if let Some(dir) = &self.run_dir {
+            let config = run_config(&self.model_cfg, &self.cfg, &data, &self.run_info);
+            let resumed_at = self.resumed.then_some((self.state.step, self.state.epoch));
+            self.on_rank_0(|| {
+                out = Some(RunDir::open(dir, &config, resumed_at)?);
+                Ok(())
+            })?;
+        }
         let (trainable, frozen) = self.vars.counts();
         observer.event(&Event::Started {
             epochs: self.cfg.epochs,
@@ -307,31 +390,32 @@ impl Trainer {
             step_ended: now,
         };
         let fresh = !self.resumed && self.state.step == 0;
-        if let (Some(test), true) = (&data.test, fresh && self.cfg.zero_shot_eval) {
-            run.summary.zero_shot = Some(self.run_eval(&mut run, test, EvalKind::ZeroShot)?);
+        if let (Some(test), true) = (run.data.test.clone(), fresh && self.cfg.zero_shot_eval) {
+            run.summary.zero_shot = Some(self.run_eval(&mut run, &test, EvalKind::ZeroShot)?);
         }
         run.training = Instant::now();
         Ok(run)
     }
 
     /// Trains the batches of the current epoch not done yet, an optimizer step every `accumulate` batches and
-    /// one for the batches left at the end. Returns whether the observer asked to stop after a step.
+    /// one for the batches left at the end. Returns whether an observer asked to stop after a step.
     fn train_epoch(&mut self, run: &mut Run) -> TrainResult<bool> {
         let epoch = self.state.epoch;
         let skip = self.state.batch_in_epoch;
         run.epoch_began = Instant::now();
         run.observer.event(&Event::EpochStarted { epoch, batches: run.batches, done: skip });
-        let batches = run.data.train.epoch(epoch as u64);
+        let mut batches = run.data.train.epoch(epoch as u64).peekable();
         run.step_ended = Instant::now();
-        for batch in batches {
-            let batch = batch?;
-            if batch.index < skip {
+        for index in 0..run.batches {
+            // A batch whose clips all failed is not yielded: this rank then brings no clips to the global batch.
+            let batch = batches.next_if(|b| b.as_ref().map_or(true, |b| b.index == index)).transpose();
+            if index < skip {
                 continue;
             }
-            self.train_batch(run, &batch)?;
+            self.train_batch(run, index, batch.map_err(Into::into))?;
             if self.acc.batches() == self.cfg.accumulate {
-                self.finish_step(run, batch.index + 1)?;
-                if run.observer.should_stop() {
+                self.finish_step(run, index + 1)?;
+                if self.should_stop(run)? {
                     return Ok(true);
                 }
             }
@@ -342,22 +426,38 @@ impl Trainer {
         Ok(false)
     }
 
-    /// Forward and backward of one loader batch with a freshly drawn sentence per clip.
-    fn train_batch(&mut self, run: &mut Run, batch: &Batch) -> TrainResult<()> {
+    /// Forward and backward of loader batch `index` (`None`: every clip of it failed) with a freshly drawn
+    /// sentence per clip.
+    fn train_batch(&mut self, run: &mut Run, index: usize, batch: TrainResult<Option<Batch>>) -> TrainResult<()> {
         let epoch = self.state.epoch;
+        let local = batch.and_then(|batch| self.encode_batch(run, batch.as_ref()));
+        if let Some(loss) = self.accumulate_encoded(local)? {
+            run.observer.event(&Event::Batch { epoch, done: index + 1, loss });
+        }
+        Ok(())
+    }
+
+    /// This rank's clips of a batch, encoded with their training sentences.
+    fn encode_batch(&self, run: &mut Run, batch: Option<&Batch>) -> TrainResult<Encoded> {
+        let model = &self.vars.model;
+        let Some(batch) = batch else { return Ok(Encoded::empty(model, self.model_cfg.clip.embed_dim)?) };
         if !batch.failures.is_empty() {
             run.observer.event(&Event::LoaderFailures(&batch.failures));
         }
         let labels = batch.labels.to_vec1::<u32>()?;
-        let tokens = run.prompts.draw(&labels, self.cfg.seed, epoch, batch.index, self.vars.model.device())?;
-        let loss = self.accumulate(&batch.frames, &tokens, &labels)?;
-        run.observer.event(&Event::Batch { epoch, done: batch.index + 1, loss });
-        Ok(())
+        let tokens = run.prompts.draw(&labels, &batch.ids, self.cfg.seed, self.state.epoch, model.device())?;
+        Ok(Encoded::new(model, &batch.frames, &tokens, &labels)?)
+    }
+
+    /// Whether the observer of any rank asks to stop (the ranks stop together).
+    fn should_stop(&self, run: &mut Run) -> TrainResult<bool> {
+        let stop = run.observer.should_stop() as u8 as f64;
+        Ok(distributed::sum_values(&*self.collective, &[stop])?[0] > 0.0)
     }
 
     /// Applies the accumulated step (`done` batches of the epoch used), then logs every `log_every`-th.
     fn finish_step(&mut self, run: &mut Run, done: usize) -> TrainResult<()> {
-        let clips = self.acc.clips();
+        let clips = distributed::sum_values(&*self.collective, &[self.acc.clips() as f64])?[0] as usize;
         let out = self.apply_step()?;
         self.state.batch_in_epoch = done;
         self.state.add_step_loss(out.loss);
@@ -383,7 +483,7 @@ impl Trainer {
             clips_per_s: clips as f64 / seconds.max(1e-9),
             elapsed_s: run.training.elapsed().as_secs_f64(),
         };
-        run.record(Record::Step(log.clone()))?;
+        self.on_rank_0(|| run.record(Record::Step(log.clone())))?;
         run.observer.event(&Event::Step(&log));
         Ok(())
     }
@@ -396,9 +496,8 @@ impl Trainer {
         run.summary.epoch_losses = self.state.epoch_losses.clone();
         let last_epoch = self.state.epoch == self.cfg.epochs;
         let due = last_epoch || (self.cfg.eval_every > 0 && self.state.epoch.is_multiple_of(self.cfg.eval_every));
-        let data = run.data;
-        let report = match (&data.test, due) {
-            (Some(test), true) => Some(self.run_eval(run, test, EvalKind::Epoch)?),
+        let report = match (run.data.test.clone(), due) {
+            (Some(test), true) => Some(self.run_eval(run, &test, EvalKind::Epoch)?),
             _ => None,
         };
         let improved = report.as_ref().is_some_and(|r| self.state.record_top1(r.top1));
@@ -411,9 +510,9 @@ impl Trainer {
             best_top1: self.state.best_top1,
             train_seconds,
         };
-        run.record(Record::Epoch(log.clone()))?;
+        self.on_rank_0(|| run.record(Record::Epoch(log.clone())))?;
         run.observer.event(&Event::EpochEnded(&log));
-        let best = improved || (data.test.is_none() && last_epoch);
+        let best = improved || (run.data.test.is_none() && last_epoch);
         self.save_epoch(run, best, report.as_ref())?;
         self.update_summary(&mut run.summary);
         if report.is_some() {
@@ -423,42 +522,50 @@ impl Trainer {
     }
 
     /// Writes `best/` (when the epoch improved) and then `last/`, and redraws the plots, when there is a run
-    /// directory. `best/` goes first: a run killed between the two resumes from the previous `last/`, repeats
-    /// the epoch and writes the same `best/` again, whereas the other order would leave a `last/` whose state
-    /// records a best epoch that `best/` does not hold.
+    /// directory (rank 0). `best/` goes first: a run killed between the two resumes from the previous `last/`,
+    /// repeats the epoch and writes the same `best/` again, whereas the other order would leave a `last/` whose
+    /// state records a best epoch that `best/` does not hold.
     fn save_epoch(&self, run: &mut Run, best: bool, report: Option<&EvalReport>) -> TrainResult<()> {
-        let Some(out) = &run.out else { return Ok(()) };
+        let Some(dir) = &self.run_dir else { return Ok(()) };
+        self.on_rank_0(|| {
+            if best {
+                self.write_checkpoint(&dir.join("best"))?;
+            }
+            self.write_checkpoint(&dir.join("last"))?;
+            match (&run.out, self.cfg.plots) {
+                (Some(out), true) => Ok(out.plot(report, &run.classes)?),
+                _ => Ok(()),
+            }
+        })?;
         if best {
-            let best = out.path().join("best");
-            self.save_checkpoint(&best)?;
-            run.observer.event(&Event::CheckpointSaved { path: &best, best: true });
+            run.observer.event(&Event::CheckpointSaved { path: &dir.join("best"), best: true });
         }
-        let last = out.path().join("last");
-        self.save_checkpoint(&last)?;
-        run.observer.event(&Event::CheckpointSaved { path: &last, best: false });
-        if self.cfg.plots {
-            out.plot(report, &run.classes)?;
-        }
+        run.observer.event(&Event::CheckpointSaved { path: &dir.join("last"), best: false });
         Ok(())
+    }
+
+    /// Writes a checkpoint directory from this rank (atomically).
+    fn write_checkpoint(&self, dir: &Path) -> TrainResult<()> {
+        Ok(checkpoint::save(dir, &self.vars, &self.model_cfg, &self.optimizer, &self.state)?)
     }
 
     /// The multi-view test, the run's time and the summary files.
     fn finish_run(&mut self, mut run: Run) -> TrainResult<RunSummary> {
-        let data = run.data;
-        if let Some(mv) = &data.multi_view {
-            run.summary.multi_view = Some(self.run_eval(&mut run, mv, EvalKind::MultiView)?);
+        if let Some(mv) = run.data.multi_view.clone() {
+            run.summary.multi_view = Some(self.run_eval(&mut run, &mv, EvalKind::MultiView)?);
         }
         run.summary.seconds = run.called.elapsed().as_secs_f64();
-        if let Some(out) = &run.out {
-            out.write_summary(&run.summary, &self.model_cfg, &run.classes)?;
-        }
+        self.on_rank_0(|| match &run.out {
+            Some(out) => Ok(out.write_summary(&run.summary, &self.model_cfg, &run.classes)?),
+            None => Ok(()),
+        })?;
         Ok(run.summary)
     }
 
-    /// Ends a run the observer stopped: drops a partial step and writes `last/` to resume from.
+    /// Ends a run an observer stopped: drops a partial step and writes `last/` to resume from.
     fn stop_early(&mut self, mut run: Run) -> TrainResult<RunSummary> {
         self.acc.clear();
-        if let Some(dir) = run.out.as_ref().map(|o| o.path().join("last")) {
+        if let Some(dir) = self.run_dir.as_ref().map(|d| d.join("last")) {
             self.save_checkpoint(&dir)?;
             run.observer.event(&Event::CheckpointSaved { path: &dir, best: false });
         }
@@ -498,10 +605,13 @@ impl Trainer {
             mean_class_accuracy: report.mean_class_accuracy,
             seconds: report.seconds,
         };
-        run.record(Record::Eval(log.clone()))?;
-        if let Some(out) = &run.out {
-            out.write_eval(kind, &report)?;
-        }
+        self.on_rank_0(|| {
+            run.record(Record::Eval(log.clone()))?;
+            match &run.out {
+                Some(out) => Ok(out.write_eval(kind, &report)?),
+                None => Ok(()),
+            }
+        })?;
         run.observer.event(&Event::Evaluated(&report, &log));
         Ok(report)
     }
