@@ -327,19 +327,21 @@ def pytorch_seeds():
                 b"\x80\x04\x8c\x08builtins\x94\x8c\x04eval\x94\x93\x94\x8c\x011\x94\x85\x94R\x94.")
     with_pickle("nested-lists-100000", b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".")
     with_pickle("nested-lists-200", b"\x80\x02" + b"]" * 200 + b"a" * 199 + b".")
+    with_pickle("wide-integer", b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01\x8a\x09" + bytes(range(1, 10)) + b"s.")
     with_pickle("not-a-dict", dumps([1, 2.5, "x", None, True]))
     with_pickle("no-stop", b"\x80\x02}q\x00")
 
     # Tensor rebuild calls with missing or absurd arguments.
-    def odd_tensor(name, shape=(W, E), **kw):
+    def odd_tensor(name, shape=(W, E), kind="FloatStorage", **kw):
         """visual.proj with a storage of W * E floats but the given declared shape, offset or stride."""
         a = Archive()
         a.storages["0"] = values([W, E], "<f")
-        t = Tensor(Storage("0", "FloatStorage", W * E), list(shape), **kw)
+        t = Tensor(Storage("0", kind, W * E), list(shape), **kw)
         write("pytorch", name, a.zip(dumps({"visual.proj": t})))
 
-    odd_tensor("huge-shape", shape=(1 << 31, 1 << 31))
-    odd_tensor("huge-offset", offset=1 << 50)
+    odd_tensor("huge-shape", shape=(2**31 - 1, 2**31 - 1), kind="LongStorage")
+    odd_tensor("huge-offset", offset=1 << 62)
+    odd_tensor("negative-offset", offset=-1)
     odd_tensor("stride-rank-mismatch", stride=(1,))
     odd_tensor("non-contiguous", stride=(1, 3))
     a = Archive()

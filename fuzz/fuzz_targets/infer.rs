@@ -104,10 +104,8 @@ fuzz_target!(|input: Input| {
         apply(&mut shapes, edit);
     }
     let zero = Tensor::zeros((), DType::F32, &Device::Cpu).expect("a scalar");
-    let tensors: HashMap<String, Tensor> = shapes
-        .into_iter()
-        .map(|(name, dims)| (name, zero.broadcast_as(dims).expect("a zero-stride view")))
-        .collect();
+    let tensors: HashMap<String, Tensor> =
+        shapes.into_iter().map(|(name, dims)| (name, zero.broadcast_as(dims).expect("a zero-stride view"))).collect();
     let weights = LoadedWeights {
         tensors,
         format: FORMATS[usize::from(input.format) % FORMATS.len()],

@@ -23,7 +23,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = tokenizer.encode_batch(&[text.as_ref(), "a video of archery"], &Device::Cpu);
     let _ = tokenizer.encode_batch_truncated(&[text.as_ref()], &Device::Cpu);
     let span = tokenizer.vocab_size() as u32 + 16;
-    let ids: Vec<u32> =
-        data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) % span).collect();
+    let ids: Vec<u32> = data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) % span).collect();
     let _ = tokenizer.decode(&ids);
 });
