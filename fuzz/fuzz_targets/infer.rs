@@ -49,7 +49,8 @@ struct Input {
     edits: Vec<Edit>,
 }
 
-/// The names and shapes a tiny model with `head` (and a joint prompt when `joint`) reads.
+/// The names and shapes a tiny model with `head` reads, with a joint prompt when `joint` and the head is
+/// MeanPool (the only head a joint prompt takes).
 fn starting_shapes(head: &Head, joint: bool) -> Vec<(String, Vec<usize>)> {
     let post = match head {
         Head::None => return Vec::new(),
@@ -59,7 +60,7 @@ fn starting_shapes(head: &Head, joint: bool) -> Vec<(String, Vec<usize>)> {
         Head::Transformer => PostNetwork::Transformer { layers: 1 },
         Head::TransformerCls => PostNetwork::TransformerCls { layers: 1 },
     };
-    let prompt = VisualPrompt { joint, temporal_shift: false, post };
+    let prompt = VisualPrompt { joint: joint && post == PostNetwork::MeanPool, temporal_shift: false, post };
     let config = ActionClipConfig { clip: ClipConfig::tiny(), frames: 4, prompt };
     ActionClip::expected_shapes(&config).expect("a tiny config's shapes")
 }
