@@ -10,13 +10,13 @@ export PATH="$HOME/.cargo/bin:$PATH" CARGO_TERM_COLOR=never
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/actionclip/fuzz-target}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # Panics, aborts, timeouts and RSS are caught by libFuzzer itself; no sanitizer keeps the executions fast.
-FUZZ=(cargo +nightly fuzz --sanitizer none)
-"${FUZZ[@]}" build --features video
+FUZZ=(cargo +nightly fuzz)
+"${FUZZ[@]}" build --sanitizer none --features video
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 for target in $("${FUZZ[@]}" list); do
   cp -r "corpus/$target" "$corpus/$target"
   echo "fuzz: $target"
-  "${FUZZ[@]}" run --features video "$target" "$corpus/$target" -- \
-    -max_total_time=30 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
+  "${FUZZ[@]}" run --sanitizer none --features video "$target" "$corpus/$target" -- \
+    -max_total_time=30 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -print_funcs=0
 done

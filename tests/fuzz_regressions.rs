@@ -3,6 +3,7 @@
 //! error naming the file.
 use std::path::{Path, PathBuf};
 
+use actionclip::data::FrameTemplate;
 use actionclip::{weights, ActionClip, Error};
 use candle_core::{DType, Device};
 
@@ -40,4 +41,20 @@ fn pytorch_findings_are_typed_errors() {
 #[test]
 fn safetensors_findings_are_typed_errors() {
     assert_checkpoints_refused("safetensors");
+}
+
+/// The `text_formats` target's frame-folder inputs (first byte 7: a template line, then file names): the
+/// template is refused with a config error.
+#[test]
+fn frame_template_findings_are_typed_errors() {
+    for file in findings("text_formats") {
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(bytes.first().map(|b| b % 8), Some(7), "{}: not a frame-folder input", file.display());
+        let text = String::from_utf8_lossy(&bytes[1..]);
+        let template = text.lines().next().unwrap_or_default();
+        match FrameTemplate::parse(template) {
+            Err(Error::Config(_)) => {}
+            other => panic!("{}: expected a config error, got {other:?}", file.display()),
+        }
+    }
 }
