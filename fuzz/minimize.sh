@@ -15,7 +15,8 @@ for target in "$@"; do
   find "$work/corpus/$target" -type f -size -20k -exec cp {} "$small/" \;
   rm -rf "${corpus:?}/$target"
   mkdir -p "$corpus/$target"
-  nice -n 19 "$bin/$target" -merge=1 -use_counters=0 -rss_limit_mb=2048 -timeout=10 "$corpus/$target" "$small" \
+  nice -n 19 "$bin/$target" -merge=1 -use_counters=0 -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$small/" \
+    "$corpus/$target" "$small" \
     2>&1 | grep MERGE-OUTER: | tail -n 1
   rm -rf "$small"
   echo "$target: $(find "$corpus/$target" -type f | wc -l) files, $(cat "$corpus/$target"/* | wc -c) bytes"

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use actionclip::data::FrameTemplate;
-use actionclip::{weights, ActionClip, Error};
+use actionclip::{weights, ActionClip, ActionClipConfig, ClipConfig, Error, PostNetwork, VisualPrompt};
 use candle_core::{DType, Device};
 
 /// The kept inputs of one fuzz target, sorted by name.
@@ -57,4 +57,18 @@ fn frame_template_findings_are_typed_errors() {
             other => panic!("{}: expected a config error, got {other:?}", file.display()),
         }
     }
+}
+
+/// The `infer` target's finding: a config whose patch embedding would have 2 * 10^14 elements (as shapes
+/// declared in a state dict, or a stored config, may ask for) made `ActionClip::expected_shapes`, which
+/// `ActionClip::load` runs before reading any weight, abort on a 3 PB allocation. The input itself is in the
+/// target's corpus (`fuzz/corpus/infer`).
+#[test]
+fn expected_shapes_of_a_huge_config_are_a_typed_error() {
+    let mut clip = ClipConfig::tiny();
+    (clip.vision.patch_size, clip.vision.image_size) = (1 << 20, 1 << 20);
+    let prompt = VisualPrompt { joint: false, temporal_shift: false, post: PostNetwork::MeanPool };
+    let config = ActionClipConfig { clip, frames: 8, prompt };
+    let err = ActionClip::expected_shapes(&config).unwrap_err();
+    assert!(err.to_string().contains("visual.conv1.weight"), "{err}");
 }
