@@ -72,3 +72,18 @@ fn expected_shapes_of_a_huge_config_are_a_typed_error() {
     let err = ActionClip::expected_shapes(&config).unwrap_err();
     assert!(err.to_string().contains("visual.conv1.weight"), "{err}");
 }
+
+/// The `video` target's finding: a damaged Matroska stream whose colour space is outside ffmpeg-next's enum
+/// crashed the process (SIGSEGV) when its frames were converted to RGB. Decoding gives frames or a typed
+/// video error (this one: two frames, then a missing frame).
+#[cfg(feature = "video")]
+#[test]
+fn video_findings_decode_or_give_video_errors() {
+    for file in findings("video") {
+        match actionclip::data::decode_frames(&file, &[0, 1, 2]) {
+            Ok(frames) => assert!(frames.len() <= 3, "{}", file.display()),
+            Err(Error::Video { .. } | Error::EmptyClip { .. } | Error::MissingFrame { .. }) => {}
+            Err(other) => panic!("{}: expected a video error, got {other:?}", file.display()),
+        }
+    }
+}
