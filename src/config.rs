@@ -13,6 +13,9 @@ pub(crate) const HEAD_DIM: usize = 64;
 pub(crate) const CONTEXT_LENGTH: usize = 77;
 /// Vocabulary size of the OpenAI CLIP BPE.
 pub(crate) const VOCAB_SIZE: usize = 49408;
+/// Most residual blocks a tower or a temporal head may have: far above any released CLIP (48), and a bound
+/// on the work that a config read from a checkpoint makes the constructors do.
+pub(crate) const MAX_LAYERS: usize = 1024;
 
 /// The image tower (a ViT in the OpenAI layout).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +187,8 @@ impl ClipConfig {
         let problems = [
             (v.layers == 0, "the image tower has no blocks".to_string()),
             (t.layers == 0, "the text tower has no blocks".to_string()),
+            (v.layers > MAX_LAYERS, format!("the image tower has {} blocks, more than {MAX_LAYERS}", v.layers)),
+            (t.layers > MAX_LAYERS, format!("the text tower has {} blocks, more than {MAX_LAYERS}", t.layers)),
             (
                 v.heads == 0 || !v.width.is_multiple_of(v.heads),
                 format!("vision width {} is not divisible by {} heads", v.width, v.heads),
@@ -296,6 +301,9 @@ impl VisualPrompt {
             PostNetwork::Transformer { layers: 0 } | PostNetwork::TransformerCls { layers: 0 } => {
                 Err(Error::InvalidPrompt("a transformer head needs at least one layer".into()))
             }
+            PostNetwork::Transformer { layers } | PostNetwork::TransformerCls { layers } if layers > MAX_LAYERS => {
+                Err(Error::InvalidPrompt(format!("a transformer head of {layers} layers has more than {MAX_LAYERS}")))
+            }
             _ => Ok(()),
         }
     }
@@ -351,5 +359,16 @@ mod tests {
         assert!(matches!(joint_shift.validate(), Err(Error::InvalidPrompt(_))));
         let ok = VisualPrompt { joint: false, temporal_shift: true, post: PostNetwork::Lstm };
         assert!(ok.validate().is_ok());
+        let deep = VisualPrompt { post: PostNetwork::TransformerCls { layers: MAX_LAYERS + 1 }, ..ok };
+        assert!(matches!(deep.validate(), Err(Error::InvalidPrompt(_))));
+    }
+
+    #[test]
+    fn layer_counts_are_bounded() {
+        let mut clip = ClipConfig::tiny();
+        clip.vision.layers = MAX_LAYERS;
+        assert!(clip.validate().is_ok());
+        clip.text.layers = 1 << 40;
+        assert!(matches!(clip.validate(), Err(Error::Config(m)) if m.contains("text tower")));
     }
 }

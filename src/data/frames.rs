@@ -7,6 +7,9 @@ use image::RgbImage;
 
 use crate::error::{Error, Result};
 
+/// Widest number field a template may ask for: a file name is at most 255 bytes.
+const MAX_FIELD_WIDTH: usize = 255;
+
 /// A frame file name template in Python `str.format` style with one integer field:
 /// `img_{:05d}.jpg`, `frame{:d}.png`, `{}.jpg`, `{:06}.jpg`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,15 +45,20 @@ impl FrameTemplate {
             _ => (false, spec),
         };
         let width = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| bad("unsupported format spec"))? };
+        if width > MAX_FIELD_WIDTH {
+            return Err(bad(&format!("a field {width} characters wide is wider than a file name can be")));
+        }
         Ok(Self { prefix: template[..open].to_string(), suffix: suffix.to_string(), width, zero_pad })
     }
 
     /// The file name of frame number `n` (the number as written, including the start offset).
     pub(crate) fn name(&self, n: usize) -> String {
+        // A deserialized template has not been through `parse`; `format!` panics on widths past u16.
+        let w = self.width.min(MAX_FIELD_WIDTH);
         if self.zero_pad {
-            format!("{}{:0w$}{}", self.prefix, n, self.suffix, w = self.width)
+            format!("{}{:0w$}{}", self.prefix, n, self.suffix)
         } else {
-            format!("{}{:w$}{}", self.prefix, n, self.suffix, w = self.width)
+            format!("{}{:w$}{}", self.prefix, n, self.suffix)
         }
     }
 
@@ -224,5 +232,13 @@ mod tests {
         assert_eq!(t.name(3), "3.jpg");
         assert!(FrameTemplate::parse("img.jpg").is_err());
         assert!(FrameTemplate::parse("{}_{}.jpg").is_err());
+        assert!(FrameTemplate::parse("img_{:0255d}.jpg").is_ok());
+        assert!(
+            matches!(FrameTemplate::parse("img_{:256d}.jpg"), Err(Error::Config(m)) if m.contains("256 characters"))
+        );
+        let wide: FrameTemplate =
+            serde_json::from_str(r#"{"prefix": "img_", "suffix": ".jpg", "width": 1000000000000, "zero_pad": true}"#)
+                .unwrap();
+        assert_eq!(wide.name(1).len(), "img_".len() + MAX_FIELD_WIDTH + ".jpg".len());
     }
 }

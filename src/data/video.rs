@@ -456,13 +456,27 @@ pub(super) mod imp {
 
     /// Uses the frame's colour matrix and range, as the `ffmpeg` tool's scale filter does.
     fn set_colorspace(ctx: &mut scaling::Context, frame: &ff::frame::Video) {
-        use ff::color::{Range, Space};
+        use ff::ffi::AVColorRange::{AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG};
+        use ff::ffi::AVColorSpace::{
+            AVCOL_SPC_BT2020_CL, AVCOL_SPC_BT2020_NCL, AVCOL_SPC_BT709, AVCOL_SPC_FCC, AVCOL_SPC_SMPTE240M,
+        };
+        // The fields are read as the integers the file set: ffmpeg-next's `color_space()` and `color_range()`
+        // convert them through Rust enums, and a value outside an enum (a damaged stream's) is undefined
+        // behaviour (a crash).
+        // SAFETY: the frame is valid; the fields are C enums, ints.
+        let (raw, range) = unsafe {
+            let f = frame.as_ptr();
+            (
+                std::ptr::addr_of!((*f).colorspace).cast::<std::os::raw::c_int>().read(),
+                std::ptr::addr_of!((*f).color_range).cast::<std::os::raw::c_int>().read(),
+            )
+        };
         // libswscale's SWS_CS_* values.
-        let cs = match frame.color_space() {
-            Space::BT709 => 1,
-            Space::FCC => 4,
-            Space::SMPTE240M => 7,
-            Space::BT2020NCL | Space::BT2020CL => 9,
+        let cs = match raw {
+            r if r == AVCOL_SPC_BT709 as i32 => 1,
+            r if r == AVCOL_SPC_FCC as i32 => 4,
+            r if r == AVCOL_SPC_SMPTE240M as i32 => 7,
+            r if r == AVCOL_SPC_BT2020_NCL as i32 || r == AVCOL_SPC_BT2020_CL as i32 => 9,
             _ => 5, // BT.601 (SWS_CS_DEFAULT)
         };
         // SAFETY: the context is valid for its lifetime; the out-pointers point to locals; the table
@@ -485,9 +499,9 @@ pub(super) mod imp {
             if r < 0 {
                 return;
             }
-            if frame.color_range() == Range::JPEG {
+            if range == AVCOL_RANGE_JPEG as i32 {
                 src_range = 1;
-            } else if frame.color_range() == Range::MPEG {
+            } else if range == AVCOL_RANGE_MPEG as i32 {
                 src_range = 0;
             }
             ff::ffi::sws_setColorspaceDetails(

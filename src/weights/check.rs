@@ -19,11 +19,23 @@ pub(crate) fn recorded_shapes<T>(build: impl FnOnce(VarBuilder) -> Result<T>) ->
     Ok(record.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// Most elements a recorded weight may have: above any CLIP parameter (the largest, ViT-bigG's token
+/// embedding, has 63M), and few enough that a constructor which reshapes the zero-stride view it gets (and so
+/// copies it) stays within a few hundred megabytes whatever dimensions a config asks for.
+const MAX_RECORDED_ELEMENTS: usize = 1 << 27;
+
 /// The [`SimpleBackend`] of [`recorded_shapes`]: it appends every read to its record.
 struct ShapeRecorder<'a>(&'a Mutex<Vec<(String, Vec<usize>)>>);
 
 impl SimpleBackend for ShapeRecorder<'_> {
     fn get(&self, shape: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let elements = shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if elements.is_none_or(|n| n > MAX_RECORDED_ELEMENTS) {
+            candle_core::bail!(
+                "{name} would have shape {:?}, more than {MAX_RECORDED_ELEMENTS} elements: no CLIP weight is that large",
+                shape.dims()
+            )
+        }
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), shape.dims().to_vec()));
         Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
     }

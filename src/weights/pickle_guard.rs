@@ -184,6 +184,11 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
                     _ => 8,
                 };
                 let end = counted(bytes, pos, n)?;
+                // candle decodes LONG1 into an i64 by shifting each byte into place: more than 8 bytes
+                // would shift past its width.
+                if matches!(op, 0x8a | 0x8b) && end - pos - n > 8 {
+                    return Err(format!("the pickle holds an integer wider than 64 bits at byte {}", pos - 1));
+                }
                 let text = matches!(op, 0x8c | b'X' | 0x8d | b'U' | b'T')
                     .then(|| Rc::from(String::from_utf8_lossy(&bytes[pos + n..end]).as_ref()));
                 pos = end;
@@ -320,6 +325,10 @@ mod tests {
         assert!(check(b"\x80\x02]").unwrap_err().contains("no STOP"));
         assert!(check(b"\x80\x02\xff.").unwrap_err().contains("unknown pickle opcode 0xff"));
         assert!(check(b"\x80\x02e.").unwrap_err().contains("no mark"));
+        assert!(check(b"\x80\x02\x8a\x08\x01\x02\x03\x04\x05\x06\x07\x08.").is_ok());
+        assert!(check(b"\x80\x02\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09.")
+            .unwrap_err()
+            .contains("wider than 64 bits"));
     }
 
     #[test]

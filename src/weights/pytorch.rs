@@ -47,6 +47,9 @@ struct Archive {
     root: Object,
 }
 
+/// Most bytes reserved for a tensor before its storage is read; a larger one grows as its bytes arrive.
+const MAX_PREALLOCATED_BYTES: usize = 64 << 20;
+
 /// Largest `data.pkl` read: the pickle of a checkpoint holds tensor metadata only (a few megabytes).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
@@ -173,13 +176,71 @@ fn state_dict_infos(
         if !is_tensor(&v) {
             continue;
         }
-        match v.into_tensor_info(Object::Unicode(name.clone()), data_dir) {
+        match tensor_info(v, &name, data_dir) {
             Ok(Some(info)) => infos.push(info),
             Ok(None) => {}
             Err(e) => dropped.push(format!("{name} ({e})")),
         }
     }
     infos
+}
+
+/// The tensor record `obj` as a [`TensorInfo`] named `name`; `None` when it is not a tensor.
+///
+/// candle's `into_tensor_info` indexes the rebuild call's argument tuples without checking their length and
+/// scales the storage offset unchecked, so a malformed record would panic inside it: such a record is an
+/// error here, before candle sees it.
+fn tensor_info(obj: Object, name: &str, data_dir: &Path) -> std::result::Result<Option<TensorInfo>, String> {
+    if let Some(problem) = malformed_tensor_record(&obj) {
+        return Err(problem);
+    }
+    obj.into_tensor_info(Object::Unicode(name.to_string()), data_dir).map_err(|e| e.to_string())
+}
+
+fn is_class(obj: &Object, module: &str, name: &str) -> bool {
+    matches!(obj, Object::Class { module_name, class_name } if module_name == module && class_name == name)
+}
+
+/// What in a tensor record candle's `into_tensor_info` would index past or overflow on, if anything:
+/// `_rebuild_from_type_v2` takes 3 arguments, `_rebuild_tensor_v2` at least 4 with an offset that fits a
+/// byte count, and the storage's persistent id is a 5-tuple.
+fn malformed_tensor_record(obj: &Object) -> Option<String> {
+    let Object::Reduce { callable, args } = obj else { return None };
+    let (callable, args) = match (callable.as_ref(), args.as_ref()) {
+        (c, Object::Tuple(a)) if is_class(c, "torch._tensor", "_rebuild_from_type_v2") => match a.as_slice() {
+            [inner, _, inner_args, ..] => (inner, inner_args),
+            _ => return Some(format!("_rebuild_from_type_v2 has {} arguments, expected 3 or more", a.len())),
+        },
+        (c, Object::Tuple(a)) if is_class(c, "torch._utils", "_rebuild_parameter") => match a.first() {
+            Some(Object::Reduce { callable, args }) => (callable.as_ref(), args.as_ref()),
+            _ => return None,
+        },
+        pair => pair,
+    };
+    let Object::Tuple(args) = args else { return None };
+    if !is_class(callable, "torch._utils", "_rebuild_tensor_v2") {
+        return None;
+    }
+    let [storage, offset, _, _, ..] = args.as_slice() else {
+        return Some(format!("_rebuild_tensor_v2 has {} arguments, expected 4 or more", args.len()));
+    };
+    let offset = match offset {
+        Object::Int(o) => i64::from(*o),
+        Object::Long(o) => *o,
+        _ => 0,
+    };
+    if usize::try_from(offset).map_or(true, |o| o > isize::MAX as usize / 16) {
+        return Some(format!("storage offset {offset} is out of range"));
+    }
+    match storage {
+        Object::PersistentLoad(id) => match id.as_ref() {
+            Object::Tuple(id) if id.len() < 5 => {
+                Some(format!("the storage's persistent id has {} fields, expected 5", id.len()))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Walks a TorchScript module tree, naming tensors by their attribute path (`visual.conv1.weight`).
@@ -191,7 +252,7 @@ fn walk_module(obj: Object, prefix: &str, data_dir: &Path, infos: &mut Vec<Tenso
         if is_script_module(&v) {
             walk_module(v, &format!("{name}."), data_dir, infos, dropped);
         } else if is_tensor(&v) {
-            match v.into_tensor_info(Object::Unicode(name.clone()), data_dir) {
+            match tensor_info(v, &name, data_dir) {
                 Ok(Some(info)) => infos.push(info),
                 Ok(None) => {}
                 Err(e) => dropped.push(format!("{name} ({e})")),
@@ -324,6 +385,14 @@ fn read_tensor(path: &Path, zip: &mut ZipArchive<BufReader<File>>, info: &Tensor
     let name = &info.name;
     let layout = &info.layout;
     let dims = layout.shape().dims().to_vec();
+    let dtype = info.dtype;
+    // The shape is the file's say-so: its byte count must not overflow (nor that of its non-zero dimensions,
+    // which candle's contiguity checks multiply), and only the bytes actually in the storage entry are
+    // allocated (the read below stops at its end).
+    dims.iter()
+        .try_fold(dtype.size_in_bytes(), |n, &d| n.checked_mul(d.max(1)))
+        .ok_or_else(|| bad(path, format!("tensor {name}: shape {dims:?} is too large")))?;
+    let n_bytes = dims.iter().product::<usize>() * dtype.size_in_bytes();
     let fortran = layout.is_fortran_contiguous() && dims.len() > 1 && !layout.is_contiguous();
     if !layout.is_contiguous() && !fortran {
         return Err(bad(
@@ -334,8 +403,6 @@ fn read_tensor(path: &Path, zip: &mut ZipArchive<BufReader<File>>, info: &Tensor
             ),
         ));
     }
-    let dtype = info.dtype;
-    let n_bytes = layout.shape().elem_count() * dtype.size_in_bytes();
     let mut reader = zip
         .by_name(&info.path)
         .map_err(|e| bad(path, format!("tensor {name}: storage {} not found: {e}", info.path)))?;
@@ -344,7 +411,7 @@ fn read_tensor(path: &Path, zip: &mut ZipArchive<BufReader<File>>, info: &Tensor
         std::io::copy(&mut reader.by_ref().take(start), &mut std::io::sink())
             .map_err(|e| bad(path, format!("tensor {name}: cannot read its storage: {e}")))?;
     }
-    let mut buf = Vec::with_capacity(n_bytes);
+    let mut buf = Vec::with_capacity(n_bytes.min(MAX_PREALLOCATED_BYTES));
     reader
         .take(n_bytes as u64)
         .read_to_end(&mut buf)
