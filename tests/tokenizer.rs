@@ -27,6 +27,15 @@ fn unpadded(ids: &[u32]) -> Vec<u32> {
     ids[..end].to_vec()
 }
 
+/// How `Error::TextTooLong` quotes `text`: whole up to 100 characters, else its first 100 and `...`.
+fn quoted(text: &str) -> String {
+    if text.chars().count() > 100 {
+        format!("{}...", text.chars().take(100).collect::<String>())
+    } else {
+        text.to_string()
+    }
+}
+
 #[test]
 fn matches_openai_clip_tokenize() {
     let text = std::fs::read_to_string(FIXTURE).unwrap_or_else(|e| panic!("{FIXTURE}: {e}"));
@@ -44,7 +53,9 @@ fn matches_openai_clip_tokenize() {
             assert_eq!(case["error"], "too_long", "line {line_no}");
             let expected = ids_of(&case, "truncated", line_no);
             let strict = match tok.tokenize(input, false) {
-                Err(Error::TextTooLong { text, tokens, max }) if text == input && tokens > max && max == 77 => None,
+                Err(Error::TextTooLong { text, tokens, max }) if text == quoted(input) && tokens > max && max == 77 => {
+                    None
+                }
                 Err(e) => Some(format!("expected TextTooLong, got error {e}")),
                 Ok(ids) => Some(format!("expected TextTooLong, got {:?}", unpadded(&ids))),
             };
@@ -90,12 +101,12 @@ fn a_photo_of_a_cat() {
 }
 
 #[test]
-fn too_long_text_is_an_error_that_carries_the_text() {
+fn too_long_text_is_an_error_that_quotes_the_text() {
     let tok = Tokenizer::default();
     let text = "a ".repeat(80);
     match tok.tokenize(&text, false) {
         Err(Error::TextTooLong { text: t, tokens, max }) => {
-            assert_eq!(t, text);
+            assert_eq!(t, format!("{}...", &text[..100]));
             assert_eq!(tokens, 82);
             assert_eq!(max, 77);
         }
