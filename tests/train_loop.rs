@@ -417,35 +417,30 @@ fn a_full_disk_or_a_read_only_run_dir_keeps_the_previous_checkpoint() {
     let checkpoint_bytes: u64 =
         std::fs::read_dir(dir.join("last")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
 
+    // Resumes the run, expects it to fail with an I/O error of `kind` inside the run directory, and checks that
+    // `last/` still holds the weights saved above.
+    let resume_fails_keeping_last = |kind: std::io::ErrorKind| {
+        let mut resumed =
+            Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
+        resumed.resume(&dir).unwrap();
+        let err = resumed.fit(&data, &mut Silent).unwrap_err();
+        eprintln!("{kind:?}: {err}");
+        assert!(
+            matches!(&err, TrainError::Model(actionclip::Error::Io { path, source })
+                if source.kind() == kind && path.starts_with(&dir)),
+            "{err:?}"
+        );
+        let (last, _) = ActionClip::load(dir.join("last"), &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(max_diff(&last.named_tensors().into_iter().collect(), &saved), 0.0, "last/ is the previous one");
+    };
+
     // Room for half a checkpoint: the swap's temporary copy cannot be written.
     fill_disk(&mount, checkpoint_bytes / 2);
-    let mut resumed =
-        Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
-    resumed.resume(&dir).unwrap();
-    let err = resumed.fit(&data, &mut Silent).unwrap_err();
-    eprintln!("full disk: {err}");
-    assert!(
-        matches!(&err, TrainError::Model(actionclip::Error::Io { path, source })
-            if source.kind() == std::io::ErrorKind::StorageFull && path.starts_with(&dir)),
-        "{err:?}"
-    );
-    assert!(!dir.join(".last.tmp").exists(), "the partial checkpoint is removed");
-    let (last, _) = ActionClip::load(dir.join("last"), &Device::Cpu, DType::F32).unwrap();
-    assert_eq!(max_diff(&last.named_tensors().into_iter().collect(), &saved), 0.0, "last/ is the previous one");
+    resume_fails_keeping_last(std::io::ErrorKind::StorageFull);
+    assert!(!dir.join(".last.tmp").exists() && !dir.join(".best.tmp").exists(), "the partial checkpoint is removed");
 
     std::fs::remove_file(mount.join("filler")).unwrap();
     let remount = std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(&mount).status().unwrap();
     assert!(remount.success());
-    let mut resumed =
-        Trainer::new(&tiny_model(), StartFrom::Scratch, train_config(2), &Device::Cpu).unwrap().with_run_dir(&dir);
-    resumed.resume(&dir).unwrap();
-    let err = resumed.fit(&data, &mut Silent).unwrap_err();
-    eprintln!("read-only: {err}");
-    assert!(
-        matches!(&err, TrainError::Model(actionclip::Error::Io { path, source })
-            if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem && path.starts_with(&dir)),
-        "{err:?}"
-    );
-    let (last, _) = ActionClip::load(dir.join("last"), &Device::Cpu, DType::F32).unwrap();
-    assert_eq!(max_diff(&last.named_tensors().into_iter().collect(), &saved), 0.0, "last/ is untouched");
+    resume_fails_keeping_last(std::io::ErrorKind::ReadOnlyFilesystem);
 }
