@@ -23,7 +23,6 @@ use super::error::TrainResult;
 
 mod agree;
 mod buckets;
-mod error;
 mod gather;
 mod launch;
 #[cfg(feature = "mpi")]
@@ -33,9 +32,9 @@ mod nccl;
 mod single;
 mod threads;
 
+pub use super::error::DistributedError;
 pub(crate) use agree::{agree, sum_values};
 pub(crate) use buckets::{all_reduce_grads, broadcast_tensors};
-pub use error::DistributedError;
 pub(crate) use gather::{gather_labels, gather_rows, global_logits, row_counts};
 pub use launch::{rendezvous, LaunchEnv};
 #[cfg(feature = "mpi")]
